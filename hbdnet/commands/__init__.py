@@ -1,0 +1,1 @@
+"""Subcommands of the ``hbdnet`` CLI, one module each."""
