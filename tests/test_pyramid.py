@@ -1,0 +1,72 @@
+import pytest
+
+from hbdnet.pyramid import PlanWindow, level_size, plan_pyramid, pyramid_levels, window_starts
+
+
+@pytest.mark.parametrize(
+    "side, per_level",
+    [
+        # method doc section 3.2: patch counts of the authors' rule for square scenes
+        (2048, {0: 9, 1: 1}),
+        (4096, {0: 25, 1: 9, 2: 1}),
+        (8192, {0: 100, 1: 25, 2: 9, 3: 1}),
+        (16384, {0: 400, 1: 100, 2: 25, 3: 9, 4: 1}),
+    ],
+)
+def test_square_counts_match_authors(side, per_level):
+    plan = plan_pyramid(side, side)
+    counts = {}
+    for w in plan:
+        counts[w.level] = counts.get(w.level, 0) + 1
+    assert counts == per_level
+
+
+def test_non_square_scene_uses_both_axes():
+    levels = pyramid_levels(3000, 5000)
+    assert [(lv.height, lv.width) for lv in levels] == [(3000, 5000), (1500, 2500), (750, 1250), (375, 625)]
+    plan = plan_pyramid(3000, 5000)
+    level0 = [w for w in plan if w.level == 0]
+    assert len(level0) == len(window_starts(3000)) * len(window_starts(5000)) == 4 * 6
+    # every window lies inside its level and covers the level completely
+    for lv in levels:
+        wins = [w for w in plan if w.level == lv.index]
+        assert all(w.col_off + w.width <= lv.width and w.row_off + w.height <= lv.height for w in wins)
+        xs = sorted({(w.col_off, w.col_off + w.width) for w in wins})
+        ys = sorted({(w.row_off, w.row_off + w.height) for w in wins})
+        for spans, side in ((xs, lv.width), (ys, lv.height)):
+            assert spans[0][0] == 0 and spans[-1][1] == side
+            assert all(b[0] < a[1] for a, b in zip(spans, spans[1:]))  # consecutive windows overlap
+    # the top level fits one window, smaller than 1024: the window shrinks to the level
+    top = [w for w in plan if w.level == 3]
+    assert top == [PlanWindow(3, 8, 0, 0, 625, 375)]
+
+
+def test_window_starts_overlap_and_clamp():
+    starts = window_starts(3000)
+    assert starts == [0, 824, 1648, 1976]
+    assert all(b - a <= 824 for a, b in zip(starts, starts[1:]))
+    assert window_starts(1024) == [0] and window_starts(500) == [0]
+
+
+def test_small_scene_one_window_and_scene_bounds():
+    plan = plan_pyramid(600, 900)
+    assert plan == [PlanWindow(0, 1, 0, 0, 900, 600)]
+    w = PlanWindow(2, 4, 100, 50, 1024, 1024)
+    assert w.scene_bounds() == (400, 200, 4496, 4296)
+
+
+def test_level_sizes_floor_like_interpolate():
+    import torch
+    import torch.nn.functional as F
+
+    x = torch.zeros(1, 1, 1001, 777)
+    for s in (2, 4, 8):
+        y = F.interpolate(x, scale_factor=1 / s, mode="bilinear", align_corners=False)
+        assert y.shape[-2:] == (level_size(1001, s), level_size(777, s))
+
+
+def test_invalid_arguments():
+    with pytest.raises(ValueError):
+        plan_pyramid(0, 100)
+    with pytest.raises(ValueError):
+        plan_pyramid(100, 100, window=512, overlap=512)
