@@ -87,3 +87,38 @@ def plan_pyramid(
             for col in window_starts(lv.width, window, overlap):
                 plan.append(PlanWindow(lv.index, lv.scale, col, row, ww, wh))
     return plan
+
+
+@dataclass(frozen=True)
+class ContextCrop:
+    """A coarser level's window centred on a finer window, for inter-layer feature fusion (IFF).
+
+    ``rel_box`` is the finer window's footprint inside this crop as fractions of the crop's nominal
+    ``size`` x ``size`` extent (left, top, right, bottom); a level smaller than ``size`` gives a crop of
+    the whole level, padded on the bottom/right by whoever reads it.
+    """
+
+    window: PlanWindow
+    rel_box: tuple[float, float, float, float]
+
+
+def context_crops(win: PlanWindow, height: int, width: int, count: int, size: int = 1024) -> list[ContextCrop]:
+    """The ``count`` coarser-level crops co-located with ``win`` (levels win.level + 1 ... + count).
+
+    As in the authors' data pipeline (method doc section 4.1): each crop is ``size`` px, centred on the
+    window's footprint, and moved inside the level where it would stick out. Levels beyond the top of
+    the pyramid are still produced (the footprint just gets smaller), so every window gets ``count``
+    crops and the fusion sees the same inputs everywhere.
+    """
+    crops = []
+    x0, y0, x1, y1 = win.scene_bounds()
+    for r in range(1, count + 1):
+        s = win.scale * 2**r
+        lw, lh = level_size(width, s), level_size(height, s)
+        cw, ch = min(size, lw), min(size, lh)
+        fx0, fy0, fx1, fy1 = x0 / s, y0 / s, x1 / s, y1 / s
+        col = min(max(round((fx0 + fx1) / 2 - size / 2), 0), lw - cw)
+        row = min(max(round((fy0 + fy1) / 2 - size / 2), 0), lh - ch)
+        rel = ((fx0 - col) / size, (fy0 - row) / size, (fx1 - col) / size, (fy1 - row) / size)
+        crops.append(ContextCrop(PlanWindow(win.level + r, s, col, row, cw, ch), rel))
+    return crops

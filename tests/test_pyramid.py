@@ -70,3 +70,29 @@ def test_invalid_arguments():
         plan_pyramid(0, 100)
     with pytest.raises(ValueError):
         plan_pyramid(100, 100, window=512, overlap=512)
+
+
+def test_context_crops_centre_clamp_and_footprint():
+    from hbdnet.pyramid import context_crops
+
+    win = PlanWindow(0, 1, 4120, 2472, 1024, 1024)  # somewhere inside a 16384 scene
+    crops = context_crops(win, 16384, 16384, count=2)
+    assert [c.window.level for c in crops] == [1, 2]
+    for r, crop in enumerate(crops, start=1):
+        d = 2**r
+        l, t, rgt, b = crop.rel_box
+        # the footprint is 1/d of the crop and lies inside it
+        assert abs((rgt - l) - 1 / d) < 1e-9 and abs((b - t) - 1 / d) < 1e-9
+        assert 0 <= l and rgt <= 1 and 0 <= t and b <= 1
+        # mapped back to scene pixels, the footprint is the window
+        sx0 = (crop.window.col_off + l * 1024) * crop.window.scale
+        sy0 = (crop.window.row_off + t * 1024) * crop.window.scale
+        assert abs(sx0 - 4120) < 1e-6 and abs(sy0 - 2472) < 1e-6
+    # a corner window: the crop is pushed inside the level
+    corner = context_crops(PlanWindow(0, 1, 0, 0, 1024, 1024), 16384, 16384, count=1)[0]
+    assert (corner.window.col_off, corner.window.row_off) == (0, 0)
+    assert corner.rel_box == (0.0, 0.0, 0.5, 0.5)
+    # a level smaller than the crop: the whole level, footprint fractions of the nominal size
+    small = context_crops(PlanWindow(0, 1, 976, 0, 1024, 1024), 1500, 2000, count=1)[0]
+    assert small.window == PlanWindow(1, 2, 0, 0, 1000, 750)
+    assert small.rel_box == (976 / 2 / 1024, 0.0, 2000 / 2 / 1024, 0.5)
