@@ -14,6 +14,7 @@ import sys
 # name -> module providing add_parser(subparsers) and run(args) -> int
 SUBCOMMANDS: dict[str, str] = {
     "plan": "hbdnet.commands.plan",
+    "convert": "hbdnet.commands.convert",
 }
 
 

@@ -23,14 +23,16 @@ In hbdnet's box convention (see :mod:`hbdnet.boxes.convention`) with ``clockwise
 ``x = cx' + xx*cos(theta) - yy*sin(theta)``, ``y = cy' + xx*sin(theta) + yy*cos(theta)``: output
 column index grows along ``(cos theta, sin theta)`` (the ``w`` axis), output row index along
 ``(-sin theta, cos theta)`` (the ``h`` axis), and the bins tile exactly the rectangle whose corners
-``obb_to_poly`` returns, bin ``[0, 0]`` at its first corner, ``[0, ow-1]`` at the second,
-``[oh-1, ow-1]`` at the third. HBD-Net uses ``clockwise=True`` and ``sampling_ratio=2``.
+``obb_to_poly`` returns: bin ``[0, 0]`` sits in the corner of its first point, ``[0, ow-1]`` of the
+second, ``[oh-1, ow-1]`` of the third. HBD-Net uses ``clockwise=True`` and ``sampling_ratio=2``.
 
 The pooling itself is one ``F.embedding_bag``: every output bin is a bag of ``gh * gw * 4``
 feature-map rows (the four bilinear neighbours of each sample) summed with per-sample weights
 (bilinear weight / sample count). That gathers and reduces without materialising a
 ``(samples, C)`` tensor, runs the same on CPU and CUDA, and autograd gives the gradient with respect
-to the features (the RoIs get no gradient, as in mmcv).
+to the features (the RoIs get no gradient, as in mmcv). The gather table is the map in NHWC
+order: for ``channels_last`` features it is a free view, otherwise each call makes one NHWC copy of
+the map, which on CPU costs more than the pooling itself.
 """
 
 from __future__ import annotations
@@ -79,16 +81,14 @@ def _bilinear_taps(y: Tensor, x: Tensor, height: int, width: int) -> tuple[Tenso
     x = x.clamp(min=0.0)
     y0 = y.floor()
     x0 = x.floor()
-    # At or past the last row/column the kernel snaps to it with full weight.
-    y_top = y0 >= height - 1
-    x_top = x0 >= width - 1
-    ly = torch.where(y_top, torch.zeros_like(y), y - y0)
-    lx = torch.where(x_top, torch.zeros_like(x), x - x0)
+    ly, lx = y - y0, x - x0
+    hy, hx = 1.0 - ly, 1.0 - lx
+    # At or past the last row (column) the kernel reads that row alone with full weight. Clamping
+    # both taps to it does the same: its two weights then add up to 1 on the same row.
     y_low = y0.clamp(max=height - 1).long()
     x_low = x0.clamp(max=width - 1).long()
     y_high = (y_low + 1).clamp(max=height - 1)
     x_high = (x_low + 1).clamp(max=width - 1)
-    hy, hx = 1.0 - ly, 1.0 - lx
     weights = torch.stack([hy * hx, hy * lx, ly * hx, ly * lx], dim=-1) * inside.unsqueeze(-1)
     rows = torch.stack([y_low, y_low, y_high, y_high], dim=-1)
     cols = torch.stack([x_low, x_high, x_low, x_high], dim=-1)
@@ -219,6 +219,10 @@ def roi_align_rotated(
         order.append(idx)
     if parts:
         pooled = pooled.index_put((torch.cat(order),), torch.cat(parts))
+    else:
+        # Every RoI pooled to zeros (or there are none): still hang the result on the graph, as the
+        # fixed-grid path does, so that backward() through it works.
+        pooled = pooled + table[:0].sum()
     return pooled.permute(0, 3, 1, 2).contiguous()
 
 

@@ -1,0 +1,1 @@
+"""Stage-by-stage training of HBD-Net on DOTA-format data."""

@@ -1,0 +1,71 @@
+"""The experiment configuration: one YAML file per model, read into these dataclasses.
+
+Defaults are the authors' values (method doc section 6); ``configs/*.yaml`` override what differs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hbdnet.config_io import load_yaml
+from hbdnet.models.hbdnet import HBDNetConfig
+
+
+@dataclass
+class StageConfig:
+    """One training stage: the detector of ``levels`` trained on those levels' windows.
+
+    Level 0 trains the local detector; levels >= 1 the global detector(s). A stage starts from the
+    weights the previous stage left (``init_from: previous``), so coarse levels are fine-tuned from
+    the local detector as in the authors' "distillation" chain.
+    """
+
+    name: str
+    levels: list[int]
+    epochs: int = 24
+    lr: float = 0.0025
+    lr_steps: list[int] = field(default_factory=lambda: [16, 22])
+    init_from: str = "previous"  # "previous" | "none"
+    min_length: float = 0.0  # GT shorter than this (px at the level) are dropped; 15 for global levels
+
+
+@dataclass
+class OptimConfig:
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    grad_clip: float = 35.0
+    warmup_iters: int = 500
+    warmup_ratio: float = 1 / 3
+
+
+@dataclass
+class DataConfig:
+    classes: list[str] = field(default_factory=lambda: ["bridge"])
+    iof_thr: float = 0.3
+    flip: bool = True
+    empty_fraction: float = 0.0  # share of windows without bridges kept as negatives
+    num_workers: int = 2
+
+
+@dataclass
+class TrainConfig:
+    batch_size: int = 2
+    amp: bool = True  # mixed precision, CUDA only
+    seed: int = 0
+    checkpoint_interval: int = 2  # epochs
+    log_interval: int = 10  # iterations
+
+
+@dataclass
+class ExperimentConfig:
+    name: str
+    model: HBDNetConfig = field(default_factory=HBDNetConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    stages: list[StageConfig] = field(default_factory=lambda: [StageConfig("local", [0])])
+
+
+def load_experiment(path: str | Path) -> ExperimentConfig:
+    return load_yaml(ExperimentConfig, path)
