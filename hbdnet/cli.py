@@ -15,6 +15,8 @@ import sys
 SUBCOMMANDS: dict[str, str] = {
     "plan": "hbdnet.commands.plan",
     "convert": "hbdnet.commands.convert",
+    "train": "hbdnet.commands.train",
+    "eval": "hbdnet.commands.evaluate",
 }
 
 

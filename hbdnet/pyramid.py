@@ -69,17 +69,18 @@ def plan_pyramid(
     width: int,
     window: int = 1024,
     overlap: int = 200,
-    max_side: int = 1024,
+    max_side: int | None = None,
     levels: list[int] | None = None,
 ) -> list[PlanWindow]:
     """All windows of all levels, level by level, row-major within a level.
 
+    ``max_side`` (default: the window size) is where the pyramid stops: the top level fits one window.
     ``levels`` restricts the plan to those level indices (e.g. ``[0]`` for plain sliding windows).
     """
     if not 0 <= overlap < window:
         raise ValueError(f"overlap must be in [0, window), got {overlap} for window {window}")
     plan: list[PlanWindow] = []
-    for lv in pyramid_levels(height, width, max_side):
+    for lv in pyramid_levels(height, width, window if max_side is None else max_side):
         if levels is not None and lv.index not in levels:
             continue
         ww, wh = min(window, lv.width), min(window, lv.height)

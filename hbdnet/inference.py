@@ -1,0 +1,74 @@
+"""HBD-Net behind the engine's window-detector interface (``serving.detectors.WindowDetector``)."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from hbdnet.checkpoint import load_model
+from hbdnet.models.hbdnet import HBDNet
+from hbdnet.pyramid import PlanWindow
+
+WindowResult = tuple[np.ndarray, np.ndarray, np.ndarray]
+
+
+class HBDNetWindowDetector:
+    """Runs the detector of each window's pyramid level on batches of windows.
+
+    Images are uint8 RGB ``(3, h, w)`` arrays; results are le90 boxes in window pixels.
+    """
+
+    def __init__(self, model: HBDNet, name: str, device: torch.device):
+        self.model = model
+        self.name = name
+        self.device = device
+        # A model with inter-layer fusion needs the coarser crops around each level-0 window.
+        self.context_levels = model.cfg.iff_context_levels if model.fusion is not None else 0
+
+    @torch.inference_mode()
+    def detect(
+        self,
+        images: list[np.ndarray],
+        windows: list[PlanWindow],
+        contexts: list[list[tuple[np.ndarray, tuple[float, float, float, float]]]] | None = None,
+    ) -> list[WindowResult]:
+        """``contexts[i]``: for window i, ``context_levels`` pairs (crop image, footprint rel box)."""
+        from hbdnet.models.hbdnet import WindowContext
+
+        results: list[WindowResult | None] = [None] * len(images)
+        by_level: dict[int, list[int]] = defaultdict(list)
+        for i, win in enumerate(windows):
+            by_level[win.level].append(i)
+        for level, idx in by_level.items():
+            batch = [torch.from_numpy(np.ascontiguousarray(images[i])).to(self.device) for i in idx]
+            context = None
+            if level == 0 and self.context_levels:
+                if contexts is None:
+                    raise ValueError("this model fuses features across levels: the reader must supply context crops")
+                crops = [[torch.from_numpy(np.ascontiguousarray(contexts[i][r][0])).to(self.device) for i in idx]
+                         for r in range(self.context_levels)]
+                rel = torch.tensor([[contexts[i][r][1] for r in range(self.context_levels)] for i in idx])
+                context = WindowContext(crops, rel)
+            for i, det in zip(idx, self.model.detect(batch, level, context=context)):
+                results[i] = (
+                    det["boxes"].float().cpu().numpy(),
+                    det["scores"].float().cpu().numpy(),
+                    det["labels"].cpu().numpy(),
+                )
+        return results  # type: ignore[return-value]
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("CUDA was asked for but torch sees no GPU (use --device cpu)")
+    return device
+
+
+def load_window_detector(path: str | Path, device: str | torch.device = "cpu") -> HBDNetWindowDetector:
+    dev = resolve_device(device)
+    model, meta = load_model(path, dev)
+    return HBDNetWindowDetector(model, str(meta.get("name", Path(path).stem)), dev)
