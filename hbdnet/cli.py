@@ -17,6 +17,8 @@ SUBCOMMANDS: dict[str, str] = {
     "convert": "hbdnet.commands.convert",
     "train": "hbdnet.commands.train",
     "eval": "hbdnet.commands.evaluate",
+    "detect": "serving.cli_detect",
+    "batch": "serving.cli_batch",
 }
 
 
