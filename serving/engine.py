@@ -1,0 +1,109 @@
+"""The large-scene engine: open, plan, stream windows through the workers, merge.
+
+``detect_scene`` is the whole path of design.md in one call. It is a composition of the modules that
+do the work: ``serving.scene`` (what the raster is), ``serving.reader`` (the plan and the reads),
+``serving.workers`` (where the detector runs) and ``serving.merge`` (window boxes to scene boxes).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from serving.detectors import DetectorSpec
+from serving.merge import MergeConfig, merge
+from serving.reader import PyramidResampling, plan_scene
+from serving.scene import SceneInfo, open_scene
+from serving.window_detections import WindowDetections
+from serving.workers import InProcessPool, PoolConfig, Progress, RayPool, make_pool
+
+
+@dataclass
+class SceneResult:
+    """Merged detections of a scene in full-resolution scene pixels.
+
+    ``boxes`` (N, 5) le90, ``scores`` (N,), ``labels`` (N,), ``levels`` (N,) the pyramid level each box
+    came from. ``window_detections`` are the workers' raw results in plan order (window pixels).
+    ``timings`` in seconds: open, plan (band stretch and coverage included), startup (workers), stream
+    (wall time of reading + detecting), read and detect (summed over workers), merge, total.
+    """
+
+    boxes: np.ndarray
+    scores: np.ndarray
+    labels: np.ndarray
+    levels: np.ndarray
+    scene: SceneInfo
+    timings: dict[str, float] = field(default_factory=dict)
+    windows: int = 0  # windows in the plan
+    skipped: int = 0  # windows left out because they hold no valid pixel
+    resubmitted: int = 0  # tasks re-run after a worker died
+    window_detections: list[WindowDetections] = field(default_factory=list)
+
+
+def detect_scene(
+    uri: str,
+    detector_spec: DetectorSpec,
+    *,
+    bands: Sequence[int] | None = None,
+    window: int = 1024,
+    overlap: int = 200,
+    merge_config: MergeConfig | None = None,
+    workers: int | None = None,
+    ray_address: str | None = None,
+    batch_size: int = 2,
+    resampling: PyramidResampling = "exact",
+    progress: Progress | None = None,
+    pool: InProcessPool | RayPool | None = None,
+) -> SceneResult:
+    """Detect bridges in the scene at ``uri`` (path, /vsicurl/ or http(s) URL, s3:// URL).
+
+    ``workers``: None = Ray, one actor per GPU or min(2, CPUs) CPU actors; 0 = in this process;
+    n = n actors. ``ray_address`` joins an existing Ray cluster. ``pool`` reuses workers that the
+    caller owns (a batch of scenes); it is not closed here, and ``workers``, ``ray_address`` and
+    ``batch_size`` are then the pool's. ``progress(done, total)`` is called as windows complete.
+    """
+    t_start = time.perf_counter()
+    timings: dict[str, float] = {}
+
+    info = open_scene(uri)
+    t = time.perf_counter()
+    timings["open"] = t - t_start
+
+    scene_plan = plan_scene(info, bands=bands, window=window, overlap=overlap, resampling=resampling)
+    timings["plan"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    own_pool = pool is None
+    if pool is None:
+        pool = make_pool(detector_spec, PoolConfig(workers=workers, ray_address=ray_address,
+                                                   batch_size=batch_size))
+    timings["startup"] = time.perf_counter() - t
+    try:
+        t = time.perf_counter()
+        run = pool.run(scene_plan.spec, scene_plan.items, progress)
+        timings["stream"] = time.perf_counter() - t
+    finally:
+        if own_pool:
+            pool.close()
+
+    t = time.perf_counter()
+    merged = merge(run.detections, merge_config if merge_config is not None else MergeConfig())
+    timings["merge"] = time.perf_counter() - t
+    timings["read"] = run.read_s
+    timings["detect"] = run.detect_s
+    timings["total"] = time.perf_counter() - t_start
+    return SceneResult(
+        boxes=merged.boxes,
+        scores=merged.scores,
+        labels=merged.labels,
+        levels=merged.levels,
+        scene=info,
+        timings=timings,
+        windows=len(scene_plan.plan),
+        skipped=len(scene_plan.skipped),
+        resubmitted=run.resubmitted,
+        window_detections=run.detections,
+    )

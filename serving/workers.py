@@ -1,0 +1,304 @@
+"""Model workers: read windows and run the detector on them, in this process or in Ray actors.
+
+Tasks carry window descriptors, never pixels: a ``WindowTask`` is the scene's ``ReadSpec`` (uri, bands,
+stretch, GDAL cache) and a short run of plan windows of one level and one row. Each worker opens the
+scene itself, keeps it open across tasks, reads its windows and runs batched inference. The same
+``WindowWorker`` class does this in-process (``workers=0``) and inside every Ray actor.
+
+Ray pool: one actor per GPU (``num_gpus=1``) when the cluster has GPUs, else ``workers`` CPU actors
+(``num_cpus=1``, default ``min(2, CPUs)``). At most ``tasks_in_flight`` tasks per actor are
+outstanding (backpressure: windows are read only as fast as the detector consumes them). When an
+actor dies its tasks are re-submitted, and the actor is replaced. Results are keyed by plan index and
+returned in plan order, so they do not depend on the number of workers or on scheduling.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from serving.detectors import DetectorSpec, WindowDetector, build_detector
+from serving.reader import ReadItem, ReadSpec, WindowReader
+from serving.window_detections import WindowDetections
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[int, int], None]  # (windows done, windows total)
+
+
+@dataclass(frozen=True)
+class PoolConfig:
+    """How windows are spread over workers.
+
+    ``workers``: None = one actor per GPU, or ``min(2, CPUs)`` CPU actors; 0 = in this process, no Ray;
+    n > 0 = n actors. ``ray_address`` joins an existing cluster ("auto" or "host:port"); None starts a
+    local runtime (unless one is already running in this process).
+    """
+
+    workers: int | None = None
+    ray_address: str | None = None
+    batch_size: int = 2
+    task_windows: int = 8  # windows per task (a task never spans two rows of windows or two levels)
+    tasks_in_flight: int = 2  # per actor
+    max_attempts: int = 3  # per task, counting actor deaths
+    start_timeout_s: float = 300.0  # actors not up by then: the cluster lacks the resources asked for
+
+
+@dataclass(frozen=True)
+class WindowTask:
+    spec: ReadSpec
+    items: tuple[ReadItem, ...]
+
+
+@dataclass
+class TaskResult:
+    detections: list[tuple[int, WindowDetections]]  # (plan index, detections)
+    read_s: float = 0.0
+    detect_s: float = 0.0
+
+
+@dataclass
+class PoolRun:
+    """Window detections in plan order, and where the time went (read/detect summed over workers)."""
+
+    detections: list[WindowDetections]
+    read_s: float = 0.0
+    detect_s: float = 0.0
+    resubmitted: int = 0
+    actors_replaced: int = 0
+
+
+def make_tasks(items: Sequence[ReadItem], task_windows: int) -> list[tuple[ReadItem, ...]]:
+    """Consecutive items of the same level and row, at most ``task_windows`` per task, in plan order.
+
+    A row of windows per task keeps each worker's reads inside the blocks its GDAL cache holds.
+    """
+    tasks: list[tuple[ReadItem, ...]] = []
+    run: list[ReadItem] = []
+    for it in items:
+        if run and ((it.window.level, it.window.row_off) != (run[0].window.level, run[0].window.row_off)
+                    or len(run) >= task_windows):
+            tasks.append(tuple(run))
+            run = []
+        run.append(it)
+    if run:
+        tasks.append(tuple(run))
+    return tasks
+
+
+def run_items(reader: WindowReader, detector: WindowDetector, items: Sequence[ReadItem],
+              batch_size: int) -> TaskResult:
+    """Read ``items`` and detect on them in batches (all items of a task share one level)."""
+    result = TaskResult([])
+    for start in range(0, len(items), batch_size):
+        batch = items[start:start + batch_size]
+        t0 = time.perf_counter()
+        images = [reader.read(it.window, it.needs_mask) for it in batch]
+        t1 = time.perf_counter()
+        outputs = detector.detect(images, [it.window for it in batch])
+        t2 = time.perf_counter()
+        if len(outputs) != len(batch):
+            raise RuntimeError(f"detector {detector.name} returned {len(outputs)} results for {len(batch)} windows")
+        for it, (boxes, scores, labels) in zip(batch, outputs):
+            result.detections.append((it.index, WindowDetections(it.window, boxes, scores, labels)))
+        result.read_s += t1 - t0
+        result.detect_s += t2 - t1
+    return result
+
+
+class WindowWorker:
+    """A detector and the scene it currently reads. Used as-is in-process and as a Ray actor class."""
+
+    def __init__(self, detector_spec: DetectorSpec, batch_size: int = 2):
+        self.detector = build_detector(detector_spec)
+        self.batch_size = batch_size
+        self._reader: WindowReader | None = None
+
+    def run(self, task: WindowTask) -> TaskResult:
+        if self._reader is None or self._reader.spec != task.spec:
+            self.close()
+            self._reader = WindowReader(task.spec)
+        return run_items(self._reader, self.detector, task.items, self.batch_size)
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def close(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
+
+
+def _collect(results: dict[int, WindowDetections], run: PoolRun) -> PoolRun:
+    run.detections = [results[i] for i in sorted(results)]
+    return run
+
+
+class InProcessPool:
+    """Runs every task in this process, in plan order: no Ray, same reader and detector code."""
+
+    def __init__(self, detector_spec: DetectorSpec, config: PoolConfig = PoolConfig(workers=0)):
+        self.config = config
+        self._worker = WindowWorker(detector_spec, config.batch_size)
+
+    def run(self, spec: ReadSpec, items: Sequence[ReadItem], progress: Progress | None = None) -> PoolRun:
+        results: dict[int, WindowDetections] = {}
+        run = PoolRun([])
+        done = 0
+        for task_items in make_tasks(items, self.config.task_windows):
+            res = self._worker.run(WindowTask(spec, task_items))
+            results.update(res.detections)
+            run.read_s += res.read_s
+            run.detect_s += res.detect_s
+            done += len(task_items)
+            if progress is not None:
+                progress(done, len(items))
+        return _collect(results, run)
+
+    def close(self) -> None:
+        self._worker.close()
+
+    def __enter__(self) -> InProcessPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> bool:
+    """Connect to Ray: join ``address`` if given, else start a local runtime. True if this call started it.
+
+    One code path for both: only the ``ray.init`` arguments differ. A runtime already initialised in
+    this process (a test fixture, a batch run) is reused as it is.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return False
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    kwargs: dict[str, object]
+    if address is not None:
+        kwargs = {"address": address}
+    else:
+        # Ray starts its workers at nice 15, but here they do all of the engine's work, and next to
+        # any other busy process niced workers starve (docs/dependencies.md: tenfold slow-downs). A
+        # local runtime's workers run at normal priority unless the caller's environment says otherwise.
+        os.environ.setdefault("RAY_worker_niceness", "0")
+        kwargs = {"num_cpus": num_cpus or os.cpu_count() or 1, "include_dashboard": False}
+    ray.init(**kwargs, logging_level=logging.WARNING)
+    return True
+
+
+class RayPool:
+    """Ray actors running ``WindowWorker``; see the module docstring for placement and retries."""
+
+    def __init__(self, detector_spec: DetectorSpec, config: PoolConfig = PoolConfig()):
+        import ray
+
+        self.config = config
+        self._detector_spec = detector_spec
+        local_cpus = max(os.cpu_count() or 1, config.workers or 0)
+        self._started_ray = ensure_ray(config.ray_address, local_cpus)
+        resources = ray.cluster_resources()
+        gpus = int(resources.get("GPU", 0))
+        if gpus:
+            n = config.workers or gpus
+            options = {"num_gpus": 1, "num_cpus": 1}
+        else:
+            n = config.workers or min(2, max(1, int(resources.get("CPU", 1))))
+            options = {"num_cpus": 1}
+        self._actor_class = ray.remote(**options)(WindowWorker)
+        self.actors = [self._new_actor() for _ in range(n)]
+        # Wait for the actors to be up, so that start-up time is not counted as streaming time, and so
+        # that asking for more workers than the cluster can place fails here instead of hanging.
+        try:
+            ray.get([a.pid.remote() for a in self.actors], timeout=config.start_timeout_s)
+        except ray.exceptions.GetTimeoutError:
+            self.close()
+            raise RuntimeError(f"{n} workers ({options}) did not start within {config.start_timeout_s:.0f} s; "
+                               f"cluster resources: {resources}") from None
+
+    def _new_actor(self):
+        return self._actor_class.remote(self._detector_spec, self.config.batch_size)
+
+    def run(self, spec: ReadSpec, items: Sequence[ReadItem], progress: Progress | None = None) -> PoolRun:
+        import ray
+        from ray.exceptions import RayActorError
+
+        cfg = self.config
+        # Coarsest level first: a level-k window decodes 4**k times the pixels of a level-0 one, so the
+        # few expensive tasks start early and the run does not end with one actor busy on the top
+        # level while the others idle. Within a level the plan's row order is kept (stable sort).
+        tasks = sorted(make_tasks(items, cfg.task_windows), key=lambda t: -t[0].window.level)
+        pending: deque[tuple[WindowTask, int]] = deque((WindowTask(spec, t), 0) for t in tasks)
+        load = [0] * len(self.actors)
+        in_flight: dict[ray.ObjectRef, tuple[int, object, WindowTask, int]] = {}
+        results: dict[int, WindowDetections] = {}
+        run = PoolRun([])
+        done = 0
+        while pending or in_flight:
+            while pending and min(load) < cfg.tasks_in_flight:
+                slot = load.index(min(load))
+                task, attempt = pending.popleft()
+                actor = self.actors[slot]
+                in_flight[actor.run.remote(task)] = (slot, actor, task, attempt)
+                load[slot] += 1
+            ready, _ = ray.wait(list(in_flight), num_returns=1)
+            for ref in ready:
+                slot, actor, task, attempt = in_flight.pop(ref)
+                load[slot] -= 1
+                try:
+                    res: TaskResult = ray.get(ref)
+                except RayActorError as exc:
+                    if attempt + 1 >= cfg.max_attempts:
+                        raise RuntimeError(f"task of {len(task.items)} windows failed {cfg.max_attempts} "
+                                           f"times (workers dying): {exc}") from exc
+                    if self.actors[slot] is actor:  # first failure seen from this actor: replace it
+                        log.warning("worker %d died (%s); replacing it and re-submitting its tasks", slot,
+                                    type(exc).__name__)
+                        try:
+                            ray.kill(actor, no_restart=True)
+                        except ValueError:  # not an actor handle any more; nothing left to stop
+                            pass
+                        self.actors[slot] = self._new_actor()
+                        run.actors_replaced += 1
+                    pending.appendleft((task, attempt + 1))
+                    run.resubmitted += 1
+                    continue
+                results.update(res.detections)
+                run.read_s += res.read_s
+                run.detect_s += res.detect_s
+                done += len(task.items)
+                if progress is not None:
+                    progress(done, len(items))
+        return _collect(results, run)
+
+    def worker_pids(self) -> list[int]:
+        import ray
+
+        return ray.get([a.pid.remote() for a in self.actors])
+
+    def close(self) -> None:
+        import ray
+
+        for actor in self.actors:
+            ray.kill(actor, no_restart=True)
+        self.actors = []
+        if self._started_ray:
+            ray.shutdown()
+
+    def __enter__(self) -> RayPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def make_pool(detector_spec: DetectorSpec, config: PoolConfig) -> InProcessPool | RayPool:
+    if config.workers == 0:
+        return InProcessPool(detector_spec, config)
+    return RayPool(detector_spec, config)
