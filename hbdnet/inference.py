@@ -27,6 +27,7 @@ class HBDNetWindowDetector:
         self.device = device
         # A model with inter-layer fusion needs the coarser crops around each level-0 window.
         self.context_levels = model.cfg.iff_context_levels if model.fusion is not None else 0
+        self.context_size = model.cfg.window
 
     @torch.inference_mode()
     def detect(

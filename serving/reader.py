@@ -325,6 +325,14 @@ class WindowReader:
         with rasterio.Env(**spec.env_options()):
             self._ds = rasterio.open(spec.uri)
 
+    @property
+    def height(self) -> int:
+        return self._ds.height
+
+    @property
+    def width(self) -> int:
+        return self._ds.width
+
     def read(self, window: PlanWindow, needs_mask: bool = False) -> np.ndarray:
         """(3, window.height, window.width) uint8."""
         spec = self.spec

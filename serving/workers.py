@@ -21,6 +21,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from hbdnet.pyramid import PlanWindow, context_crops
 from serving.detectors import DetectorSpec, WindowDetector, build_detector
 from serving.reader import ReadItem, ReadSpec, WindowReader
 from serving.window_detections import WindowDetections
@@ -90,6 +91,23 @@ def make_tasks(items: Sequence[ReadItem], task_windows: int) -> list[tuple[ReadI
     return tasks
 
 
+def read_contexts(reader: WindowReader, detector: WindowDetector, windows: list[PlanWindow]) -> list | None:
+    """The coarser crops around level-0 windows, for a detector with inter-layer feature fusion.
+
+    The detector says how many levels it fuses (``context_levels``) and the crop size
+    (``context_size``); None when it fuses none or the windows are not full-resolution ones.
+    """
+    levels = getattr(detector, "context_levels", 0)
+    if not levels or windows[0].level != 0:
+        return None
+    size = detector.context_size  # type: ignore[attr-defined]
+    return [
+        [(reader.read(c.window, needs_mask=True), c.rel_box)
+         for c in context_crops(w, reader.height, reader.width, levels, size)]
+        for w in windows
+    ]
+
+
 def run_items(reader: WindowReader, detector: WindowDetector, items: Sequence[ReadItem],
               batch_size: int) -> TaskResult:
     """Read ``items`` and detect on them in batches (all items of a task share one level)."""
@@ -98,8 +116,13 @@ def run_items(reader: WindowReader, detector: WindowDetector, items: Sequence[Re
         batch = items[start:start + batch_size]
         t0 = time.perf_counter()
         images = [reader.read(it.window, it.needs_mask) for it in batch]
+        windows = [it.window for it in batch]
+        contexts = read_contexts(reader, detector, windows)
         t1 = time.perf_counter()
-        outputs = detector.detect(images, [it.window for it in batch])
+        if contexts is None:
+            outputs = detector.detect(images, windows)
+        else:
+            outputs = detector.detect(images, windows, contexts=contexts)
         t2 = time.perf_counter()
         if len(outputs) != len(batch):
             raise RuntimeError(f"detector {detector.name} returned {len(outputs)} results for {len(batch)} windows")
