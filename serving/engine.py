@@ -53,14 +53,14 @@ def detect_scene(
     merge_config: MergeConfig | None = None,
     workers: int | None = None,
     ray_address: str | None = None,
-    batch_size: int = 2,
+    batch_size: int | None = None,
     resampling: PyramidResampling = "exact",
     progress: Progress | None = None,
     pool: InProcessPool | RayPool | None = None,
 ) -> SceneResult:
     """Detect bridges in the scene at ``uri`` (path, /vsicurl/ or http(s) URL, s3:// URL).
 
-    ``workers``: None = Ray, one actor per GPU or min(2, CPUs) CPU actors; 0 = in this process;
+    ``workers``: None = Ray, one actor per GPU or one CPU actor using every core; 0 = in this process;
     n = n actors. ``ray_address`` joins an existing Ray cluster. ``pool`` reuses workers that the
     caller owns (a batch of scenes); it is not closed here, and ``workers``, ``ray_address`` and
     ``batch_size`` are then the pool's. ``progress(done, total)`` is called as windows complete.
