@@ -102,7 +102,7 @@ def ensure_light_model(cache_dir: Path, given: str | None) -> tuple[str | None, 
 
 # --- one engine run in this process (the subprocess side) ------------------------------------------
 
-def run_one(scene: str, detector: str, model: str | None, workers: int) -> None:
+def run_one(scene: str, detector: str, model: str | None, workers: int | None) -> None:
     from serving.detectors import DetectorSpec
     from serving.engine import detect_scene
 
@@ -169,10 +169,10 @@ def kill_tree(pid: int) -> None:
     psutil.wait_procs(procs, timeout=10)
 
 
-def measure(scene: Path, detector: str, model: str | None, workers: int, limit_s: float | None) -> dict:
+def measure(scene: Path, detector: str, model: str | None, workers: int | None, limit_s: float | None) -> dict:
     """Run ``--one`` in a subprocess; peak tree RSS (MB), the run's timings, and whether it finished."""
     cmd = [sys.executable, str(Path(__file__).resolve()), "--one", str(scene), "--detector", detector,
-           "--workers", str(workers)] + (["--model", model] if model else [])
+           ] + (["--workers", str(workers)] if workers is not None else []) + (["--model", model] if model else [])
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env,
                             start_new_session=True)
@@ -239,7 +239,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--sizes", type=int, nargs="+", default=[4096, 8192, 16384])
     ap.add_argument("--cache-dir", type=Path, default=Path("/tmp/hbdnet-bench"))
     ap.add_argument("--fresh", action="store_true", help="rewrite the synthetic scenes")
-    ap.add_argument("--workers", type=int, default=2, help="Ray CPU actors for the engine runs")
+    ap.add_argument("--workers", type=int, default=None,
+                    help="Ray actors for the engine runs (default: the engine's, one CPU actor with every core)")
     ap.add_argument("--light-model", default=None, help="light HBD-Net checkpoint (default: untrained)")
     ap.add_argument("--light-seconds", type=float, default=120.0, help="stop the light-model run after this")
     ap.add_argument("--no-light", action="store_true")
@@ -297,7 +298,7 @@ def main(argv: list[str] | None = None) -> None:
     pipeline_ratio = total / read_s
     print(f"read-only runs {[round(x, 2) for x in reads]} s, in-process engine runs {[round(x, 2) for x in inprocs]} s",
           flush=True)
-    print(f"pipeline {largest} px: read-only {read_s:.2f} s; Ray engine ({args.workers} actors) {total:.2f} s "
+    print(f"pipeline {largest} px: read-only {read_s:.2f} s; Ray engine ({args.workers or 'default'} actors) {total:.2f} s "
           f"(ratio {pipeline_ratio:.3f}; Ray start-up {startup:.2f} s, without it {(total - startup) / read_s:.3f}); "
           f"in-process engine {inproc:.2f} s (ratio {inproc / read_s:.3f}); target <= 1.25", flush=True)
 

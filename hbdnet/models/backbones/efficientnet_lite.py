@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from hbdnet.models.backbones.freezing import apply_freezing
+
 # (repeats, kernel, stride, expand ratio, in channels, out channels) per stage of Lite0.
 _LITE0_STAGES = [
     (1, 3, 1, 1, 32, 16),
@@ -100,7 +102,7 @@ class EfficientNetLite0(nn.Module):
         self.blocks = nn.ModuleList(blocks)
         self.out_channels = [self.blocks[i].project_bn.num_features for i in _OUT_BLOCKS]
         self._init_weights()
-        self._freeze_stages()
+        apply_freezing(self, self._frozen_modules(), self.norm_eval, self.training)
 
     def _init_weights(self) -> None:
         for m in self.modules():
@@ -119,19 +121,9 @@ class EfficientNetLite0(nn.Module):
             mods += list(self.blocks[: last + 1])
         return mods
 
-    def _freeze_stages(self) -> None:
-        for m in self._frozen_modules():
-            m.eval()
-            for p in m.parameters():
-                p.requires_grad_(False)
-
     def train(self, mode: bool = True) -> EfficientNetLite0:
         super().train(mode)
-        self._freeze_stages()
-        if mode and self.norm_eval:
-            for m in self.modules():
-                if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                    m.eval()
+        apply_freezing(self, self._frozen_modules(), self.norm_eval, mode)
         return self
 
     def forward(self, x: Tensor) -> list[Tensor]:

@@ -17,6 +17,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from hbdnet.models.backbones.freezing import apply_freezing
+
 
 class Bottleneck(nn.Module):
     expansion = 4
@@ -80,7 +82,7 @@ class ResNet(nn.Module):
             in_channels = width * Bottleneck.expansion
             self.out_channels.append(in_channels)
         self._init_weights(zero_init_residual)
-        self._freeze_stages()
+        apply_freezing(self, self._frozen_modules(), self.norm_eval, self.training)
 
     @staticmethod
     def _make_layer(in_channels: int, width: int, n: int, stride: int) -> nn.Sequential:
@@ -114,19 +116,9 @@ class ResNet(nn.Module):
         mods += [getattr(self, f"layer{i}") for i in range(1, self.frozen_stages + 1)]
         return mods
 
-    def _freeze_stages(self) -> None:
-        for m in self._frozen_modules():
-            m.eval()
-            for p in m.parameters():
-                p.requires_grad_(False)
-
     def train(self, mode: bool = True) -> ResNet:
         super().train(mode)
-        self._freeze_stages()
-        if mode and self.norm_eval:
-            for m in self.modules():
-                if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                    m.eval()
+        apply_freezing(self, self._frozen_modules(), self.norm_eval, mode)
         return self
 
     def forward(self, x: Tensor) -> list[Tensor]:
