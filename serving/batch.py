@@ -9,7 +9,7 @@ and one JSON line per finished scene to ``OUTDIR/manifest.jsonl``::
      "model": {"name", "sha256"}, "params": {...}, "source": input, "finished_at": ISO 8601 UTC}
 
 Resuming. A line is appended (flushed and fsynced) only after the scene's output file is complete
-and renamed into place, so a crash or Ctrl-C loses at most the scene in progress. On a re-run the
+and renamed into place, so a crash or Ctrl-C loses at most the scenes in progress. On a re-run the
 latest line of each scene decides: a scene is skipped when it ran with the same model (sha256 of
 the checkpoint) and the same ``params`` (format, score threshold, bands, window, overlap: anything
 that changes the output), and, for ``ok``, its output file is still there. Failed scenes are
@@ -21,11 +21,15 @@ Output names come from the scene's stem. A name already used in the manifest sta
 a stem that two scenes share (case-insensitive), or that an earlier scene in the manifest holds, gets
 the first 8 hex digits of the SHA-1 of the scene URI appended, so names never depend on order.
 
-Scenes run one after another through the shared pool. ``RayPool.run`` is not made for concurrent
-callers: each worker keeps one scene open and reopens on every switch (interleaved scenes would
-reopen the raster on nearly every task and lose the block cache the task layout is built around),
-and replacing a dead actor is an unlocked check-then-set. The pool's actors stay busy within a
-scene; only the merge and the write of each scene run while they wait.
+Scenes go through the shared pool's ``run_many``: with Ray, up to ``PoolConfig.open_scenes`` scenes
+are in flight at once. The actors run a scene's last tasks while this process plans the next one
+(open, stretch and coverage scans), and the next one's tasks while it merges and writes the scene
+before; manifest lines therefore come in completion order. Planning blocks this process, so the
+actors stay busy through it only with the tasks already queued on them (``tasks_in_flight`` each).
+Everything happens in this one thread: ``run_many`` draws the next scene from a generator here and
+hands back finished ones, so the manifest, the progress bars and the warnings of each scene need no
+locks. Results are keyed by plan index per scene, so outputs do not depend on the interleaving or
+on the number of workers.
 """
 
 from __future__ import annotations
@@ -36,26 +40,27 @@ import json
 import os
 import time
 import warnings
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 
 from serving.detectors import DetectorSpec
-from serving.engine import detect_scene
+from serving.engine import PreparedScene, finish_scene, prepare_scene
 from serving.geo_output import SUPPORTED_SUFFIXES, OutputError, write_detections
 from serving.inputs import SceneInput, short_hash
 from serving.merge import MergeConfig
 from serving.reader import PyramidResampling
-from serving.scene import SceneError, open_scene
-from serving.workers import InProcessPool, PoolConfig, Progress, RayPool, make_pool
+from serving.scene import SceneError
+from serving.workers import InProcessPool, PoolConfig, PoolRun, Progress, RayPool, SceneJob, make_pool
 
 MANIFEST_NAME = "manifest.jsonl"
 OutputFormat = Literal["gpkg", "geojson", "fgb"]
 OUTPUT_FORMATS: tuple[str, ...] = ("gpkg", "geojson", "fgb")
 Log = Callable[[str], None]
+T = TypeVar("T")
 
 
 class BatchError(Exception):
@@ -175,25 +180,59 @@ def detect_to_file(
     """
     t0 = time.perf_counter()
     output = Path(output)
+    notes: list[str] = []
+    prepared = _noting(notes, lambda: open_for_output(uri, output, model, options))  # before workers start
+    own_pool = pool is None
+    if pool is None:
+        pool = make_pool(model.spec, pool_config)
+    try:
+        run = pool.run(prepared.plan.spec, prepared.plan.items, progress)
+    finally:
+        if own_pool:
+            pool.close()
+    outcome = _noting(notes, lambda: write_output(prepared, run, output, model, options, t0))
+    return replace(outcome, notes=tuple(notes))
+
+
+def open_for_output(uri: str, output: Path, model: ModelRef, options: DetectOptions) -> PreparedScene:
+    """Check that ``output`` can be written, then open and plan the scene (no worker involved)."""
     check_output_path(output)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        info = open_scene(uri)  # cheap, and fails before workers start
-        if output.suffix.lower() == ".geojson" and info.crs is None:
-            raise OutputError(f"cannot write {output}: scene {uri} has no CRS and GeoJSON must be WGS84 "
-                              "longitude/latitude; write .gpkg or .fgb to get pixel coordinates")
-        result = detect_scene(
-            uri, model.spec, bands=options.bands, window=model.window, overlap=model.overlap,
-            merge_config=options.merge_config, workers=pool_config.workers, ray_address=pool_config.ray_address,
-            batch_size=pool_config.batch_size, resampling=options.resampling, progress=progress, pool=pool)
-        keep = result.scores >= options.score_thr
-        write_detections(
-            output, result.boxes[keep], result.scores[keep], result.labels[keep], result.levels[keep],
-            transform=result.scene.transform, crs=result.scene.crs, scene=uri, model=model.label,
-            class_names=model.class_names)
+    prepared = prepare_scene(uri, bands=options.bands, window=model.window, overlap=model.overlap,
+                             resampling=options.resampling)
+    if output.suffix.lower() == ".geojson" and prepared.info.crs is None:
+        raise OutputError(f"cannot write {output}: scene {uri} has no CRS and GeoJSON must be WGS84 "
+                          "longitude/latitude; write .gpkg or .fgb to get pixel coordinates")
+    return prepared
+
+
+def write_output(prepared: PreparedScene, run: PoolRun, output: Path, model: ModelRef, options: DetectOptions,
+                 t0: float) -> SceneOutcome:
+    """Merge the scene's window detections and write them to ``output``, synced to disk (no notes).
+
+    ``t0``: ``time.perf_counter()`` when the scene's work began."""
+    result = finish_scene(prepared, run, options.merge_config)
+    keep = result.scores >= options.score_thr
+    write_detections(
+        output, result.boxes[keep], result.scores[keep], result.labels[keep], result.levels[keep],
+        transform=result.scene.transform, crs=result.scene.crs, scene=prepared.info.uri, model=model.label,
+        class_names=model.class_names)
     _fsync_path(output)
     _fsync_path(output.parent)  # the rename into place
-    return SceneOutcome(output, int(keep.sum()), result.windows, time.perf_counter() - t0, _scene_notes(caught))
+    return SceneOutcome(output, int(keep.sum()), result.windows, time.perf_counter() - t0)
+
+
+def _noting(notes: list[str], step: Callable[[], T]) -> T:
+    """Run ``step``, adding the serving warnings it raises to ``notes`` (see ``_scene_notes``).
+
+    Each step of a scene is wrapped on its own: in a batch, steps of two scenes alternate, so one
+    ``catch_warnings`` around a whole scene would catch the other scene's warnings too."""
+    caught: list[warnings.WarningMessage] = []
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            return step()
+    finally:
+        notes.extend(n for n in _scene_notes(caught) if n not in notes)
 
 
 def _scene_notes(caught: list[warnings.WarningMessage]) -> tuple[str, ...]:
@@ -359,7 +398,9 @@ class BatchSummary:
 
 
 class SceneBars:
-    """Progress of a batch: a bar over scenes and one over the windows of the current scene."""
+    """Progress of a batch: a bar over scenes and one over the windows of the oldest scene in flight
+    (the next one whose output is written); the progress of the scenes opened after it is kept and
+    shown when their turn comes."""
 
     def __init__(self, total: int, enabled: bool):
         from tqdm import tqdm
@@ -368,22 +409,50 @@ class SceneBars:
                             dynamic_ncols=True)
         self._windows = tqdm(total=0, unit="window", position=1, leave=False, disable=not enabled,
                              dynamic_ncols=True)
+        self._open: dict[int, list] = {}  # scene key -> [name, windows done, windows total], oldest first
 
-    def start(self, name: str) -> None:
-        self._windows.reset(total=0)
-        self._windows.set_description_str(name[-40:])
+    def start(self, key: int, name: str) -> None:
+        self._open[key] = [name, 0, 0]
+        if len(self._open) == 1:
+            self._show()
 
-    def windows(self, done: int, total: int) -> None:
-        if self._windows.total != total:
-            self._windows.total = total
-        self._windows.update(done - self._windows.n)
+    def windows(self, key: int, done: int, total: int) -> None:
+        state = self._open.get(key)
+        if state is None:
+            return
+        state[1:] = [done, total]
+        if key == next(iter(self._open)):
+            if self._windows.total != total:
+                self._windows.total = total
+            self._windows.update(done - self._windows.n)
 
-    def scene_done(self) -> None:
+    def scene_done(self, key: int | None = None) -> None:
+        """A scene is recorded; ``key`` None for one that failed before it started."""
         self._scenes.update(1)
+        if key is not None and self._open.pop(key, None) is not None and self._open:
+            self._show()
+
+    def _show(self) -> None:
+        name, done, total = next(iter(self._open.values()))
+        self._windows.reset(total=total)
+        self._windows.set_description_str(name[-40:])
+        self._windows.update(done)
 
     def close(self) -> None:
         self._windows.close()
         self._scenes.close()
+
+
+@dataclass
+class _OpenScene:
+    """A scene of the batch between its planning and its manifest line."""
+
+    key: int
+    scene: SceneInput
+    output: Path
+    t0: float
+    prepared: PreparedScene
+    notes: list[str]
 
 
 def run_batch(
@@ -401,11 +470,12 @@ def run_batch(
 ) -> BatchSummary:
     """Run ``scenes`` into ``outdir`` (see the module docstring); return what happened.
 
-    The pool is created from ``pool_config`` on the first scene that needs running (a run with
-    nothing left to do starts no workers) and closed at the end, unless ``pool`` is given (then it
-    is used and left open). A scene that fails is recorded and the run goes on; ``BatchError``
-    (output folder, manifest locked, workers that do not start) and ``KeyboardInterrupt`` propagate.
-    ``log`` receives one line per failed scene and per warning.
+    The pool is created from ``pool_config`` when some scene needs running (a run with nothing
+    left to do starts no workers) and closed at the end, unless ``pool`` is given (then it is used
+    and left open). With Ray, up to ``pool_config.open_scenes`` scenes (a given pool's own config)
+    are in flight at once; a Ctrl-C loses those. A scene that fails is recorded and the run goes
+    on; ``BatchError`` (output folder, manifest locked, workers that do not start) and
+    ``KeyboardInterrupt`` propagate. ``log`` receives one line per failed scene and per warning.
     """
     if fmt not in OUTPUT_FORMATS:
         raise ValueError(f"unknown output format {fmt!r}; expected one of {OUTPUT_FORMATS}")
@@ -435,37 +505,66 @@ def run_batch(
 
         bars = SceneBars(len(todo), show_progress)
         say = log if log is not None else (lambda line: None)
+
+        def finish(scene: SceneInput, output: Path, t0: float, outcome: SceneOutcome | Exception,
+                   key: int | None) -> None:
+            record: dict[str, Any] = {"scene": scene.uri, "output": output.name}
+            if isinstance(outcome, Exception):  # a bad scene must not stop the others; the reason is recorded
+                record.update(status="failed", detections=0, windows=0,
+                              seconds=round(time.perf_counter() - t0, 3), error=_error_line(outcome), warnings=[])
+                summary.ran_failed += 1
+                say(f"failed: {scene.uri}: {record['error']}")
+            else:
+                record.update(status="ok", detections=outcome.detections, windows=outcome.windows,
+                              seconds=round(outcome.seconds, 3), error=None, warnings=list(outcome.notes))
+                summary.ran_ok += 1
+                summary.detections += outcome.detections
+                for note in outcome.notes:
+                    say(f"warning: {note}")
+            record.update(model=model_entry, params=params, source=scene.source,
+                          finished_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
+            manifest.append(record)
+            final[scene.uri] = record
+            bars.scene_done(key)
+
+        def jobs() -> Iterator[SceneJob]:
+            """Plan each scene when the pool asks for the next one; one that cannot be planned is
+            recorded as failed here and never reaches the pool."""
+            for key, scene in enumerate(todo):
+                output = outdir / names[scene.uri]
+                t0 = time.perf_counter()
+                notes: list[str] = []
+                try:
+                    prepared = _noting(notes, lambda: open_for_output(scene.uri, output, model, options))
+                except Exception as exc:
+                    finish(scene, output, t0, exc, None)
+                    continue
+                bars.start(key, scene.name)
+                yield SceneJob(prepared.plan.spec, prepared.plan.items,
+                               progress=lambda done, total, key=key: bars.windows(key, done, total),
+                               key=_OpenScene(key, scene, output, t0, prepared, notes))
+
         own_pool = pool is None
         try:
-            for scene in todo:
-                if pool is None:
-                    try:
-                        pool = make_pool(model.spec, pool_config)
-                    except Exception as exc:  # Ray cannot start, the model does not build: nothing can run
-                        raise BatchError(f"cannot start the workers: {_error_line(exc)}") from exc
-                bars.start(scene.name)
-                output = outdir / names[scene.uri]
-                record: dict[str, Any] = {"scene": scene.uri, "output": output.name}
-                t0 = time.perf_counter()
+            if todo and pool is None:
                 try:
-                    outcome = detect_to_file(scene.uri, output, model, options, pool=pool, progress=bars.windows)
-                except Exception as exc:  # a bad scene must not stop the others; the reason is recorded
-                    record.update(status="failed", detections=0, windows=0,
-                                  seconds=round(time.perf_counter() - t0, 3), error=_error_line(exc), warnings=[])
-                    summary.ran_failed += 1
-                    say(f"failed: {scene.uri}: {record['error']}")
-                else:
-                    record.update(status="ok", detections=outcome.detections, windows=outcome.windows,
-                                  seconds=round(outcome.seconds, 3), error=None, warnings=list(outcome.notes))
-                    summary.ran_ok += 1
-                    summary.detections += outcome.detections
-                    for note in outcome.notes:
-                        say(f"warning: {note}")
-                record.update(model=model_entry, params=params, source=scene.source,
-                              finished_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
-                manifest.append(record)
-                final[scene.uri] = record
-                bars.scene_done()
+                    pool = make_pool(model.spec, pool_config)
+                except Exception as exc:  # Ray cannot start, the model does not build: nothing can run
+                    raise BatchError(f"cannot start the workers: {_error_line(exc)}") from exc
+            if todo:
+                assert pool is not None
+                for job, result in pool.run_many(jobs()):
+                    op: _OpenScene = job.key  # type: ignore[assignment]
+                    if isinstance(result, Exception):  # a worker could not read or detect this scene
+                        finish(op.scene, op.output, op.t0, result, op.key)
+                        continue
+                    try:
+                        outcome = _noting(op.notes, lambda: write_output(op.prepared, result, op.output, model,
+                                                                          options, op.t0))
+                    except Exception as exc:
+                        finish(op.scene, op.output, op.t0, exc, op.key)
+                    else:
+                        finish(op.scene, op.output, op.t0, replace(outcome, notes=tuple(op.notes)), op.key)
         finally:
             bars.close()
             if own_pool and pool is not None:

@@ -1,8 +1,10 @@
 """The large-scene engine: open, plan, stream windows through the workers, merge.
 
-``detect_scene`` is the whole path of design.md in one call. It is a composition of the modules that
-do the work: ``serving.scene`` (what the raster is), ``serving.reader`` (the plan and the reads),
-``serving.workers`` (where the detector runs) and ``serving.merge`` (window boxes to scene boxes).
+``detect_scene`` is the whole path of design.md in one call: ``prepare_scene`` (open, plan), the
+pool's run, ``finish_scene`` (merge); a batch calls the two halves itself around the pool's
+``run_many``. It is a composition of the modules that do the work: ``serving.scene`` (what the
+raster is), ``serving.reader`` (the plan and the reads), ``serving.workers`` (where the detector
+runs) and ``serving.merge`` (window boxes to scene boxes).
 """
 
 from __future__ import annotations
@@ -15,10 +17,10 @@ import numpy as np
 
 from serving.detectors import DetectorSpec
 from serving.merge import MergeConfig, merge
-from serving.reader import PyramidResampling, plan_scene
+from serving.reader import PyramidResampling, ScenePlan, plan_scene
 from serving.scene import SceneInfo, open_scene
 from serving.window_detections import WindowDetections
-from serving.workers import InProcessPool, PoolConfig, Progress, RayPool, make_pool
+from serving.workers import InProcessPool, PoolConfig, PoolRun, Progress, RayPool, make_pool
 
 
 @dataclass
@@ -43,6 +45,51 @@ class SceneResult:
     window_detections: list[WindowDetections] = field(default_factory=list)
 
 
+@dataclass
+class PreparedScene:
+    """A scene opened and planned, ready for a pool: ``timings`` so far (open, plan), from ``t_start``
+    (``time.perf_counter()``)."""
+
+    info: SceneInfo
+    plan: ScenePlan
+    t_start: float
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def prepare_scene(uri: str, *, bands: Sequence[int] | None = None, window: int = 1024, overlap: int = 200,
+                  resampling: PyramidResampling = "exact") -> PreparedScene:
+    """Open the scene and plan its windows (band stretch and coverage scans included)."""
+    t_start = time.perf_counter()
+    info = open_scene(uri)
+    t = time.perf_counter()
+    scene_plan = plan_scene(info, bands=bands, window=window, overlap=overlap, resampling=resampling)
+    return PreparedScene(info, scene_plan, t_start,
+                         {"open": t - t_start, "plan": time.perf_counter() - t})
+
+
+def finish_scene(prepared: PreparedScene, run: PoolRun, merge_config: MergeConfig | None = None) -> SceneResult:
+    """Merge the pool's window detections of ``prepared`` into scene boxes."""
+    timings = dict(prepared.timings)
+    t = time.perf_counter()
+    merged = merge(run.detections, merge_config if merge_config is not None else MergeConfig())
+    timings["merge"] = time.perf_counter() - t
+    timings["read"] = run.read_s
+    timings["detect"] = run.detect_s
+    timings["total"] = time.perf_counter() - prepared.t_start
+    return SceneResult(
+        boxes=merged.boxes,
+        scores=merged.scores,
+        labels=merged.labels,
+        levels=merged.levels,
+        scene=prepared.info,
+        timings=timings,
+        windows=len(prepared.plan.plan),
+        skipped=len(prepared.plan.skipped),
+        resubmitted=run.resubmitted,
+        window_detections=run.detections,
+    )
+
+
 def detect_scene(
     uri: str,
     detector_spec: DetectorSpec,
@@ -65,45 +112,18 @@ def detect_scene(
     caller owns (a batch of scenes); it is not closed here, and ``workers``, ``ray_address`` and
     ``batch_size`` are then the pool's. ``progress(done, total)`` is called as windows complete.
     """
-    t_start = time.perf_counter()
-    timings: dict[str, float] = {}
-
-    info = open_scene(uri)
-    t = time.perf_counter()
-    timings["open"] = t - t_start
-
-    scene_plan = plan_scene(info, bands=bands, window=window, overlap=overlap, resampling=resampling)
-    timings["plan"] = time.perf_counter() - t
-
+    prepared = prepare_scene(uri, bands=bands, window=window, overlap=overlap, resampling=resampling)
     t = time.perf_counter()
     own_pool = pool is None
     if pool is None:
         pool = make_pool(detector_spec, PoolConfig(workers=workers, ray_address=ray_address,
                                                    batch_size=batch_size))
-    timings["startup"] = time.perf_counter() - t
+    prepared.timings["startup"] = time.perf_counter() - t
     try:
         t = time.perf_counter()
-        run = pool.run(scene_plan.spec, scene_plan.items, progress)
-        timings["stream"] = time.perf_counter() - t
+        run = pool.run(prepared.plan.spec, prepared.plan.items, progress)
+        prepared.timings["stream"] = time.perf_counter() - t
     finally:
         if own_pool:
             pool.close()
-
-    t = time.perf_counter()
-    merged = merge(run.detections, merge_config if merge_config is not None else MergeConfig())
-    timings["merge"] = time.perf_counter() - t
-    timings["read"] = run.read_s
-    timings["detect"] = run.detect_s
-    timings["total"] = time.perf_counter() - t_start
-    return SceneResult(
-        boxes=merged.boxes,
-        scores=merged.scores,
-        labels=merged.labels,
-        levels=merged.levels,
-        scene=info,
-        timings=timings,
-        windows=len(scene_plan.plan),
-        skipped=len(scene_plan.skipped),
-        resubmitted=run.resubmitted,
-        window_detections=run.detections,
-    )
+    return finish_scene(prepared, run, merge_config)

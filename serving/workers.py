@@ -10,6 +10,14 @@ Ray pool: one actor per GPU (``num_gpus=1``) when the cluster has GPUs, else ``w
 outstanding (backpressure: windows are read only as fast as the detector consumes them). When an
 actor dies its tasks are re-submitted, and the actor is replaced. Results are keyed by plan index and
 returned in plan order, so they do not depend on the number of workers or on scheduling.
+
+Many scenes (``run_many``): the same dispatch loop streams the tasks of up to ``open_scenes`` scenes
+through the same actors, so that the actors work on the next scene while the caller plans it and
+merges and writes the previous one. The next scene is taken from the caller's iterator once every
+task of the open scenes is submitted; scenes come back in completion order, each with its own
+result (or the error that failed it alone). Each worker keeps the readers of its ``open_scenes``
+most recent scenes open, so interleaved tasks of two scenes do not reopen a raster per task.
+``run`` is ``run_many`` over one scene.
 """
 
 from __future__ import annotations
@@ -17,8 +25,8 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections import deque
-from collections.abc import Callable, Sequence
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 from hbdnet.pyramid import PlanWindow, context_crops
@@ -45,6 +53,7 @@ class PoolConfig:
     batch_size: int | None = None  # windows per forward pass; None: 2 on a GPU, 1 on a CPU (same speed, half the memory)
     task_windows: int = 8  # windows per task (a task never spans two rows of windows or two levels)
     tasks_in_flight: int = 2  # per actor
+    open_scenes: int = 2  # scenes whose tasks may be in flight at once (run_many), and readers kept per worker
     max_attempts: int = 3  # per task, counting actor deaths
     start_timeout_s: float = 300.0  # actors not up by then: the cluster lacks the resources asked for
 
@@ -60,17 +69,39 @@ class TaskResult:
     detections: list[tuple[int, WindowDetections]]  # (plan index, detections)
     read_s: float = 0.0
     detect_s: float = 0.0
+    started: float = 0.0  # wall clock (time.time(), comparable across the processes of one machine)
+    finished: float = 0.0
 
 
 @dataclass
 class PoolRun:
-    """Window detections in plan order, and where the time went (read/detect summed over workers)."""
+    """Window detections in plan order, and where the time went (read/detect summed over workers).
+
+    ``started`` and ``finished``: wall clock (``time.time()``) of the scene's first task start and
+    last task end on the workers; 0.0 for a scene with no window to read.
+    """
 
     detections: list[WindowDetections]
     read_s: float = 0.0
     detect_s: float = 0.0
     resubmitted: int = 0
     actors_replaced: int = 0
+    started: float = 0.0
+    finished: float = 0.0
+
+
+@dataclass
+class SceneJob:
+    """One scene for ``run_many``: its reads, a progress callback, and ``key``, the caller's own
+    handle for the scene (returned with its result, never looked at by the pool)."""
+
+    spec: ReadSpec
+    items: Sequence[ReadItem]
+    progress: Progress | None = None
+    key: object = None
+
+
+JobResult = tuple[SceneJob, PoolRun | Exception]  # a scene's windows, or the error that failed it
 
 
 def make_tasks(items: Sequence[ReadItem], task_windows: int) -> list[tuple[ReadItem, ...]]:
@@ -111,7 +142,7 @@ def read_contexts(reader: WindowReader, detector: WindowDetector, windows: list[
 def run_items(reader: WindowReader, detector: WindowDetector, items: Sequence[ReadItem],
               batch_size: int) -> TaskResult:
     """Read ``items`` and detect on them in batches (all items of a task share one level)."""
-    result = TaskResult([])
+    result = TaskResult([], started=time.time())
     for start in range(0, len(items), batch_size):
         batch = items[start:start + batch_size]
         t0 = time.perf_counter()
@@ -130,57 +161,118 @@ def run_items(reader: WindowReader, detector: WindowDetector, items: Sequence[Re
             result.detections.append((it.index, WindowDetections(it.window, boxes, scores, labels)))
         result.read_s += t1 - t0
         result.detect_s += t2 - t1
+    result.finished = time.time()
     return result
 
 
 class WindowWorker:
-    """A detector and the scene it currently reads. Used as-is in-process and as a Ray actor class."""
+    """A detector and the scenes it reads. Used as-is in-process and as a Ray actor class.
 
-    def __init__(self, detector_spec: DetectorSpec, batch_size: int | None = None):
+    The ``readers`` most recently used scenes stay open (least recently used closed first): tasks of
+    two scenes in flight at once alternate on a worker, and reopening a raster on every switch would
+    lose its GDAL block cache.
+    """
+
+    def __init__(self, detector_spec: DetectorSpec, batch_size: int | None = None, readers: int = 2):
         self.detector = build_detector(detector_spec)
         self.batch_size = batch_size or (2 if detector_spec.device.startswith("cuda") else 1)
-        self._reader: WindowReader | None = None
+        self.readers = max(1, readers)
+        self._readers: OrderedDict[ReadSpec, WindowReader] = OrderedDict()
+
+    def reader(self, spec: ReadSpec) -> WindowReader:
+        """The open reader of ``spec``'s scene, opened (and the least recent one closed) if needed."""
+        reader = self._readers.pop(spec, None)
+        if reader is None:
+            while len(self._readers) >= self.readers:
+                self._readers.popitem(last=False)[1].close()
+            reader = WindowReader(spec)
+        self._readers[spec] = reader
+        return reader
 
     def run(self, task: WindowTask) -> TaskResult:
-        if self._reader is None or self._reader.spec != task.spec:
-            self.close()
-            self._reader = WindowReader(task.spec)
-        return run_items(self._reader, self.detector, task.items, self.batch_size)
+        return run_items(self.reader(task.spec), self.detector, task.items, self.batch_size)
 
     def pid(self) -> int:
         return os.getpid()
 
     def close(self) -> None:
-        if self._reader is not None:
-            self._reader.close()
-            self._reader = None
+        while self._readers:
+            self._readers.popitem()[1].close()
 
 
-def _collect(results: dict[int, WindowDetections], run: PoolRun) -> PoolRun:
-    run.detections = [results[i] for i in sorted(results)]
-    return run
+class _SceneState:
+    """The bookkeeping of one scene in the dispatch loop: tasks still to submit, results so far."""
+
+    def __init__(self, job: SceneJob, task_windows: int):
+        self.job = job
+        # Coarsest level first: a level-k window decodes 4**k times the pixels of a level-0 one, so the
+        # few expensive tasks start early and the scene does not end with one actor busy on the top
+        # level while the others idle. Within a level the plan's row order is kept (stable sort).
+        tasks = sorted(make_tasks(job.items, task_windows), key=lambda t: -t[0].window.level)
+        self.pending: deque[tuple[WindowTask, int]] = deque((WindowTask(job.spec, t), 0) for t in tasks)
+        self.outstanding = 0  # tasks submitted and not yet back
+        self.results: dict[int, WindowDetections] = {}
+        self.run = PoolRun([])
+        self.done = 0  # windows
+        self.error: Exception | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.error is not None or (not self.pending and self.outstanding == 0)
+
+    def add(self, res: TaskResult, windows: int) -> None:
+        self.results.update(res.detections)
+        run = self.run
+        run.read_s += res.read_s
+        run.detect_s += res.detect_s
+        run.started = res.started if not run.started else min(run.started, res.started)
+        run.finished = max(run.finished, res.finished)
+        self.done += windows
+        if self.job.progress is not None:
+            self.job.progress(self.done, len(self.job.items))
+
+    def fail(self, exc: Exception) -> None:
+        if self.error is None:
+            self.error = exc
+        self.pending.clear()
+
+    def outcome(self) -> JobResult:
+        if self.error is not None:
+            return self.job, self.error
+        self.run.detections = [self.results[i] for i in sorted(self.results)]
+        return self.job, self.run
+
+
+def _run_one(pool: InProcessPool | RayPool, spec: ReadSpec, items: Sequence[ReadItem],
+             progress: Progress | None) -> PoolRun:
+    """One scene through ``pool.run_many``; its error, if any, is raised."""
+    ((_, result),) = pool.run_many([SceneJob(spec, items, progress)])
+    if isinstance(result, Exception):
+        raise result
+    return result
 
 
 class InProcessPool:
-    """Runs every task in this process, in plan order: no Ray, same reader and detector code."""
+    """Runs every task in this process, one scene at a time: no Ray, same reader and detector code."""
 
     def __init__(self, detector_spec: DetectorSpec, config: PoolConfig = PoolConfig(workers=0)):
         self.config = config
-        self._worker = WindowWorker(detector_spec, config.batch_size)
+        self._worker = WindowWorker(detector_spec, config.batch_size, readers=1)
 
     def run(self, spec: ReadSpec, items: Sequence[ReadItem], progress: Progress | None = None) -> PoolRun:
-        results: dict[int, WindowDetections] = {}
-        run = PoolRun([])
-        done = 0
-        for task_items in make_tasks(items, self.config.task_windows):
-            res = self._worker.run(WindowTask(spec, task_items))
-            results.update(res.detections)
-            run.read_s += res.read_s
-            run.detect_s += res.detect_s
-            done += len(task_items)
-            if progress is not None:
-                progress(done, len(items))
-        return _collect(results, run)
+        return _run_one(self, spec, items, progress)
+
+    def run_many(self, jobs: Iterable[SceneJob]) -> Iterator[JobResult]:
+        """Each scene in turn (nothing runs beside this process, so there is nothing to overlap)."""
+        for job in jobs:
+            scene = _SceneState(job, self.config.task_windows)
+            while scene.pending and scene.error is None:
+                task, _ = scene.pending.popleft()
+                try:
+                    scene.add(self._worker.run(task), len(task.items))
+                except Exception as exc:  # this scene fails; the caller decides about the others
+                    scene.fail(exc)
+            yield scene.outcome()
 
     def close(self) -> None:
         self._worker.close()
@@ -250,59 +342,90 @@ class RayPool:
                                f"cluster resources: {resources}") from None
 
     def _new_actor(self):
-        return self._actor_class.remote(self._detector_spec, self.config.batch_size)
+        return self._actor_class.remote(self._detector_spec, self.config.batch_size, self.config.open_scenes)
 
     def run(self, spec: ReadSpec, items: Sequence[ReadItem], progress: Progress | None = None) -> PoolRun:
+        return _run_one(self, spec, items, progress)
+
+    def run_many(self, jobs: Iterable[SceneJob]) -> Iterator[JobResult]:
+        """Stream the scenes of ``jobs`` through the actors, up to ``config.open_scenes`` at once.
+
+        The next job is drawn from ``jobs`` (the caller plans it then, while the actors work) once
+        every task of the open scenes is submitted. A scene is yielded as soon as its last task is back,
+        after the next scene's tasks are submitted, so the actors keep working while the caller
+        handles it. A task that raises, or that keeps losing its worker, fails its scene only: the
+        scene is yielded with that error and its tasks still in flight are ignored when they return.
+        """
         import ray
         from ray.exceptions import RayActorError
 
         cfg = self.config
-        # Coarsest level first: a level-k window decodes 4**k times the pixels of a level-0 one, so the
-        # few expensive tasks start early and the run does not end with one actor busy on the top
-        # level while the others idle. Within a level the plan's row order is kept (stable sort).
-        tasks = sorted(make_tasks(items, cfg.task_windows), key=lambda t: -t[0].window.level)
-        pending: deque[tuple[WindowTask, int]] = deque((WindowTask(spec, t), 0) for t in tasks)
+        jobs = iter(jobs)
+        more = True
+        open_scenes: list[_SceneState] = []
         load = [0] * len(self.actors)
-        in_flight: dict[ray.ObjectRef, tuple[int, object, WindowTask, int]] = {}
-        results: dict[int, WindowDetections] = {}
-        run = PoolRun([])
-        done = 0
-        while pending or in_flight:
-            while pending and min(load) < cfg.tasks_in_flight:
-                slot = load.index(min(load))
-                task, attempt = pending.popleft()
-                actor = self.actors[slot]
-                in_flight[actor.run.remote(task)] = (slot, actor, task, attempt)
-                load[slot] += 1
+        in_flight: dict[ray.ObjectRef, tuple[int, object, _SceneState, WindowTask, int]] = {}
+        while open_scenes or more:
+            while more and len(open_scenes) < max(1, cfg.open_scenes) and not any(s.pending for s in open_scenes):
+                job = next(jobs, None)
+                if job is None:
+                    more = False
+                else:
+                    open_scenes.append(_SceneState(job, cfg.task_windows))
+            for scene in open_scenes:  # oldest scene first: its result is what the caller waits for
+                while scene.pending and min(load) < max(1, cfg.tasks_in_flight):
+                    slot = load.index(min(load))
+                    task, attempt = scene.pending.popleft()
+                    actor = self.actors[slot]
+                    in_flight[actor.run.remote(task)] = (slot, actor, scene, task, attempt)
+                    load[slot] += 1
+                    scene.outstanding += 1
+            finished = [s for s in open_scenes if s.finished]
+            if finished:
+                for scene in finished:
+                    open_scenes.remove(scene)
+                for scene in finished:
+                    yield scene.outcome()
+                continue
+            if not in_flight:  # every scene drawn is done (an open scene always has a task out or to submit)
+                continue
             ready, _ = ray.wait(list(in_flight), num_returns=1)
             for ref in ready:
-                slot, actor, task, attempt = in_flight.pop(ref)
+                slot, actor, scene, task, attempt = in_flight.pop(ref)
                 load[slot] -= 1
+                scene.outstanding -= 1
                 try:
                     res: TaskResult = ray.get(ref)
                 except RayActorError as exc:
+                    self._replace(slot, actor, exc, scene.run)
+                    if scene.error is not None:
+                        continue
                     if attempt + 1 >= cfg.max_attempts:
-                        raise RuntimeError(f"task of {len(task.items)} windows failed {cfg.max_attempts} "
-                                           f"times (workers dying): {exc}") from exc
-                    if self.actors[slot] is actor:  # first failure seen from this actor: replace it
-                        log.warning("worker %d died (%s); replacing it and re-submitting its tasks", slot,
-                                    type(exc).__name__)
-                        try:
-                            ray.kill(actor, no_restart=True)
-                        except ValueError:  # not an actor handle any more; nothing left to stop
-                            pass
-                        self.actors[slot] = self._new_actor()
-                        run.actors_replaced += 1
-                    pending.appendleft((task, attempt + 1))
-                    run.resubmitted += 1
+                        scene.fail(RuntimeError(f"task of {len(task.items)} windows failed {cfg.max_attempts} "
+                                                f"times (workers dying): {exc}"))
+                    else:
+                        scene.pending.appendleft((task, attempt + 1))
+                        scene.run.resubmitted += 1
                     continue
-                results.update(res.detections)
-                run.read_s += res.read_s
-                run.detect_s += res.detect_s
-                done += len(task.items)
-                if progress is not None:
-                    progress(done, len(items))
-        return _collect(results, run)
+                except Exception as exc:  # the task raised (a read or detector error): its scene fails
+                    scene.fail(exc)
+                    continue
+                if scene.error is None:
+                    scene.add(res, len(task.items))
+
+    def _replace(self, slot: int, actor: object, exc: Exception, run: PoolRun) -> None:
+        """Replace the actor in ``slot`` if ``actor`` is still the one there (its first failure seen)."""
+        import ray
+
+        if self.actors[slot] is not actor:
+            return
+        log.warning("worker %d died (%s); replacing it and re-submitting its tasks", slot, type(exc).__name__)
+        try:
+            ray.kill(actor, no_restart=True)
+        except ValueError:  # not an actor handle any more; nothing left to stop
+            pass
+        self.actors[slot] = self._new_actor()
+        run.actors_replaced += 1
 
     def worker_pids(self) -> list[int]:
         import ray

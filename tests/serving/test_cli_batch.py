@@ -235,13 +235,13 @@ DRIVER = textwrap.dedent("""
     from serving.detectors import DetectorSpec
 
     delay = float(sys.argv[1])
-    real_detect = batch.detect_scene
+    real_prepare = batch.prepare_scene
 
-    def slow_detect(*args, **kwargs):
+    def slow_prepare(*args, **kwargs):
         time.sleep(delay)
-        return real_detect(*args, **kwargs)
+        return real_prepare(*args, **kwargs)
 
-    batch.detect_scene = slow_detect
+    batch.prepare_scene = slow_prepare
     cli_batch.resolve_model = lambda arg, device: batch.model_ref(DetectorSpec("noop"))
     from hbdnet.cli import main
     sys.exit(main(["batch", *sys.argv[2:]]))

@@ -1,12 +1,16 @@
-"""Model workers: in-process and Ray pools give the same window results; dead actors are replaced.
+"""Model workers: in-process and Ray pools give the same window results; dead actors are replaced;
+a batch keeps several scenes in flight through one Ray pool and writes what a sequential run writes.
 
 The Ray tests share one local runtime with 2 CPUs (module-scoped ``ray_runtime`` fixture).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import pickle
+import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,10 +20,11 @@ from affine import Affine
 from hbdnet.pyramid import PlanWindow
 from serving.detectors import DetectorSpec, NoopDetector, build_detector
 from serving.engine import SceneResult, detect_scene
+from serving.inputs import expand_inputs
 from serving.reader import ReadItem, plan_scene
 from serving.scene import open_scene
 from serving.simulate import synthetic_scene
-from serving.workers import InProcessPool, PoolConfig, RayPool, WindowTask, WindowWorker, make_tasks
+from serving.workers import InProcessPool, PoolConfig, RayPool, SceneJob, WindowTask, WindowWorker, make_tasks
 
 H, W, WINDOW, OVERLAP = 1300, 1500, 256, 56
 
@@ -78,18 +83,24 @@ def test_tasks_carry_descriptors_not_pixels(scene_path):
     assert len(pickle.dumps(task)) < 4000  # eight 256 px RGB windows would be 1.5 MB
 
 
-def test_worker_keeps_the_scene_open_across_tasks(scene_path, geotiff):
+def test_worker_keeps_the_two_latest_scenes_open(scene_path, geotiff):
     spec = plan_scene(open_scene(scene_path), window=WINDOW).spec
-    worker = WindowWorker(DetectorSpec("noop"))
+    worker = WindowWorker(DetectorSpec("noop"), readers=2)
     items = (ReadItem(0, PlanWindow(0, 1, 0, 0, 64, 64)),)
     worker.run(WindowTask(spec, items))
-    first = worker._reader
-    worker.run(WindowTask(spec, items))
-    assert worker._reader is first
-    other = str(geotiff("other.tif", np.zeros((3, 100, 100), np.uint8)))
-    worker.run(WindowTask(plan_scene(open_scene(other)).spec, items))
-    assert worker._reader is not first and worker._reader.spec.uri == other
+    first = worker.reader(spec)
+    other = plan_scene(open_scene(str(geotiff("other.tif", np.zeros((3, 100, 100), np.uint8))))).spec
+    third = plan_scene(open_scene(str(geotiff("third.tif", np.zeros((3, 90, 90), np.uint8))))).spec
+    for _ in range(3):  # two scenes interleaved: neither is reopened
+        worker.run(WindowTask(other, items))
+        worker.run(WindowTask(spec, items))
+    assert worker.reader(spec) is first
+    second = worker.reader(other)
+    worker.run(WindowTask(third, items))  # a third scene closes the least recently used one (spec)
+    assert worker.reader(other) is second
+    assert worker.reader(spec) is not first and first._ds.closed
     worker.close()
+    assert second._ds.closed
 
 
 def test_build_detector_kinds(bridges):
@@ -144,3 +155,73 @@ def test_in_process_pool_is_reusable_across_scenes(scene_path, geotiff, bridges)
         b = detect_scene(other, DetectorSpec("noop"), pool=pool, window=WINDOW, overlap=OVERLAP)
     assert len(a.window_detections) == a.windows and len(b.window_detections) == b.windows == 1
     assert len(a.scores) > 0  # the pool's detector ran, not the spec passed alongside it
+
+
+@pytest.fixture(scope="module")
+def scene_copy(scene_path, tmp_path_factory) -> str:
+    """The same pixels under another name: a second scene with the same windows and results."""
+    path = tmp_path_factory.mktemp("workers_copy") / "copy.tif"
+    path.write_bytes(Path(scene_path).read_bytes())
+    return str(path)
+
+
+def test_run_many_overlaps_scenes_and_fails_only_the_bad_one(pool2, scene_path, scene_copy, reference, tmp_path):
+    plans = [plan_scene(open_scene(p), window=WINDOW, overlap=OVERLAP) for p in (scene_path, scene_copy)]
+    bad = dataclasses.replace(plans[0].spec, uri=str(tmp_path / "gone.tif"))  # planned, then deleted
+    jobs = [SceneJob(plans[0].spec, plans[0].items, key="first"), SceneJob(plans[1].spec, plans[1].items, key="second"),
+            SceneJob(bad, plans[0].items[:3], key="bad")]
+    runs, handled = {}, {}
+    for job, result in pool2.run_many(jobs):
+        runs[job.key] = result
+        time.sleep(0.3)  # the caller merging and writing: the actors must not wait for it
+        handled[job.key] = time.time()
+    assert set(runs) == {"first", "bad", "second"}
+    assert isinstance(runs["bad"], Exception) and "gone.tif" in str(runs["bad"])
+    for key in ("first", "second"):
+        _same_windows(runs[key].detections, reference.window_detections)
+        assert 0 < runs[key].started < runs[key].finished
+    # "second" was opened once every task of "first" was submitted (two scenes open at once), and its
+    # tasks ran while the caller handled "first"; one after the other, they would start after that
+    assert runs["second"].started < handled["first"]
+    assert len(pool2.worker_pids()) == 2  # a task error does not cost a worker
+
+
+def test_batch_through_ray_overlaps_scenes_and_equals_the_sequential_run(
+        pool2, scene_path, scene_copy, bridges, tmp_path, monkeypatch):
+    import pyogrio.raw
+
+    import serving.batch as batch
+
+    model = dataclasses.replace(batch.model_ref(DetectorSpec("perfect", ground_truth=bridges)), window=WINDOW,
+                                overlap=OVERLAP)
+    small = tmp_path / "small.tif"
+    with rasterio.open(scene_path) as src:  # a third scene, a corner of the first
+        profile = {**src.profile, "width": 700, "height": 600}
+        with rasterio.open(small, "w", **profile) as dst:
+            dst.write(src.read(window=rasterio.windows.Window(0, 0, 700, 600)))
+    scenes = expand_inputs([scene_path, scene_copy, str(small)])
+    sequential = batch.run_batch(scenes, tmp_path / "seq", model, pool_config=PoolConfig(workers=0))
+
+    written: list[tuple[str, float, float]] = []  # scene, its first task's start, the end of its write
+    real_write = batch.write_output
+
+    def slow_write(prepared, run, *args):
+        time.sleep(0.3)  # a slow merge and write, during which the next scene's tasks should run
+        outcome = real_write(prepared, run, *args)
+        written.append((prepared.info.uri, run.started, time.time()))
+        return outcome
+
+    monkeypatch.setattr(batch, "write_output", slow_write)
+    parallel = batch.run_batch(scenes, tmp_path / "ray", model, pool=pool2)
+    assert parallel.ran_ok == sequential.ran_ok == 3
+    assert [w[0] for w in written] == [s.uri for s in scenes]  # here scenes finish in input order
+    for (_, _, write_end), (_, next_start, _) in zip(written, written[1:]):
+        assert next_start < write_end  # the next scene was already running while this one was written
+    for r, ref in zip(parallel.records, sequential.records):
+        assert (r["scene"], r["output"], r["detections"], r["windows"]) == (
+            ref["scene"], ref["output"], ref["detections"], ref["windows"])
+        got = pyogrio.raw.read(tmp_path / "ray" / r["output"], layer="bridges")
+        want = pyogrio.raw.read(tmp_path / "seq" / ref["output"], layer="bridges")
+        assert list(got[2]) == list(want[2])  # the same geometries (WKB), in the same order
+        for a, b in zip(got[3], want[3]):
+            np.testing.assert_array_equal(a, b)
