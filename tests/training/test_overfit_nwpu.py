@@ -40,7 +40,7 @@ def test_overfit_handful_of_real_bridges(tmp_path):
         data=DataConfig(num_workers=0),
         optim=OptimConfig(warmup_iters=20),
         train=TrainConfig(batch_size=2, checkpoint_interval=100, log_interval=10),
-        stages=[StageConfig("local", [0], epochs=60, lr=0.02, lr_steps=[45])],
+        stages=[StageConfig("local", [0], epochs=150, lr=0.005, lr_steps=[120])],
     )
     model = train(cfg, subset, tmp_path / "run", progress=False)
     metrics = evaluate_model(load_dota_folder(subset), model)
