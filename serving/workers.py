@@ -24,10 +24,14 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+
+import numpy as np
 
 from hbdnet.pyramid import PlanWindow, context_crops
 from serving.detectors import DetectorSpec, WindowDetector, build_detector
@@ -122,7 +126,7 @@ def make_tasks(items: Sequence[ReadItem], task_windows: int) -> list[tuple[ReadI
     return tasks
 
 
-def read_contexts(reader: WindowReader, detector: WindowDetector, windows: list[PlanWindow]) -> list | None:
+def read_contexts(reader: ReaderSet | WindowReader, detector: WindowDetector, windows: list[PlanWindow]) -> list | None:
     """The coarser crops around level-0 windows, for a detector with inter-layer feature fusion.
 
     The detector says how many levels it fuses (``context_levels``) and the crop size
@@ -139,14 +143,47 @@ def read_contexts(reader: WindowReader, detector: WindowDetector, windows: list[
     ]
 
 
-def run_items(reader: WindowReader, detector: WindowDetector, items: Sequence[ReadItem],
-              batch_size: int) -> TaskResult:
-    """Read ``items`` and detect on them in batches (all items of a task share one level)."""
+class ReaderSet:
+    """``n`` open readers of one scene, lent to reading threads one at a time (a dataset handle is not
+    thread-safe, and GDAL releases the GIL while it decodes, so n threads read about n times faster)."""
+
+    def __init__(self, spec: ReadSpec, n: int):
+        self.spec = spec
+        self._all = [WindowReader(spec) for _ in range(max(1, n))]
+        self._free: queue.SimpleQueue[WindowReader] = queue.SimpleQueue()
+        for r in self._all:
+            self._free.put(r)
+        self.height, self.width = self._all[0].height, self._all[0].width
+
+    def read(self, window: PlanWindow, needs_mask: bool = False) -> np.ndarray:
+        reader = self._free.get()
+        try:
+            return reader.read(window, needs_mask)
+        finally:
+            self._free.put(reader)
+
+    def close(self) -> None:
+        for r in self._all:
+            r.close()
+
+
+def run_items(reader: ReaderSet | WindowReader, detector: WindowDetector, items: Sequence[ReadItem],
+              batch_size: int, executor: ThreadPoolExecutor | None = None) -> TaskResult:
+    """Read ``items`` and detect on them in batches (all items of a task share one level).
+
+    With an ``executor``, every read of the task is started at once on its threads, so windows are
+    read ahead while the detector works on earlier ones.
+    """
     result = TaskResult([], started=time.time())
+    if executor is not None:
+        pending = [executor.submit(reader.read, it.window, it.needs_mask) for it in items]
     for start in range(0, len(items), batch_size):
         batch = items[start:start + batch_size]
         t0 = time.perf_counter()
-        images = [reader.read(it.window, it.needs_mask) for it in batch]
+        if executor is not None:
+            images = [f.result() for f in pending[start:start + batch_size]]
+        else:
+            images = [reader.read(it.window, it.needs_mask) for it in batch]
         windows = [it.window for it in batch]
         contexts = read_contexts(reader, detector, windows)
         t1 = time.perf_counter()
@@ -173,24 +210,27 @@ class WindowWorker:
     lose its GDAL block cache.
     """
 
-    def __init__(self, detector_spec: DetectorSpec, batch_size: int | None = None, readers: int = 2):
+    def __init__(self, detector_spec: DetectorSpec, batch_size: int | None = None, readers: int = 2,
+                 read_threads: int = 2):
         self.detector = build_detector(detector_spec)
         self.batch_size = batch_size or (2 if detector_spec.device.startswith("cuda") else 1)
         self.readers = max(1, readers)
-        self._readers: OrderedDict[ReadSpec, WindowReader] = OrderedDict()
+        self.read_threads = max(1, read_threads)
+        self._readers: OrderedDict[ReadSpec, ReaderSet] = OrderedDict()
+        self._executor = ThreadPoolExecutor(self.read_threads, thread_name_prefix="hbdnet-read")
 
-    def reader(self, spec: ReadSpec) -> WindowReader:
-        """The open reader of ``spec``'s scene, opened (and the least recent one closed) if needed."""
+    def reader(self, spec: ReadSpec) -> ReaderSet:
+        """The open readers of ``spec``'s scene, opened (and the least recent scene closed) if needed."""
         reader = self._readers.pop(spec, None)
         if reader is None:
             while len(self._readers) >= self.readers:
                 self._readers.popitem(last=False)[1].close()
-            reader = WindowReader(spec)
+            reader = ReaderSet(spec, self.read_threads)
         self._readers[spec] = reader
         return reader
 
     def run(self, task: WindowTask) -> TaskResult:
-        return run_items(self.reader(task.spec), self.detector, task.items, self.batch_size)
+        return run_items(self.reader(task.spec), self.detector, task.items, self.batch_size, self._executor)
 
     def pid(self) -> int:
         return os.getpid()

@@ -21,7 +21,7 @@ from hbdnet.pyramid import PlanWindow
 from serving.detectors import DetectorSpec, NoopDetector, build_detector
 from serving.engine import SceneResult, detect_scene
 from serving.inputs import expand_inputs
-from serving.reader import ReadItem, plan_scene
+from serving.reader import WindowReader, ReadItem, plan_scene
 from serving.scene import open_scene
 from serving.simulate import synthetic_scene
 from serving.workers import InProcessPool, PoolConfig, RayPool, SceneJob, WindowTask, WindowWorker, make_tasks
@@ -98,9 +98,31 @@ def test_worker_keeps_the_two_latest_scenes_open(scene_path, geotiff):
     second = worker.reader(other)
     worker.run(WindowTask(third, items))  # a third scene closes the least recently used one (spec)
     assert worker.reader(other) is second
-    assert worker.reader(spec) is not first and first._ds.closed
+    assert worker.reader(spec) is not first and all(r._ds.closed for r in first._all)
     worker.close()
-    assert second._ds.closed
+    assert all(r._ds.closed for r in second._all)
+
+
+def test_reads_run_ahead_on_threads_and_match_single_reads(scene_path):
+    spec = plan_scene(open_scene(scene_path), window=WINDOW).spec
+    items = tuple(ReadItem(i, w) for i, w in enumerate(plan_scene(open_scene(scene_path), window=WINDOW).plan))
+    seen: list[tuple[int, str]] = []
+
+    class Recorder:
+        name = "recorder"
+
+        def detect(self, images, windows):
+            seen.extend((int(im.sum()), str(w)) for im, w in zip(images, windows))
+            return [(np.zeros((0, 5), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64)) for _ in images]
+
+    threaded = WindowWorker(DetectorSpec("noop"), read_threads=3)
+    threaded.detector = Recorder()
+    threaded.run(WindowTask(spec, items))
+    assert len(threaded.reader(spec)._all) == 3
+    with WindowReader(spec) as single:
+        expected = [(int(single.read(it.window, it.needs_mask).sum()), str(it.window)) for it in items]
+    assert seen == expected  # same pixels, in plan order, whatever thread read them
+    threaded.close()
 
 
 def test_build_detector_kinds(bridges):
