@@ -94,9 +94,7 @@ class ReadSpec:
     def env_options(self) -> dict[str, object]:
         # rasterio hands an integer GDAL_CACHEMAX to GDALSetCacheMax64, i.e. in BYTES (unlike the
         # environment variable, where small numbers mean MB): GDAL_CACHEMAX=64 would be a 64-byte cache.
-        # GDAL decodes the blocks of one read on all cores: a worker that holds every CPU (the
-        # default without a GPU) reads that much faster.
-        return {"GDAL_CACHEMAX": self.cache_mb * 2**20, "GDAL_NUM_THREADS": "ALL_CPUS"}
+        return {"GDAL_CACHEMAX": self.cache_mb * 2**20}
 
 
 class Coverage(enum.Enum):
@@ -322,8 +320,9 @@ class WindowReader:
 
     mask_chunk_bytes = 32 * 2**20  # full-resolution mask bytes held at once for a coarse window
 
-    def __init__(self, spec: ReadSpec):
+    def __init__(self, spec: ReadSpec, max_chunk_bytes: int = DEFAULT_MAX_CHUNK_BYTES):
         self.spec = spec
+        self.max_chunk_bytes = max_chunk_bytes  # full-resolution bytes behind one chunk of a level read
         with rasterio.Env(**spec.env_options()):
             self._ds = rasterio.open(spec.uri)
 
@@ -339,7 +338,8 @@ class WindowReader:
         """(3, window.height, window.width) uint8."""
         spec = self.spec
         with rasterio.Env(**spec.env_options()):
-            data = read_pyramid_window(self._ds, window, bands=spec.read_bands, resampling=spec.resampling)
+            data = read_pyramid_window(self._ds, window, bands=spec.read_bands, resampling=spec.resampling,
+                                       max_chunk_bytes=self.max_chunk_bytes)
             valid = self._window_mask(window) if needs_mask else None
         if spec.stretch is not None:
             img = spec.stretch.apply(data)

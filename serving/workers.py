@@ -33,6 +33,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from hbdnet.data.raster import DEFAULT_MAX_CHUNK_BYTES
 from hbdnet.pyramid import PlanWindow, context_crops
 from serving.detectors import DetectorSpec, WindowDetector, build_detector
 from serving.reader import ReadItem, ReadSpec, WindowReader
@@ -55,6 +56,10 @@ class PoolConfig:
     workers: int | None = None
     ray_address: str | None = None
     batch_size: int | None = None  # windows per forward pass; None: 2 on a GPU, 1 on a CPU (same speed, half the memory)
+    # Threads reading ahead inside each worker. 2 overlaps reads and keeps the no-op pipeline at
+    # about 1.1x a plain read (tools/bench_engine.py), but costs about 10 % more peak memory at 16k px
+    # than 1, so 1 (reads, then detection, in turn) is the default where memory is the budget.
+    read_threads: int = 1
     task_windows: int = 8  # windows per task (a task never spans two rows of windows or two levels)
     tasks_in_flight: int = 2  # per actor
     open_scenes: int = 2  # scenes whose tasks may be in flight at once (run_many), and readers kept per worker
@@ -149,7 +154,8 @@ class ReaderSet:
 
     def __init__(self, spec: ReadSpec, n: int):
         self.spec = spec
-        self._all = [WindowReader(spec) for _ in range(max(1, n))]
+        # The threads share the chunk budget of one reader, so memory does not grow with n.
+        self._all = [WindowReader(spec, DEFAULT_MAX_CHUNK_BYTES // max(1, n)) for _ in range(max(1, n))]
         self._free: queue.SimpleQueue[WindowReader] = queue.SimpleQueue()
         for r in self._all:
             self._free.put(r)
@@ -211,7 +217,7 @@ class WindowWorker:
     """
 
     def __init__(self, detector_spec: DetectorSpec, batch_size: int | None = None, readers: int = 2,
-                 read_threads: int = 2):
+                 read_threads: int = 1):
         self.detector = build_detector(detector_spec)
         self.batch_size = batch_size or (2 if detector_spec.device.startswith("cuda") else 1)
         self.readers = max(1, readers)
@@ -297,7 +303,7 @@ class InProcessPool:
 
     def __init__(self, detector_spec: DetectorSpec, config: PoolConfig = PoolConfig(workers=0)):
         self.config = config
-        self._worker = WindowWorker(detector_spec, config.batch_size, readers=1)
+        self._worker = WindowWorker(detector_spec, config.batch_size, readers=1, read_threads=config.read_threads)
 
     def run(self, spec: ReadSpec, items: Sequence[ReadItem], progress: Progress | None = None) -> PoolRun:
         return _run_one(self, spec, items, progress)
@@ -382,7 +388,8 @@ class RayPool:
                                f"cluster resources: {resources}") from None
 
     def _new_actor(self):
-        return self._actor_class.remote(self._detector_spec, self.config.batch_size, self.config.open_scenes)
+        return self._actor_class.remote(self._detector_spec, self.config.batch_size, self.config.open_scenes,
+                                        self.config.read_threads)
 
     def run(self, spec: ReadSpec, items: Sequence[ReadItem], progress: Progress | None = None) -> PoolRun:
         return _run_one(self, spec, items, progress)

@@ -107,9 +107,9 @@ def test_reading_is_lazy(geotiff, monkeypatch):
     path = geotiff("rgb.tif", texture(3, 600, 600))
     calls = []
 
-    def counting(ds, win, bands=None, resampling="exact"):
+    def counting(ds, win, bands=None, resampling="exact", **kw):
         calls.append(win)
-        return read_pyramid_window(ds, win, bands, resampling)
+        return read_pyramid_window(ds, win, bands, resampling, **kw)
 
     monkeypatch.setattr(reader_module, "read_pyramid_window", counting)
     it = iter_scene_windows(str(path), window=256, overlap=56)
@@ -124,9 +124,9 @@ def test_reads_run_inside_the_sized_gdal_cache(geotiff, monkeypatch):
     path = geotiff("rgb.tif", texture(3, 300, 300))
     seen = []
 
-    def recording(ds, win, bands=None, resampling="exact"):
+    def recording(ds, win, bands=None, resampling="exact", **kw):
         seen.append(rasterio.env.getenv().get("GDAL_CACHEMAX"))
-        return read_pyramid_window(ds, win, bands, resampling)
+        return read_pyramid_window(ds, win, bands, resampling, **kw)
 
     monkeypatch.setattr(reader_module, "read_pyramid_window", recording)
     spec, _ = prepare_read(open_scene(str(path)), window=256)
