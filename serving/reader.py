@@ -17,10 +17,12 @@ The scene is never held in memory. What is computed once per scene (``prepare_re
   at the window, and their invalid pixels are set to 0 in all three channels. A pixel is valid when
   any selected band is valid there (rasterio's dataset-mask rule: nodata is per band, and RGB (0, 5, 3)
   with nodata 0 is a valid pixel).
-* **GDAL block cache.** Every read runs inside ``rasterio.Env(GDAL_CACHEMAX=bytes)`` sized to one row of
-  windows' blocks (``cache_mb_for``): large enough that blocks shared by neighbouring windows, and by
-  consecutive rows of windows, are decoded once; small enough that memory does not grow with the
-  scene (GDAL's default cache is a share of the machine's RAM and fills up with the whole scene).
+* **GDAL block cache.** While a ``WindowReader`` is open, the process's GDAL cache is held at one row
+  of windows' blocks (``cache_mb_for``; ``serving.gdal_cache``): large enough that blocks shared by
+  neighbouring windows, and by consecutive rows of windows, are decoded once; small enough that
+  memory does not grow with the scene (GDAL's default cache is a share of the machine's RAM and
+  fills up with the whole scene). It is held for the reader's life, not set per read, so that
+  readers on several threads share one budget.
 
 Striped (non-tiled) TIFFs are read in the plan's row-of-windows order, so each strip is decoded once
 per row of windows with that cache; a warning suggests converting them to a tiled COG.
@@ -48,6 +50,7 @@ from rasterio.windows import Window
 
 from hbdnet.data.raster import DEFAULT_MAX_CHUNK_BYTES, read_pyramid_window
 from hbdnet.pyramid import PlanWindow, plan_pyramid
+from serving.gdal_cache import CacheHold
 from serving.scene import SceneError, SceneInfo, open_scene
 
 PyramidResampling = Literal["exact", "overview"]
@@ -89,12 +92,7 @@ class ReadSpec:
     rgb: tuple[int, int, int]
     stretch: Stretch | None
     resampling: PyramidResampling = "exact"
-    cache_mb: int = 64
-
-    def env_options(self) -> dict[str, object]:
-        # rasterio hands an integer GDAL_CACHEMAX to GDALSetCacheMax64, i.e. in BYTES (unlike the
-        # environment variable, where small numbers mean MB): GDAL_CACHEMAX=64 would be a 64-byte cache.
-        return {"GDAL_CACHEMAX": self.cache_mb * 2**20}
+    cache_mb: int = 64  # GDAL block cache held while the scene is read (``cache_mb_for``)
 
 
 class Coverage(enum.Enum):
@@ -285,7 +283,7 @@ def prepare_read(info: SceneInfo, *, bands: Sequence[int] | None = None, window:
     needs_stretch = any(info.dtypes[b - 1] != "uint8" for b in read_bands)
     stretch, coverage = None, None
     if needs_stretch or info.masked:
-        with rasterio.Env(GDAL_CACHEMAX=cache * 2**20), rasterio.open(info.uri) as ds:
+        with CacheHold(cache * 2**20), rasterio.open(info.uri) as ds:
             stretch, coverage = scan_scene(ds, read_bands, stretch=needs_stretch, masked=info.masked,
                                            percentiles=percentiles)
     spec = ReadSpec(info.uri, read_bands, rgb, stretch, resampling, cache)  # type: ignore[arg-type]
@@ -314,8 +312,8 @@ def plan_scene(info: SceneInfo, *, bands: Sequence[int] | None = None, window: i
 class WindowReader:
     """Reads windows of one scene as uint8 RGB; keeps the dataset open between reads.
 
-    Every read runs inside ``rasterio.Env`` with the spec's GDAL cache, so the cache size holds
-    whichever thread or process (a Ray actor) calls it.
+    While it is open, the process's GDAL block cache is at least the spec's ``cache_mb``, whichever
+    thread or process (a Ray actor) reads.
     """
 
     mask_chunk_bytes = 32 * 2**20  # full-resolution mask bytes held at once for a coarse window
@@ -323,8 +321,8 @@ class WindowReader:
     def __init__(self, spec: ReadSpec, max_chunk_bytes: int = DEFAULT_MAX_CHUNK_BYTES):
         self.spec = spec
         self.max_chunk_bytes = max_chunk_bytes  # full-resolution bytes behind one chunk of a level read
-        with rasterio.Env(**spec.env_options()):
-            self._ds = rasterio.open(spec.uri)
+        self._ds = rasterio.open(spec.uri)
+        self._cache = CacheHold(spec.cache_mb * 2**20)
 
     @property
     def height(self) -> int:
@@ -337,10 +335,9 @@ class WindowReader:
     def read(self, window: PlanWindow, needs_mask: bool = False) -> np.ndarray:
         """(3, window.height, window.width) uint8."""
         spec = self.spec
-        with rasterio.Env(**spec.env_options()):
-            data = read_pyramid_window(self._ds, window, bands=spec.read_bands, resampling=spec.resampling,
-                                       max_chunk_bytes=self.max_chunk_bytes)
-            valid = self._window_mask(window) if needs_mask else None
+        data = read_pyramid_window(self._ds, window, bands=spec.read_bands, resampling=spec.resampling,
+                                   max_chunk_bytes=self.max_chunk_bytes)
+        valid = self._window_mask(window) if needs_mask else None
         if spec.stretch is not None:
             img = spec.stretch.apply(data)
         elif data.dtype == np.uint8:
@@ -379,6 +376,7 @@ class WindowReader:
 
     def close(self) -> None:
         self._ds.close()
+        self._cache.release()
 
     def __enter__(self) -> WindowReader:
         return self

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from concurrent.futures import ThreadPoolExecutor
 import os
 import warnings
 from pathlib import Path
@@ -26,6 +27,7 @@ from serving.reader import (
     prepare_read,
     scan_scene,
 )
+from serving.gdal_cache import CacheHold, cache_bytes
 from serving.scene import SceneError, gdal_path, open_scene
 
 SHARED_DATA = Path(os.environ.get("HBDNET_SHARED_DATA", Path(__file__).resolve().parents[2] / ".." / "shared" / "data"))
@@ -122,16 +124,63 @@ def test_reading_is_lazy(geotiff, monkeypatch):
 
 def test_reads_run_inside_the_sized_gdal_cache(geotiff, monkeypatch):
     path = geotiff("rgb.tif", texture(3, 300, 300))
+    before = cache_bytes()
     seen = []
 
     def recording(ds, win, bands=None, resampling="exact", **kw):
-        seen.append(rasterio.env.getenv().get("GDAL_CACHEMAX"))
+        seen.append(cache_bytes())
         return read_pyramid_window(ds, win, bands, resampling, **kw)
 
     monkeypatch.setattr(reader_module, "read_pyramid_window", recording)
     spec, _ = prepare_read(open_scene(str(path)), window=256)
     list(iter_scene_windows(str(path), window=256, overlap=56))
+    assert spec.cache_mb * 2**20 != before
     assert seen and all(v == spec.cache_mb * 2**20 for v in seen)  # rasterio takes bytes
+    assert cache_bytes() == before  # put back when the reader closes
+
+
+def test_threads_reading_together_keep_the_cache_budget(geotiff, monkeypatch):
+    """One reader per thread, as a worker's read-ahead threads: no thread's exit lifts the limit while
+    another reads (rasterio.Env restores the cache it found on exit, per thread)."""
+    path = geotiff("rgb.tif", texture(3, 600, 600))
+    spec, _ = prepare_read(open_scene(str(path)), window=256)
+    before = cache_bytes()
+    plan = plan_scene(open_scene(str(path)), window=256, overlap=56)
+    seen = []
+
+    def recording(ds, win, bands=None, resampling="exact", **kw):
+        seen.append(cache_bytes())
+        return read_pyramid_window(ds, win, bands, resampling, **kw)
+
+    monkeypatch.setattr(reader_module, "read_pyramid_window", recording)
+    readers = [WindowReader(spec) for _ in range(3)]
+
+    def read_all(reader):
+        for _ in range(5):
+            for item in plan.items:
+                reader.read(item.window)
+
+    with ThreadPoolExecutor(3) as pool:
+        list(pool.map(read_all, readers))
+    readers[0].close()
+    assert cache_bytes() == spec.cache_mb * 2**20  # the others still hold it
+    for r in readers[1:]:
+        r.close()
+    assert len(seen) == 15 * len(plan.items) and set(seen) == {spec.cache_mb * 2**20}
+    assert cache_bytes() == before
+
+
+def test_cache_holds_take_the_largest_and_restore():
+    before = cache_bytes()
+    a, b = CacheHold(40 * 2**20), CacheHold(90 * 2**20)
+    assert cache_bytes() == 90 * 2**20
+    b.release()
+    assert cache_bytes() == 40 * 2**20
+    b.release()  # twice is harmless
+    with CacheHold(20 * 2**20):
+        assert cache_bytes() == 40 * 2**20
+    a.release()
+    assert cache_bytes() == before
 
 
 def test_scene_smaller_than_a_window(geotiff):
