@@ -65,7 +65,7 @@ import torch
 from hbdnet.boxes.nms import batched_nms_rotated, nms_rotated
 from serving.merge_config import MergeConfig
 from serving.merge_fuse import end_cuts, fuse_groups
-from serving.merge_pairs import connected_components
+from serving.merge_pairs import PAIR_CHUNK, chunk_slices, connected_components
 from serving.merge_relations import attach_stub_groups, cut_margin, neighbour_pairs, relations
 from serving.merge_suppress import suppress
 from serving.window_detections import SceneDetections, WindowDetections, to_scene
@@ -178,7 +178,10 @@ def _bridge_groups(
         cut = end_cuts(boxes, axis_x, axis_y, bounds, cut_margin(boxes, scales, config))
         touching = cut[0] | cut[1]
     longer, shorter = neighbour_pairs(boxes, scales, labels, touching, config)
-    continues, stub = relations(boxes, scales, cut, touching, longer, shorter, config)
+    continues = np.zeros(len(longer), dtype=bool)
+    stub = np.zeros(len(longer), dtype=bool)
+    for part in chunk_slices(len(longer), PAIR_CHUNK):  # bounded temporaries however dense the boxes
+        continues[part], stub[part] = relations(boxes, scales, cut, touching, longer[part], shorter[part], config)
     group = connected_components(n, longer[continues], shorter[continues])
     group = attach_stub_groups(group, boxes, longer[stub], shorter[stub])
     return np.unique(group, return_inverse=True)[1]

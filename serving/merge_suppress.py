@@ -8,7 +8,7 @@ import torch
 from hbdnet.boxes.convention import obb_to_poly
 from hbdnet.boxes.iou import box_iou_rotated
 from serving.merge_config import MergeConfig
-from serving.merge_pairs import points_in_boxes, points_inside, size_class
+from serving.merge_pairs import PAIR_CHUNK, chunk_slices, points_in_boxes, points_inside, size_class
 
 
 def suppress(
@@ -34,7 +34,16 @@ def suppress(
     if not config.class_agnostic:
         keep &= labels[low] == labels[top]
     top, low = top[keep], low[keep]
-    area = w * h
+    hit = np.zeros(len(top), dtype=bool)
+    for part in chunk_slices(len(top), PAIR_CHUNK):  # bounded temporaries however dense the boxes
+        hit[part] = _suppresses(boxes, top[part], low[part], config)
+    return order[greedy_nms(rank[top[hit]], rank[low[hit]], n)]
+
+
+def _suppresses(boxes: np.ndarray, top: np.ndarray, low: np.ndarray, config: MergeConfig) -> np.ndarray:
+    """Whether box ``top`` suppresses box ``low``, pair by pair: IoU above ``duplicate_iou``, or at least
+    ``contain_iof`` of ``low`` inside ``top``."""
+    area = boxes[:, 2] * boxes[:, 3]
     inter = area[low].copy()
     # Fully inside: the intersection is the whole lower box; clip only the others.
     corners = obb_to_poly(torch.from_numpy(boxes[low])).numpy().reshape(-1, 4, 2)
@@ -47,8 +56,7 @@ def suppress(
         iof = box_iou_rotated(lower, upper, mode="iof", aligned=True).numpy()
         inter[part] = iof * area[low[part]]
     iou = inter / np.maximum(area[low] + area[top] - inter, 1e-12)
-    hit = (iou > config.duplicate_iou) | (inter >= config.contain_iof * area[low])
-    return order[greedy_nms(rank[top[hit]], rank[low[hit]], n)]
+    return (iou > config.duplicate_iou) | (inter >= config.contain_iof * area[low])
 
 
 def greedy_nms(top: np.ndarray, low: np.ndarray, n: int, max_rounds: int = 16) -> np.ndarray:

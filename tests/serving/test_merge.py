@@ -10,11 +10,14 @@ import torch
 
 from hbdnet.boxes.iou import box_iou_rotated
 from hbdnet.pyramid import PlanWindow, plan_pyramid
+import serving.merge as merge_module
+import serving.merge_pairs as merge_pairs
+import serving.merge_suppress as merge_suppress
 from serving.merge import MergeConfig, merge, merge_authors
-from serving.merge_pairs import connected_components, points_in_boxes
+from serving.merge_pairs import chunk_slices, connected_components, points_in_boxes
 from serving.merge_relations import attach_stub_groups
 from serving.merge_suppress import greedy_nms
-from serving.simulate import PerfectDetector, SyntheticScene, detect_scene, time_merge
+from serving.simulate import PerfectDetector, SyntheticScene, benchmark_detections, detect_scene, time_merge
 from serving.window_detections import SceneDetections, WindowDetections, to_scene
 
 
@@ -250,7 +253,11 @@ def test_misaligned_piece_inside_a_bridge_is_suppressed_small_things_are_not():
 # --- the building blocks -----------------------------------------------------------------------------
 
 
-def test_points_in_boxes_matches_brute_force():
+@pytest.mark.parametrize("chunks", [None, (7, 13)], ids=["whole", "tiny-chunks"])
+def test_points_in_boxes_matches_brute_force(chunks, monkeypatch):
+    if chunks is not None:  # blocks of boxes and candidate chunks far smaller than one box's work
+        monkeypatch.setattr(merge_pairs, "MAX_ENTRIES", chunks[0])
+        monkeypatch.setattr(merge_pairs, "MAX_CANDIDATES", chunks[1])
     rng = np.random.default_rng(0)
     n, p = 300, 2000
     boxes = np.stack([rng.uniform(0, 4000, n), rng.uniform(0, 4000, n), np.exp(rng.uniform(2, 7, n)),
@@ -275,6 +282,30 @@ def test_points_in_boxes_matches_brute_force():
             in_class |= (pclass[None] >= ranges[:, r, 0:1]) & (pclass[None] <= ranges[:, r, 1:2])
         want = set(zip(*[x.tolist() for x in np.nonzero(inside & in_class)]))
         assert got == want and len(b) == len(got)
+
+
+def test_chunk_slices_cover_in_order_within_the_budget():
+    sizes = np.array([3, 0, 5, 9, 1, 1, 2, 0, 4])
+    parts = chunk_slices(sizes, 6)
+    assert [(p.start, p.stop) for p in parts] == [(0, 2), (2, 3), (3, 4), (4, 8), (8, 9)]
+    for p in parts:  # within the budget, or a single item larger than it
+        assert sizes[p].sum() <= 6 or p.stop - p.start == 1
+    assert chunk_slices(np.zeros(0, dtype=np.int64), 6) == []
+    assert [(p.start, p.stop) for p in chunk_slices(10, 4)] == [(0, 4), (4, 8), (8, 10)]
+
+
+def test_merge_in_small_chunks_gives_the_same_boxes(monkeypatch):
+    """Dense detections are merged in bounded chunks; the chunking must not change the result."""
+    dets = benchmark_detections(20_000, side=4096, n_bridges=60, seed=3)
+    whole = merge(dets)
+    monkeypatch.setattr(merge_pairs, "MAX_ENTRIES", 1000)
+    monkeypatch.setattr(merge_pairs, "MAX_CANDIDATES", 3000)
+    monkeypatch.setattr(merge_module, "PAIR_CHUNK", 777)
+    monkeypatch.setattr(merge_suppress, "PAIR_CHUNK", 555)
+    chunked = merge(dets)
+    assert len(whole) > 100
+    for name in ("boxes", "scores", "labels", "levels", "members"):
+        np.testing.assert_array_equal(getattr(chunked, name), getattr(whole, name))
 
 
 def test_connected_components_of_chains_and_stars():
