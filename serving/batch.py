@@ -22,14 +22,15 @@ a stem that two scenes share (case-insensitive), or that an earlier scene in the
 the first 8 hex digits of the SHA-1 of the scene URI appended, so names never depend on order.
 
 Scenes go through the shared pool's ``run_many``: with Ray, up to ``PoolConfig.open_scenes`` scenes
-are in flight at once. The actors run a scene's last tasks while this process plans the next one
-(open, stretch and coverage scans), and the next one's tasks while it merges and writes the scene
-before; manifest lines therefore come in completion order. Planning blocks this process, so the
-actors stay busy through it only with the tasks already queued on them (``tasks_in_flight`` each).
-Everything happens in this one thread: ``run_many`` draws the next scene from a generator here and
-hands back finished ones, so the manifest, the progress bars and the warnings of each scene need no
-locks. Results are keyed by plan index per scene, so outputs do not depend on the interleaving or
-on the number of workers.
+are in flight at once. Each scene is planned (open, stretch and coverage scans) on a planning thread
+while the pool runs the scene before it, one scene ahead, so the workers do not wait for the scans
+of uint16 or masked scenes; the actors run the next scene's tasks while this process merges and
+writes the scene before; manifest lines therefore come in completion order. Planning returns what
+it has to warn of (``ScenePlan.warnings``) instead of warning, so nothing of it crosses threads;
+everything else happens in this one thread: ``run_many`` draws the next scene from a generator here
+and hands back finished ones, so the manifest, the progress bars and the warnings of each scene
+need no locks. Results are keyed by plan index per scene, so outputs do not depend on the
+interleaving or on the number of workers.
 """
 
 from __future__ import annotations
@@ -40,7 +41,9 @@ import json
 import os
 import time
 import warnings
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -180,8 +183,8 @@ def detect_to_file(
     """
     t0 = time.perf_counter()
     output = Path(output)
-    notes: list[str] = []
-    prepared = _noting(notes, lambda: open_for_output(uri, output, model, options))  # before workers start
+    prepared = open_for_output(uri, output, model, options)  # before workers start
+    notes = plan_notes(prepared)
     own_pool = pool is None
     if pool is None:
         pool = make_pool(model.spec, pool_config)
@@ -195,7 +198,8 @@ def detect_to_file(
 
 
 def open_for_output(uri: str, output: Path, model: ModelRef, options: DetectOptions) -> PreparedScene:
-    """Check that ``output`` can be written, then open and plan the scene (no worker involved)."""
+    """Check that ``output`` can be written, then open and plan the scene (no worker involved; it may
+    run on any thread: what to warn of is in ``prepared.plan.warnings``, see ``plan_notes``)."""
     check_output_path(output)
     prepared = prepare_scene(uri, bands=options.bands, window=model.window, overlap=model.overlap,
                              resampling=options.resampling)
@@ -219,6 +223,11 @@ def write_output(prepared: PreparedScene, run: PoolRun, output: Path, model: Mod
     _fsync_path(output)
     _fsync_path(output.parent)  # the rename into place
     return SceneOutcome(output, int(keep.sum()), result.windows, time.perf_counter() - t0)
+
+
+def plan_notes(prepared: PreparedScene) -> list[str]:
+    """The one-line notes of what planning the scene found to warn of (a striped layout)."""
+    return [str(w).strip().splitlines()[0] for w in prepared.plan.warnings]
 
 
 def _noting(notes: list[str], step: Callable[[], T]) -> T:
@@ -528,21 +537,35 @@ def run_batch(
             bars.scene_done(key)
 
         def jobs() -> Iterator[SceneJob]:
-            """Plan each scene when the pool asks for the next one; one that cannot be planned is
-            recorded as failed here and never reaches the pool."""
-            for key, scene in enumerate(todo):
-                output = outdir / names[scene.uri]
-                t0 = time.perf_counter()
-                notes: list[str] = []
-                try:
-                    prepared = _noting(notes, lambda: open_for_output(scene.uri, output, model, options))
-                except Exception as exc:
-                    finish(scene, output, t0, exc, None)
-                    continue
-                bars.start(key, scene.name)
-                yield SceneJob(prepared.plan.spec, prepared.plan.items,
-                               progress=lambda done, total, key=key: bars.windows(key, done, total),
-                               key=_OpenScene(key, scene, output, t0, prepared, notes))
+            """The scenes, each planned on a thread while the pool runs the one before (one scene
+            ahead); one that cannot be planned is recorded as failed here and never reaches the pool."""
+            planner = ThreadPoolExecutor(1, thread_name_prefix="hbdnet-plan")
+            ahead: deque[tuple[int, SceneInput, Path, float, Future[PreparedScene]]] = deque()
+            pending = iter(enumerate(todo))
+
+            def plan_next() -> None:
+                for key, scene in pending:
+                    output = outdir / names[scene.uri]
+                    future = planner.submit(open_for_output, scene.uri, output, model, options)
+                    ahead.append((key, scene, output, time.perf_counter(), future))
+                    return
+
+            try:
+                plan_next()
+                while ahead:
+                    key, scene, output, t0, future = ahead.popleft()
+                    plan_next()
+                    try:
+                        prepared = future.result()
+                    except Exception as exc:
+                        finish(scene, output, t0, exc, None)
+                        continue
+                    bars.start(key, scene.name)
+                    yield SceneJob(prepared.plan.spec, prepared.plan.items,
+                                   progress=lambda done, total, key=key: bars.windows(key, done, total),
+                                   key=_OpenScene(key, scene, output, t0, prepared, plan_notes(prepared)))
+            finally:  # an interrupted run does not wait for a plan nobody will use
+                planner.shutdown(wait=False, cancel_futures=True)
 
         own_pool = pool is None
         try:

@@ -10,6 +10,7 @@ runs) and ``serving.merge`` (window boxes to scene boxes).
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -58,7 +59,10 @@ class PreparedScene:
 
 def prepare_scene(uri: str, *, bands: Sequence[int] | None = None, window: int = 1024, overlap: int = 200,
                   resampling: PyramidResampling = "exact") -> PreparedScene:
-    """Open the scene and plan its windows (band stretch and coverage scans included)."""
+    """Open the scene and plan its windows (band stretch and coverage scans included).
+
+    Nothing is warned here (``prepared.plan.warnings`` holds it), so a scene may be planned on a
+    thread beside the one that runs the workers."""
     t_start = time.perf_counter()
     info = open_scene(uri)
     t = time.perf_counter()
@@ -113,6 +117,8 @@ def detect_scene(
     ``batch_size`` are then the pool's. ``progress(done, total)`` is called as windows complete.
     """
     prepared = prepare_scene(uri, bands=bands, window=window, overlap=overlap, resampling=resampling)
+    for notice in prepared.plan.warnings:  # a striped layout
+        warnings.warn(notice, stacklevel=2)
     t = time.perf_counter()
     own_pool = pool is None
     if pool is None:

@@ -137,12 +137,15 @@ class ReadItem:
 
 @dataclass(frozen=True)
 class ScenePlan:
-    """The reads of a scene: the windows to read in plan order, and the plan indexes skipped as empty."""
+    """The reads of a scene: the windows to read in plan order, the plan indexes skipped as empty, and
+    what the caller should be warned of (a striped layout), returned rather than emitted so that
+    scenes can be planned on any thread (``warnings`` capture is process-wide)."""
 
     spec: ReadSpec
     plan: list[PlanWindow]
     items: list[ReadItem]
     skipped: list[int] = field(default_factory=list)
+    warnings: tuple[Warning, ...] = ()
 
 
 def select_bands(info: SceneInfo, bands: Sequence[int] | None = None) -> tuple[int, int, int]:
@@ -276,10 +279,6 @@ def prepare_read(info: SceneInfo, *, bands: Sequence[int] | None = None, window:
     read_bands = tuple(dict.fromkeys(rgb_bands))
     rgb = tuple(read_bands.index(b) for b in rgb_bands)
     cache = cache_mb if cache_mb is not None else cache_mb_for(info, read_bands, window)
-    if info.striped:
-        warnings.warn(
-            f"{info.uri} is striped (blocks {info.block_shapes[0]}), not tiled: reading row by row of "
-            "windows; a tiled GeoTIFF / COG reads faster", StripedSceneWarning, stacklevel=2)
     needs_stretch = any(info.dtypes[b - 1] != "uint8" for b in read_bands)
     stretch, coverage = None, None
     if needs_stretch or info.masked:
@@ -306,7 +305,12 @@ def plan_scene(info: SceneInfo, *, bands: Sequence[int] | None = None, window: i
             skipped.append(i)
         else:
             items.append(ReadItem(i, win, needs_mask=state is Coverage.PARTIAL))
-    return ScenePlan(spec, plan, items, skipped)
+    notices: tuple[Warning, ...] = ()
+    if info.striped:
+        notices = (StripedSceneWarning(
+            f"{info.uri} is striped (blocks {info.block_shapes[0]}), not tiled: reading row by row of "
+            "windows; a tiled GeoTIFF / COG reads faster"),)
+    return ScenePlan(spec, plan, items, skipped, notices)
 
 
 class WindowReader:
@@ -396,6 +400,8 @@ def iter_scene_windows(uri: str, *, bands: Sequence[int] | None = None, window: 
     info = open_scene(uri)
     scene_plan = plan_scene(info, bands=bands, window=window, overlap=overlap, resampling=resampling,
                             percentiles=percentiles, cache_mb=cache_mb)
+    for notice in scene_plan.warnings:
+        warnings.warn(notice, stacklevel=2)
     with WindowReader(scene_plan.spec) as reader:
         for item in scene_plan.items:
             yield item.window, reader.read(item.window, item.needs_mask)

@@ -366,3 +366,57 @@ def test_scenes_share_one_ray_pool(ray_runtime, tmp_path, perfect):
         want, _, ref_fields = read_polygons(tmp_path / "ref" / ref["output"])
         order, ref_order = np.argsort(fields["cx_px"]), np.argsort(ref_fields["cx_px"])
         assert all(shapely.equals_exact(got[order], want[ref_order], tolerance=1e-9))
+
+
+def test_striped_scene_is_noted_in_its_manifest_line_only(tmp_path, perfect):
+    tiled = write_tif(tmp_path / "in" / "tiled.tif")
+    striped = tmp_path / "in" / "striped.tif"
+    with rasterio.open(tiled) as src:
+        profile = {**src.profile, "tiled": False, "blockysize": 8}
+        profile.pop("blockxsize")
+        with rasterio.open(striped, "w", **profile) as dst:
+            dst.write(src.read())
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the note goes to the manifest, not out as a Python warning
+        summary = run_batch(scenes_of(striped, tiled), tmp_path / "out", perfect, pool_config=IN_PROCESS)
+    assert summary.ran_ok == 2
+    notes = {Path(r["scene"]).name: r["warnings"] for r in summary.records}
+    assert notes["tiled.tif"] == []
+    assert len(notes["striped.tif"]) == 1 and "is striped" in notes["striped.tif"][0]
+
+
+def test_next_scene_is_planned_while_the_pool_runs_the_one_before(tmp_path, monkeypatch):
+    """Planning (open, stretch and coverage scans) of scene k+1 runs beside the detection of scene k."""
+    import serving.batch as batch
+    import serving.workers as workers
+
+    tifs = [write_tif(tmp_path / "in" / f"s{k}.tif", size=(64, 64)) for k in range(3)]
+    events: list[tuple[str, str, float]] = []
+    real_prepare = batch.prepare_scene
+
+    def slow_prepare(uri, **kwargs):
+        events.append(("plan", Path(uri).name, time.monotonic()))
+        time.sleep(0.3)
+        return real_prepare(uri, **kwargs)
+
+    class SlowDetector:
+        name = "slow"
+
+        def detect(self, images, windows):
+            events.append(("detect", "", time.monotonic()))
+            time.sleep(0.3)
+            events.append(("detected", "", time.monotonic()))
+            return [(np.zeros((0, 5)), np.zeros(0), np.zeros(0, dtype=np.int64)) for _ in images]
+
+    monkeypatch.setattr(batch, "prepare_scene", slow_prepare)
+    monkeypatch.setattr(workers, "build_detector", lambda spec: SlowDetector())
+    summary = run_batch(scenes_of(*tifs), tmp_path / "out", model_ref(DetectorSpec("noop")), pool_config=IN_PROCESS)
+    assert summary.ran_ok == 3
+    kinds = [k for k, _, _ in events]
+    # One window per scene: plan s0, then s1's planning starts before s0's detection ends, and so on.
+    assert kinds.count("detect") == 3
+    plans = [t for k, _, t in events if k == "plan"]
+    ends = [t for k, _, t in events if k == "detected"]
+    assert plans[1] < ends[0] and plans[2] < ends[1]
