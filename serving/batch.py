@@ -51,12 +51,12 @@ from typing import Any, Literal, TypeVar
 import numpy as np
 
 from serving.detectors import DetectorSpec
-from serving.engine import PreparedScene, finish_scene, prepare_scene
+from serving.engine import PreparedScene, finish_scene, plan_beside_workers, prepare_scene
 from serving.geo_output import SUPPORTED_SUFFIXES, OutputError, write_detections
 from serving.inputs import SceneInput, short_hash
 from serving.merge import MergeConfig
-from serving.reader import PyramidResampling
-from serving.scene import SceneError
+from serving.reader import PyramidResampling, select_bands
+from serving.scene import SceneError, SceneInfo, open_scene
 from serving.workers import InProcessPool, PoolConfig, PoolRun, Progress, RayPool, SceneJob, make_pool
 
 MANIFEST_NAME = "manifest.jsonl"
@@ -183,11 +183,18 @@ def detect_to_file(
     """
     t0 = time.perf_counter()
     output = Path(output)
-    prepared = open_for_output(uri, output, model, options)  # before workers start
-    notes = plan_notes(prepared)
+    info = open_checked(uri, output, options)  # a bad scene or output fails before workers start
+
+    def plan() -> PreparedScene:
+        return prepare_scene(info, bands=options.bands, window=model.window, overlap=model.overlap,
+                             resampling=options.resampling)
+
     own_pool = pool is None
     if pool is None:
-        pool = make_pool(model.spec, pool_config)
+        prepared, pool, _ = plan_beside_workers(plan, lambda: make_pool(model.spec, pool_config))
+    else:
+        prepared = plan()
+    notes = plan_notes(prepared)
     try:
         run = pool.run(prepared.plan.spec, prepared.plan.items, progress)
     finally:
@@ -198,15 +205,23 @@ def detect_to_file(
 
 
 def open_for_output(uri: str, output: Path, model: ModelRef, options: DetectOptions) -> PreparedScene:
-    """Check that ``output`` can be written, then open and plan the scene (no worker involved; it may
-    run on any thread: what to warn of is in ``prepared.plan.warnings``, see ``plan_notes``)."""
+    """``open_checked``, then plan the scene (no worker involved; it may run on any thread: what to
+    warn of is in ``prepared.plan.warnings``, see ``plan_notes``)."""
+    info = open_checked(uri, output, options)
+    return prepare_scene(info, bands=options.bands, window=model.window, overlap=model.overlap,
+                         resampling=options.resampling)
+
+
+def open_checked(uri: str, output: Path, options: DetectOptions) -> SceneInfo:
+    """Open the scene after checking that ``output`` can be written, and that the scene has the bands
+    asked for and, for GeoJSON, a CRS: the cheap checks, made before any scan or worker."""
     check_output_path(output)
-    prepared = prepare_scene(uri, bands=options.bands, window=model.window, overlap=model.overlap,
-                             resampling=options.resampling)
-    if output.suffix.lower() == ".geojson" and prepared.info.crs is None:
+    info = open_scene(uri)
+    select_bands(info, options.bands)
+    if output.suffix.lower() == ".geojson" and info.crs is None:
         raise OutputError(f"cannot write {output}: scene {uri} has no CRS and GeoJSON must be WGS84 "
                           "longitude/latitude; write .gpkg or .fgb to get pixel coordinates")
-    return prepared
+    return info
 
 
 def write_output(prepared: PreparedScene, run: PoolRun, output: Path, model: ModelRef, options: DetectOptions,

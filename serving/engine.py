@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import numpy as np
 
 from serving.detectors import DetectorSpec
 from serving.merge import MergeConfig, merge
-from serving.reader import PyramidResampling, ScenePlan, plan_scene
+from serving.reader import PyramidResampling, ScenePlan, plan_scene, select_bands
 from serving.scene import SceneInfo, open_scene
 from serving.window_detections import WindowDetections
 from serving.workers import InProcessPool, PoolConfig, PoolRun, Progress, RayPool, make_pool
@@ -30,7 +32,7 @@ class SceneResult:
 
     ``boxes`` (N, 5) le90, ``scores`` (N,), ``labels`` (N,), ``levels`` (N,) the pyramid level each box
     came from. ``window_detections`` are the workers' raw results in plan order (window pixels).
-    ``timings`` in seconds: open, plan (band stretch and coverage included), startup (workers), stream
+    ``timings`` in seconds: open, plan (band stretch and coverage included), startup (workers; beside the plan), stream
     (wall time of reading + detecting), read and detect (summed over workers), merge, total.
     """
 
@@ -57,18 +59,39 @@ class PreparedScene:
     timings: dict[str, float] = field(default_factory=dict)
 
 
-def prepare_scene(uri: str, *, bands: Sequence[int] | None = None, window: int = 1024, overlap: int = 200,
-                  resampling: PyramidResampling = "exact") -> PreparedScene:
-    """Open the scene and plan its windows (band stretch and coverage scans included).
+def prepare_scene(scene: str | SceneInfo, *, bands: Sequence[int] | None = None, window: int = 1024,
+                  overlap: int = 200, resampling: PyramidResampling = "exact") -> PreparedScene:
+    """Open the scene (unless given opened) and plan its windows (band stretch and coverage scans).
 
     Nothing is warned here (``prepared.plan.warnings`` holds it), so a scene may be planned on a
     thread beside the one that runs the workers."""
     t_start = time.perf_counter()
-    info = open_scene(uri)
+    info = open_scene(scene) if isinstance(scene, str) else scene
     t = time.perf_counter()
     scene_plan = plan_scene(info, bands=bands, window=window, overlap=overlap, resampling=resampling)
     return PreparedScene(info, scene_plan, t_start,
                          {"open": t - t_start, "plan": time.perf_counter() - t})
+
+
+P = TypeVar("P", InProcessPool, RayPool)
+
+
+def plan_beside_workers(plan: Callable[[], PreparedScene], start: Callable[[], P]) -> tuple[PreparedScene, P, float]:
+    """Run ``plan`` (the scene's stretch and coverage scans: seconds on a large uint16 or masked
+    scene) on a thread while ``start`` starts the workers here (``ray.init`` sets its signal
+    handlers from the main thread only). Returns the plan, the pool and the seconds ``start`` took.
+    If either fails the other is waited for, a started pool is closed, and the error raised."""
+    with ThreadPoolExecutor(1, thread_name_prefix="hbdnet-plan") as planner:
+        planning = planner.submit(plan)
+        t = time.perf_counter()
+        pool = start()
+        startup = time.perf_counter() - t
+        try:
+            prepared = planning.result()
+        except BaseException:
+            pool.close()
+            raise
+    return prepared, pool, startup
 
 
 def finish_scene(prepared: PreparedScene, run: PoolRun, merge_config: MergeConfig | None = None) -> SceneResult:
@@ -116,15 +139,24 @@ def detect_scene(
     caller owns (a batch of scenes); it is not closed here, and ``workers``, ``ray_address`` and
     ``batch_size`` are then the pool's. ``progress(done, total)`` is called as windows complete.
     """
-    prepared = prepare_scene(uri, bands=bands, window=window, overlap=overlap, resampling=resampling)
-    for notice in prepared.plan.warnings:  # a striped layout
-        warnings.warn(notice, stacklevel=2)
-    t = time.perf_counter()
+    t_start = time.perf_counter()
+    info = open_scene(uri)  # a missing or unreadable scene fails here, before any worker starts,
+    select_bands(info, bands)  # and so do bands it does not have
+    opened = time.perf_counter() - t_start
+
+    def plan() -> PreparedScene:
+        return prepare_scene(info, bands=bands, window=window, overlap=overlap, resampling=resampling)
+
     own_pool = pool is None
     if pool is None:
-        pool = make_pool(detector_spec, PoolConfig(workers=workers, ray_address=ray_address,
-                                                   batch_size=batch_size))
-    prepared.timings["startup"] = time.perf_counter() - t
+        prepared, pool, startup = plan_beside_workers(plan, lambda: make_pool(
+            detector_spec, PoolConfig(workers=workers, ray_address=ray_address, batch_size=batch_size)))
+    else:
+        prepared, startup = plan(), 0.0
+    prepared.t_start = t_start
+    prepared.timings.update(open=opened, startup=startup)
+    for notice in prepared.plan.warnings:  # a striped layout
+        warnings.warn(notice, stacklevel=2)
     try:
         t = time.perf_counter()
         run = pool.run(prepared.plan.spec, prepared.plan.items, progress)

@@ -396,10 +396,10 @@ def test_next_scene_is_planned_while_the_pool_runs_the_one_before(tmp_path, monk
     events: list[tuple[str, str, float]] = []
     real_prepare = batch.prepare_scene
 
-    def slow_prepare(uri, **kwargs):
-        events.append(("plan", Path(uri).name, time.monotonic()))
+    def slow_prepare(scene, **kwargs):
+        events.append(("plan", "", time.monotonic()))
         time.sleep(0.3)
-        return real_prepare(uri, **kwargs)
+        return real_prepare(scene, **kwargs)
 
     class SlowDetector:
         name = "slow"

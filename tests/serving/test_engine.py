@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 
 from hbdnet.pyramid import plan_pyramid
 from serving.detectors import DetectorSpec
-from serving.engine import detect_scene
+import serving.engine as engine
+from serving.engine import detect_scene, plan_beside_workers
 from serving.scene import SceneError
 from serving.simulate import score_against_truth, synthetic_scene
 
@@ -82,3 +85,60 @@ def test_single_band_uint16_scene_and_band_choice(geotiff):
 def test_missing_scene(tmp_path):
     with pytest.raises(SceneError, match="not found"):
         detect_scene(str(tmp_path / "nope.tif"), DetectorSpec("noop"), workers=0)
+
+
+def test_bad_scene_or_bands_fail_before_any_worker_starts(geotiff, tmp_path, monkeypatch):
+    def no_workers(*args, **kwargs):
+        raise AssertionError("workers started for a scene that cannot run")
+
+    monkeypatch.setattr(engine, "make_pool", no_workers)
+    with pytest.raises(SceneError, match="not found"):
+        detect_scene(str(tmp_path / "nope.tif"), DetectorSpec("noop"))
+    path = str(geotiff("rgb.tif", np.zeros((3, 100, 100), np.uint8)))
+    with pytest.raises(SceneError, match="out of range"):
+        detect_scene(path, DetectorSpec("noop"), bands=(4, 2, 1))
+
+
+class _Pool:
+    closed = False
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_scene_is_planned_while_the_workers_start():
+    events: list[str] = []
+
+    def plan():
+        events.append("plan begins")
+        time.sleep(0.3)
+        events.append("plan ends")
+        return "plan"
+
+    def start():
+        time.sleep(0.05)  # the planning thread is under way
+        events.append("start begins")
+        time.sleep(0.5)
+        events.append("start ends")
+        return _Pool()
+
+    prepared, pool, startup = plan_beside_workers(plan, start)
+    assert prepared == "plan" and isinstance(pool, _Pool) and not pool.closed and startup >= 0.5
+    assert events.index("plan ends") < events.index("start ends")  # overlapped, not in turn
+
+
+def test_failed_plan_closes_the_started_workers_and_raises():
+    started = _Pool()
+
+    def plan():
+        raise SceneError("cannot plan")
+
+    with pytest.raises(SceneError, match="cannot plan"):
+        plan_beside_workers(plan, lambda: started)
+    assert started.closed
+
+    def start():
+        raise RuntimeError("no workers")
+
+    with pytest.raises(RuntimeError, match="no workers"):
+        plan_beside_workers(lambda: "plan", start)
