@@ -15,7 +15,6 @@ starting from the weights the previous one left. Work goes to ``work_dir``:
 from __future__ import annotations
 
 import json
-import math
 import random
 import time
 from collections import defaultdict
