@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from hbdnet.cli import CliError
-from serving.cli_detect import add_run_arguments, resolve_model, show_progress
+from serving.cli_detect import add_run_arguments, pool_config, resolve_model, show_progress
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -44,7 +44,6 @@ def run(args: argparse.Namespace) -> int:
 
     from serving.batch import BatchError, DetectOptions, run_batch
     from serving.inputs import InputError, expand_inputs
-    from serving.workers import PoolConfig
 
     try:
         scenes = expand_inputs(args.inputs)
@@ -62,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
         summary = run_batch(
             scenes, Path(args.outdir), model, fmt=args.format,
             options=DetectOptions(score_thr=args.score_thr, bands=args.bands),
-            pool_config=PoolConfig(workers=args.workers, ray_address=args.ray_address),
+            pool_config=pool_config(args),
             retry_failed=args.retry_failed, show_progress=show_progress(args), log=log)
     except BatchError as exc:
         raise CliError(str(exc)) from exc

@@ -19,10 +19,14 @@ import re
 import sys
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from hbdnet.cli import CliError
 from serving.detectors import DetectorSpec
 from serving.inputs import scene_stem
+
+if TYPE_CHECKING:
+    from serving.workers import PoolConfig
 
 DEFAULT_MODEL = "default"
 MODEL_SUFFIXES = (".pth", ".pt")
@@ -109,6 +113,21 @@ def _workers(text: str) -> int:
     return n
 
 
+def _read_threads(text: str) -> int:
+    n = int(text)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"read threads must be 1 or more, got {n}")
+    return n
+
+
+def pool_config(args: argparse.Namespace) -> PoolConfig:
+    """The workers that ``detect`` and ``batch`` start, from their shared options."""
+    from serving.workers import PoolConfig  # not at import: `hbdnet --help` stays quick
+
+    given = {} if args.read_threads is None else {"read_threads": args.read_threads}
+    return PoolConfig(workers=args.workers, ray_address=args.ray_address, **given)
+
+
 def _score(text: str) -> float:
     x = float(text)
     if not 0.0 <= x <= 1.0:
@@ -125,7 +144,10 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
                    help="cpu, cuda or cuda:N (default auto: cuda when this machine has a GPU)")
     p.add_argument("--workers", type=_workers, default=None, metavar="N",
                    help="0 runs the model in this process without Ray; N starts N Ray workers "
-                        "(default: one per GPU, or 2 CPU workers)")
+                        "(default: one per GPU, or one CPU worker using every core)")
+    p.add_argument("--read-threads", type=_read_threads, default=None, metavar="N",
+                   help="threads reading windows ahead in each worker (default 2; more keep a GPU fed on "
+                        "a many-core host, each costs a little memory)")
     p.add_argument("--ray-address", metavar="ADDR", help="join this Ray cluster ('auto' or host:port)")
     p.add_argument("--score-thr", type=_score, default=0.0, metavar="X",
                    help="drop merged bridges scoring below X (default 0: keep what the model reports)")
@@ -160,7 +182,6 @@ def run(args: argparse.Namespace) -> int:
     from serving.batch import DetectOptions, check_output_path, detect_to_file
     from serving.geo_output import OutputError
     from serving.scene import SceneError
-    from serving.workers import PoolConfig
 
     output = Path(args.output) if args.output else Path.cwd() / f"{scene_stem(args.scene)}_bridges.gpkg"
     try:
@@ -178,7 +199,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         outcome = detect_to_file(
             args.scene, output, model, DetectOptions(score_thr=args.score_thr, bands=args.bands),
-            pool_config=PoolConfig(workers=args.workers, ray_address=args.ray_address), progress=progress)
+            pool_config=pool_config(args), progress=progress)
     except SceneError as exc:
         raise CliError(str(exc), code=1) from exc
     except OutputError as exc:

@@ -80,7 +80,7 @@ def test_detect_with_a_checkpoint_writes_geojson_in_the_scene_footprint(tmp_path
 
     # every score of the untrained model is about 0.5: a threshold of 0.9 drops them all
     rc = main(["detect", str(tif), "-o", str(out), "--model", str(tiny_checkpoint), "--workers", "0",
-               "--device", "cpu", "-q", "--score-thr", "0.9"])
+               "--device", "cpu", "-q", "--score-thr", "0.9", "--read-threads", "3"])
     assert rc == 0 and capsys.readouterr().out.startswith("0 bridges found")
     assert json.loads(out.read_text())["features"] == []
 
@@ -211,13 +211,24 @@ def test_debug_shows_the_exception(tmp_path):
 
 @pytest.mark.parametrize("argv", [
     ["--bands", "1,2"], ["--bands", "0"], ["--bands", "a,b,c"], ["--device", "gpu"],
-    ["--score-thr", "1.5"], ["--workers", "-1"],
+    ["--score-thr", "1.5"], ["--workers", "-1"], ["--read-threads", "0"],
 ])
 def test_bad_arguments_exit_2(argv, capsys):
     with pytest.raises(SystemExit) as info:
         main(["detect", "scene.tif", *argv])
     assert info.value.code == 2
     assert "hbdnet detect: error: argument" in capsys.readouterr().err
+
+
+def test_worker_options_reach_the_pool():
+    from hbdnet.cli import build_parser
+    from serving.cli_detect import pool_config
+    from serving.workers import PoolConfig
+
+    for command in (["detect", "x.tif"], ["batch", "x.tif", "-o", "out"]):
+        args = build_parser().parse_args([*command, "--workers", "3", "--read-threads", "4", "--ray-address", "auto"])
+        assert pool_config(args) == PoolConfig(workers=3, ray_address="auto", read_threads=4)
+        assert pool_config(build_parser().parse_args(command)) == PoolConfig()
 
 
 def test_scene_errors_from_the_library(tmp_path):
