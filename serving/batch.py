@@ -52,7 +52,7 @@ import numpy as np
 
 from serving.detectors import DetectorSpec
 from serving.engine import PreparedScene, finish_scene, plan_beside_workers, prepare_scene
-from serving.geo_output import SUPPORTED_SUFFIXES, OutputError, write_detections
+from serving.geo_output import OutputError, check_output_path, write_detections
 from serving.inputs import SceneInput, short_hash
 from serving.merge import MergeConfig
 from serving.reader import PyramidResampling, select_bands
@@ -148,21 +148,6 @@ class SceneOutcome:
     windows: int
     seconds: float
     notes: tuple[str, ...] = ()  # warnings about the scene: no CRS, a slow layout
-
-
-def check_output_path(path: Path) -> None:
-    """Refuse, before any work, an output that cannot be written: an unknown extension, a missing or
-    read-only folder, a folder in its place."""
-    if path.suffix.lower() not in SUPPORTED_SUFFIXES:
-        raise OutputError(f"cannot write {path}: unknown output format {path.suffix or '(no extension)'!r}; "
-                          f"use one of {', '.join(SUPPORTED_SUFFIXES)}")
-    parent = path.parent
-    if not parent.is_dir():
-        raise OutputError(f"cannot write {path}: folder {parent} does not exist")
-    if path.is_dir():
-        raise OutputError(f"cannot write {path}: it is a folder")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise OutputError(f"cannot write {path}: folder {parent} is not writable")
 
 
 def detect_to_file(

@@ -179,8 +179,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from serving.batch import DetectOptions, check_output_path, detect_to_file
-    from serving.geo_output import OutputError
+    from serving.batch import DetectOptions, detect_to_file
+    from serving.geo_output import OutputError, check_output_path
     from serving.scene import SceneError
 
     output = Path(args.output) if args.output else Path.cwd() / f"{scene_stem(args.scene)}_bridges.gpkg"

@@ -111,12 +111,7 @@ def write_detections(
     """
     path = Path(path)
     suffix = path.suffix.lower()
-    if suffix not in SUPPORTED_SUFFIXES:
-        raise OutputError(
-            f"cannot write {path}: unknown output format {path.suffix or '(no extension)'!r}; "
-            f"use one of {', '.join(SUPPORTED_SUFFIXES)}"
-        )
-    _check_writable(path)
+    check_output_path(path)
     dets = _validate(boxes, scores, labels, levels, len(class_names))
     pcrs = to_pyproj_crs(crs)
     if pcrs is None:
@@ -164,13 +159,15 @@ def _one_line(exc: BaseException) -> str:
     return text.splitlines()[0]
 
 
-def _check_writable(path: Path) -> None:
-    """Refuse early, with a plain reason, what would otherwise fail deep inside GDAL."""
+def check_output_path(path: Path) -> None:
+    """Refuse early, with a plain reason, what would otherwise fail deep inside GDAL: an unknown
+    extension, a missing or read-only folder, a folder in the file's place."""
+    if path.suffix.lower() not in SUPPORTED_SUFFIXES:
+        raise OutputError(f"cannot write {path}: unknown output format {path.suffix or '(no extension)'!r}; "
+                          f"use one of {', '.join(SUPPORTED_SUFFIXES)}")
     parent = path.parent
-    if not parent.exists():
+    if not parent.is_dir():  # missing, or a file where the folder should be
         raise OutputError(f"cannot write {path}: folder {parent} does not exist")
-    if not parent.is_dir():
-        raise OutputError(f"cannot write {path}: {parent} is not a folder")
     if path.is_dir():
         raise OutputError(f"cannot write {path}: it is a folder")
     if not os.access(parent, os.W_OK | os.X_OK):
