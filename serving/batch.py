@@ -544,11 +544,12 @@ def run_batch(
             pending = iter(enumerate(todo))
 
             def plan_next() -> None:
-                for key, scene in pending:
+                nxt = next(pending, None)
+                if nxt is not None:
+                    key, scene = nxt
                     output = outdir / names[scene.uri]
                     future = planner.submit(open_for_output, scene.uri, output, model, options)
                     ahead.append((key, scene, output, time.perf_counter(), future))
-                    return
 
             try:
                 plan_next()

@@ -32,8 +32,9 @@ class SceneResult:
 
     ``boxes`` (N, 5) le90, ``scores`` (N,), ``labels`` (N,), ``levels`` (N,) the pyramid level each box
     came from. ``window_detections`` are the workers' raw results in plan order (window pixels).
-    ``timings`` in seconds: open, plan (band stretch and coverage included), startup (workers; beside the plan), stream
-    (wall time of reading + detecting), read and detect (summed over workers), merge, total.
+    ``timings`` in seconds: open, plan (band stretch and coverage included), startup (workers, started
+    beside the plan), stream (wall time of reading + detecting), read and detect (summed over
+    workers), merge, total.
     """
 
     boxes: np.ndarray

@@ -75,9 +75,8 @@ def points_in_boxes(
 
     found_box, found_point = [], []
     for block in chunk_slices(spanx * spany * ranges.shape[1], MAX_ENTRIES):
-        ids = np.arange(len(boxes))[block]
         counts = spanx[block] * spany[block]
-        box = np.repeat(ids, counts)
+        box = np.repeat(np.arange(block.start, block.stop), counts)
         local = np.arange(len(box)) - np.repeat(np.cumsum(counts) - counts, counts)
         gx = gx0[box] + local % spanx[box]
         gy = gy0[box] + local // spanx[box]
