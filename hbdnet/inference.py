@@ -1,4 +1,4 @@
-"""HBD-Net behind the engine's window-detector interface (``serving.detectors.WindowDetector``)."""
+"""HBD-Net behind the engine's window-detector interface (``serving.engine.detectors.WindowDetector``)."""
 
 from __future__ import annotations
 

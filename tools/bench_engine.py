@@ -19,7 +19,7 @@
    the same windows (same plan, same ``read_pyramid_window`` calls, same GDAL cache) in one process.
    Reported with and without the Ray start-up, and for the in-process engine (``workers=0``); each
    of the three times is the best of two runs.
-5. Merge time of 100,000 detections (``serving.simulate.time_merge``).
+5. Merge time of 100,000 detections (``serving.testing.simulate.time_merge``).
 
 The last line is ``rss_ratio_16k_8k=<x> rss_16k_light_mb=<m> pipeline_ratio=<y> merge_s=<z>``.
 """
@@ -104,8 +104,8 @@ def ensure_light_model(cache_dir: Path, given: str | None) -> tuple[str | None, 
 # --- one engine run in this process (the subprocess side) ------------------------------------------
 
 def run_one(scene: str, detector: str, model: str | None, workers: int | None) -> None:
-    from serving.detectors import DetectorSpec
-    from serving.engine import detect_scene
+    from serving.engine.detectors import DetectorSpec
+    from serving.engine.pipeline import detect_scene
 
     spec = DetectorSpec("noop") if detector == "noop" else DetectorSpec("model", path=model, device="cpu")
     t = time.perf_counter()
@@ -212,8 +212,8 @@ def measure(scene: Path, detector: str, model: str | None, workers: int | None, 
 def read_only_seconds(scene: Path) -> float:
     """Every window of the plan read with read_pyramid_window, in order, in this process."""
     from hbdnet.data.raster import read_pyramid_window
-    from serving.reader import plan_scene
-    from serving.scene import open_scene
+    from serving.engine.reader import plan_scene
+    from serving.engine.scene import open_scene
 
     scene_plan = plan_scene(open_scene(str(scene)))
     spec = scene_plan.spec
@@ -225,8 +225,8 @@ def read_only_seconds(scene: Path) -> float:
 
 
 def in_process_engine_seconds(scene: Path) -> float:
-    from serving.detectors import DetectorSpec
-    from serving.engine import detect_scene
+    from serving.engine.detectors import DetectorSpec
+    from serving.engine.pipeline import detect_scene
 
     t = time.perf_counter()
     detect_scene(str(scene), DetectorSpec("noop"), workers=0)
@@ -306,13 +306,13 @@ def main(argv: list[str] | None = None) -> None:
 
     merge_s = math.nan
     try:
-        from serving.simulate import time_merge
+        from serving.testing.simulate import time_merge
 
         m = time_merge(args.merge_n)
         merge_s = m["seconds"]
         print(f"merge: {int(m['n_detections'])} detections -> {int(m['n_merged'])} in {merge_s:.2f} s", flush=True)
     except ImportError as exc:
-        print(f"merge: serving.simulate.time_merge not available ({exc})", flush=True)
+        print(f"merge: serving.testing.simulate.time_merge not available ({exc})", flush=True)
 
     print(f"benchmark took {time.perf_counter() - t_bench:.0f} s; load average {os.getloadavg()}", flush=True)
     print(f"rss_ratio_16k_8k={ratio_16k_8k:.3f} rss_16k_light_mb={light_mb:.0f} "

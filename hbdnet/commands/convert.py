@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from hbdnet.cli import CliError
+from hbdnet.commands import CliError
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

@@ -22,7 +22,7 @@ def _scene_size(scene: str) -> tuple[int, int]:
     if m:
         h = int(m.group(1))
         return h, int(m.group(2) or h)
-    from hbdnet.cli import CliError
+    from hbdnet.commands import CliError
 
     try:
         import rasterio

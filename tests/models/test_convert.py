@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from hbdnet.checkpoint import load_model
-from hbdnet.cli import main
+from serving.cli.main import main
 from hbdnet.convert import convert_state_dict, read_authors_state_dict
 
 

@@ -70,7 +70,7 @@ def ray_runtime() -> Iterator[None]:
     3 logical CPUs, so that a 2-actor pool and a 1-actor pool can be up at the same time.
     """
     ray = pytest.importorskip("ray")
-    from serving.workers import ensure_ray
+    from serving.engine.workers import ensure_ray
 
     started = ensure_ray(num_cpus=3)
     yield

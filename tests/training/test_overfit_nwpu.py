@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from hbdnet.data.dota import load_dota_folder
-from hbdnet.evaluation.whole_images import evaluate_model
+from serving.engine.whole_images import evaluate_model
 from hbdnet.models.build import ModelConfig
 from hbdnet.models.hbdnet import HBDNetConfig
 from hbdnet.training.config import DataConfig, ExperimentConfig, OptimConfig, StageConfig, TrainConfig

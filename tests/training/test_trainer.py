@@ -5,7 +5,7 @@ import torch
 import yaml
 
 from hbdnet.checkpoint import load_model, read_checkpoint
-from hbdnet.cli import main
+from serving.cli.main import main
 from hbdnet.config_io import ConfigError, load_yaml, to_dict
 from hbdnet.training.config import ExperimentConfig, StageConfig, load_experiment
 from hbdnet.training.trainer import lr_at, train

@@ -1,0 +1,1 @@
+"""The ``hbdnet`` command line: the entry point and the subcommands that run the engine."""

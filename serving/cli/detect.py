@@ -1,0 +1,221 @@
+"""``hbdnet detect``: find the bridges in one scene and write them as a GIS file.
+
+The output format follows the extension of ``-o`` (``.gpkg``, ``.geojson``, ``.fgb``); without ``-o``
+it is ``<scene stem>_bridges.gpkg`` in the current folder. ``--model`` takes a path to an hbdnet
+checkpoint or the NAME of a model bundled with the package (``hbdnet/weights/NAME.pth``); without it
+the bundled ``default`` model is used, and while the package ships none the command stops and asks
+for ``--model``. It never runs random weights.
+
+Exit codes: 0 done, 1 the scene cannot be read or detection failed, 2 usage or setup errors
+(arguments, model, output path).
+
+The model options and their resolution are shared with ``hbdnet batch`` (``serving.cli.batch``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from importlib import resources
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from hbdnet.commands import CliError
+from serving.engine.detectors import DetectorSpec
+from serving.batch.inputs import scene_stem
+
+if TYPE_CHECKING:
+    from serving.engine.workers import PoolConfig
+
+DEFAULT_MODEL = "default"
+MODEL_SUFFIXES = (".pth", ".pt")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+_DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
+
+
+def bundled_models() -> dict[str, Path]:
+    """NAME -> checkpoint for the models shipped in ``hbdnet/weights`` (empty while none ships)."""
+    folder = resources.files("hbdnet").joinpath("weights")
+    if not folder.is_dir():
+        return {}
+    return {Path(f.name).stem: Path(str(f)) for f in folder.iterdir()
+            if f.is_file() and f.name.endswith(".pth")}
+
+
+def _looks_like_path(arg: str) -> bool:
+    return ("/" in arg or "\\" in arg or arg.lower().endswith(MODEL_SUFFIXES)
+            or not _NAME.fullmatch(arg) or Path(arg).exists())
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` -> ``cuda`` when this process sees a GPU, else ``cpu``."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def resolve_model(arg: str | None, device: str = "auto"):
+    """The ``ModelRef`` that ``--model ARG`` names, checked to be an hbdnet checkpoint.
+
+    Raises ``CliError`` (code 2) for a missing file, an unknown NAME, no bundled default, or a file
+    that is not an hbdnet checkpoint.
+    """
+    from hbdnet.checkpoint import CheckpointError
+    from serving.batch.runner import model_ref
+
+    bundled = bundled_models()
+    if arg is None:
+        if DEFAULT_MODEL not in bundled:
+            raise CliError("this hbdnet ships no bundled default model yet: pass --model PATH to an hbdnet "
+                           "checkpoint (`hbdnet convert` makes one from the authors' weights)")
+        name, path = DEFAULT_MODEL, bundled[DEFAULT_MODEL]
+    elif _looks_like_path(arg):
+        path = Path(arg).expanduser()
+        if not path.is_file():
+            raise CliError(f"model file not found: {arg}")
+        name = path.stem
+    else:
+        if arg not in bundled:
+            known = ", ".join(sorted(bundled)) or "none yet"
+            raise CliError(f"unknown model name {arg!r} (bundled models: {known}); "
+                           "pass --model PATH to use an hbdnet checkpoint")
+        name, path = arg, bundled[arg]
+    spec = DetectorSpec(kind="model", path=str(path), device=resolve_device(device))
+    try:
+        return model_ref(spec, name=name)
+    except CheckpointError as exc:
+        raise CliError(str(exc)) from exc
+
+
+def parse_bands(text: str) -> tuple[int, ...]:
+    try:
+        bands = tuple(int(b) for b in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"bands must be 1-based band numbers like 1,2,3, got {text!r}") from None
+    if len(bands) not in (1, 3) or min(bands) < 1:
+        raise argparse.ArgumentTypeError(f"give 1 band or 3 bands (R,G,B), numbered from 1, got {text!r}")
+    return bands
+
+
+def _device(text: str) -> str:
+    if not _DEVICE.fullmatch(text):
+        raise argparse.ArgumentTypeError(f"device must be auto, cpu, cuda or cuda:N, got {text!r}")
+    return text
+
+
+def _workers(text: str) -> int:
+    n = int(text)
+    if n < 0:
+        raise argparse.ArgumentTypeError("workers must be 0 (in this process) or more")
+    return n
+
+
+def _read_threads(text: str) -> int:
+    n = int(text)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"read threads must be 1 or more, got {n}")
+    return n
+
+
+def pool_config(args: argparse.Namespace) -> PoolConfig:
+    """The workers that ``detect`` and ``batch`` start, from their shared options."""
+    from serving.engine.workers import PoolConfig  # not at import: `hbdnet --help` stays quick
+
+    given = {} if args.read_threads is None else {"read_threads": args.read_threads}
+    return PoolConfig(workers=args.workers, ray_address=args.ray_address, **given)
+
+
+def _score(text: str) -> float:
+    x = float(text)
+    if not 0.0 <= x <= 1.0:
+        raise argparse.ArgumentTypeError(f"score threshold must be in [0, 1], got {text}")
+    return x
+
+
+def add_run_arguments(p: argparse.ArgumentParser) -> None:
+    """The model and worker options that ``detect`` and ``batch`` share."""
+    p.add_argument("--model", metavar="NAME|PATH",
+                   help="hbdnet checkpoint file, or the name of a bundled model (default: the bundled "
+                        "'default' model; none ships yet)")
+    p.add_argument("--device", type=_device, default="auto",
+                   help="cpu, cuda or cuda:N (default auto: cuda when this machine has a GPU)")
+    p.add_argument("--workers", type=_workers, default=None, metavar="N",
+                   help="0 runs the model in this process without Ray; N starts N Ray workers "
+                        "(default: one per GPU, or one CPU worker using every core)")
+    p.add_argument("--read-threads", type=_read_threads, default=None, metavar="N",
+                   help="threads reading windows ahead in each worker (default 2; more keep a GPU fed on "
+                        "a many-core host, each costs a little memory)")
+    p.add_argument("--ray-address", metavar="ADDR", help="join this Ray cluster ('auto' or host:port)")
+    p.add_argument("--score-thr", type=_score, default=0.0, metavar="X",
+                   help="drop merged bridges scoring below X (default 0: keep what the model reports)")
+    p.add_argument("--bands", type=parse_bands, metavar="R,G,B",
+                   help="1-based bands to use as R,G,B (or one band as grey); default: the first three")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    # SUPPRESS: `hbdnet --debug detect` and `hbdnet detect --debug` both work; absent, the top level decides.
+    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                   help="show full tracebacks on errors")
+
+
+def show_progress(args: argparse.Namespace) -> bool:
+    return not args.quiet and sys.stderr.isatty()
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "detect", help="detect bridges in one scene and write them as a GIS file",
+        description="Detect bridges in one scene and write them as a GIS file (format from the -o "
+                    "extension). Exit codes: 0 done, 1 the scene could not be processed, 2 usage or "
+                    "setup error (arguments, model, output path).")
+    p.add_argument("scene", help="GeoTIFF / COG / any raster: local path, http(s):// URL, /vsicurl/..., s3://")
+    p.add_argument("-o", "--output", metavar="OUT",
+                   help="output file, .gpkg, .geojson or .fgb (default: ./<scene stem>_bridges.gpkg)")
+    add_run_arguments(p)
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from serving.batch.runner import DetectOptions, detect_to_file
+    from serving.outputs.geo_output import OutputError, check_output_path
+    from serving.engine.scene import SceneError
+
+    output = Path(args.output) if args.output else Path.cwd() / f"{scene_stem(args.scene)}_bridges.gpkg"
+    try:
+        check_output_path(output)  # before loading a model or reading a pixel
+    except OutputError as exc:
+        raise CliError(str(exc)) from exc
+    model = resolve_model(args.model, args.device)
+    bar = tqdm(total=0, unit="window", desc=scene_stem(args.scene), disable=not show_progress(args),
+               file=sys.stderr, dynamic_ncols=True)
+
+    def progress(done: int, total: int) -> None:
+        bar.total = total
+        bar.update(done - bar.n)
+
+    try:
+        outcome = detect_to_file(
+            args.scene, output, model, DetectOptions(score_thr=args.score_thr, bands=args.bands),
+            pool_config=pool_config(args), progress=progress)
+    except SceneError as exc:
+        raise CliError(str(exc), code=1) from exc
+    except OutputError as exc:
+        raise CliError(str(exc)) from exc
+    except Exception as exc:  # model or worker failures: one line here, the traceback with --debug
+        raise CliError(f"detection failed: {type(exc).__name__}: {_first_line(exc)} "
+                       "(--debug shows the traceback)", code=1) from exc
+    finally:
+        bar.close()
+    for note in outcome.notes:
+        print(f"hbdnet detect: warning: {note}", file=sys.stderr)
+    print(f"{outcome.detections} bridges found in {outcome.windows} windows, {outcome.seconds:.1f} s "
+          f"-> {outcome.output}")
+    return 0
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else ""

@@ -1,0 +1,168 @@
+"""The large-scene engine: open, plan, stream windows through the workers, merge.
+
+``detect_scene`` is the whole path of design.md in one call: ``prepare_scene`` (open, plan), the
+pool's run, ``finish_scene`` (merge); a batch calls the two halves itself around the pool's
+``run_many``. It is a composition of the modules that do the work: ``serving.engine.scene`` (what the
+raster is), ``serving.engine.reader`` (the plan and the reads), ``serving.engine.workers`` (where the detector
+runs) and ``serving.merge.methods`` (window boxes to scene boxes).
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+import numpy as np
+
+from serving.engine.detectors import DetectorSpec
+from serving.merge.methods import MergeConfig, merge
+from serving.engine.reader import PyramidResampling, ScenePlan, plan_scene, select_bands
+from serving.engine.scene import SceneInfo, open_scene
+from serving.engine.window_detections import WindowDetections
+from serving.engine.workers import InProcessPool, PoolConfig, PoolRun, Progress, RayPool, make_pool
+
+
+@dataclass
+class SceneResult:
+    """Merged detections of a scene in full-resolution scene pixels.
+
+    ``boxes`` (N, 5) le90, ``scores`` (N,), ``labels`` (N,), ``levels`` (N,) the pyramid level each box
+    came from. ``window_detections`` are the workers' raw results in plan order (window pixels).
+    ``timings`` in seconds: open, plan (band stretch and coverage included), startup (workers, started
+    beside the plan), stream (wall time of reading + detecting), read and detect (summed over
+    workers), merge, total.
+    """
+
+    boxes: np.ndarray
+    scores: np.ndarray
+    labels: np.ndarray
+    levels: np.ndarray
+    scene: SceneInfo
+    timings: dict[str, float] = field(default_factory=dict)
+    windows: int = 0  # windows in the plan
+    skipped: int = 0  # windows left out because they hold no valid pixel
+    resubmitted: int = 0  # tasks re-run after a worker died
+    window_detections: list[WindowDetections] = field(default_factory=list)
+
+
+@dataclass
+class PreparedScene:
+    """A scene opened and planned, ready for a pool: ``timings`` so far (open, plan), from ``t_start``
+    (``time.perf_counter()``)."""
+
+    info: SceneInfo
+    plan: ScenePlan
+    t_start: float
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def prepare_scene(scene: str | SceneInfo, *, bands: Sequence[int] | None = None, window: int = 1024,
+                  overlap: int = 200, resampling: PyramidResampling = "exact") -> PreparedScene:
+    """Open the scene (unless given opened) and plan its windows (band stretch and coverage scans).
+
+    Nothing is warned here (``prepared.plan.warnings`` holds it), so a scene may be planned on a
+    thread beside the one that runs the workers."""
+    t_start = time.perf_counter()
+    info = open_scene(scene) if isinstance(scene, str) else scene
+    t = time.perf_counter()
+    scene_plan = plan_scene(info, bands=bands, window=window, overlap=overlap, resampling=resampling)
+    return PreparedScene(info, scene_plan, t_start,
+                         {"open": t - t_start, "plan": time.perf_counter() - t})
+
+
+P = TypeVar("P", InProcessPool, RayPool)
+
+
+def plan_beside_workers(plan: Callable[[], PreparedScene], start: Callable[[], P]) -> tuple[PreparedScene, P, float]:
+    """Run ``plan`` (the scene's stretch and coverage scans: seconds on a large uint16 or masked
+    scene) on a thread while ``start`` starts the workers here (``ray.init`` sets its signal
+    handlers from the main thread only). Returns the plan, the pool and the seconds ``start`` took.
+    If either fails the other is waited for, a started pool is closed, and the error raised."""
+    with ThreadPoolExecutor(1, thread_name_prefix="hbdnet-plan") as planner:
+        planning = planner.submit(plan)
+        t = time.perf_counter()
+        pool = start()
+        startup = time.perf_counter() - t
+        try:
+            prepared = planning.result()
+        except BaseException:
+            pool.close()
+            raise
+    return prepared, pool, startup
+
+
+def finish_scene(prepared: PreparedScene, run: PoolRun, merge_config: MergeConfig | None = None) -> SceneResult:
+    """Merge the pool's window detections of ``prepared`` into scene boxes."""
+    timings = dict(prepared.timings)
+    t = time.perf_counter()
+    merged = merge(run.detections, merge_config if merge_config is not None else MergeConfig())
+    timings["merge"] = time.perf_counter() - t
+    timings["read"] = run.read_s
+    timings["detect"] = run.detect_s
+    timings["total"] = time.perf_counter() - prepared.t_start
+    return SceneResult(
+        boxes=merged.boxes,
+        scores=merged.scores,
+        labels=merged.labels,
+        levels=merged.levels,
+        scene=prepared.info,
+        timings=timings,
+        windows=len(prepared.plan.plan),
+        skipped=len(prepared.plan.skipped),
+        resubmitted=run.resubmitted,
+        window_detections=run.detections,
+    )
+
+
+def detect_scene(
+    uri: str,
+    detector_spec: DetectorSpec,
+    *,
+    bands: Sequence[int] | None = None,
+    window: int = 1024,
+    overlap: int = 200,
+    merge_config: MergeConfig | None = None,
+    workers: int | None = None,
+    ray_address: str | None = None,
+    batch_size: int | None = None,
+    resampling: PyramidResampling = "exact",
+    progress: Progress | None = None,
+    pool: InProcessPool | RayPool | None = None,
+) -> SceneResult:
+    """Detect bridges in the scene at ``uri`` (path, /vsicurl/ or http(s) URL, s3:// URL).
+
+    ``workers``: None = Ray, one actor per GPU or one CPU actor using every core; 0 = in this process;
+    n = n actors. ``ray_address`` joins an existing Ray cluster. ``pool`` reuses workers that the
+    caller owns (a batch of scenes); it is not closed here, and ``workers``, ``ray_address`` and
+    ``batch_size`` are then the pool's. ``progress(done, total)`` is called as windows complete.
+    """
+    t_start = time.perf_counter()
+    info = open_scene(uri)  # a missing or unreadable scene fails here, before any worker starts,
+    select_bands(info, bands)  # and so do bands it does not have
+    opened = time.perf_counter() - t_start
+
+    def plan() -> PreparedScene:
+        return prepare_scene(info, bands=bands, window=window, overlap=overlap, resampling=resampling)
+
+    own_pool = pool is None
+    if pool is None:
+        prepared, pool, startup = plan_beside_workers(plan, lambda: make_pool(
+            detector_spec, PoolConfig(workers=workers, ray_address=ray_address, batch_size=batch_size)))
+    else:
+        prepared, startup = plan(), 0.0
+    prepared.t_start = t_start
+    prepared.timings.update(open=opened, startup=startup)
+    for notice in prepared.plan.warnings:  # a striped layout
+        warnings.warn(notice, stacklevel=2)
+    try:
+        t = time.perf_counter()
+        run = pool.run(prepared.plan.spec, prepared.plan.items, progress)
+        prepared.timings["stream"] = time.perf_counter() - t
+    finally:
+        if own_pool:
+            pool.close()
+    return finish_scene(prepared, run, merge_config)

@@ -1,0 +1,502 @@
+"""Model workers: read windows and run the detector on them, in this process or in Ray actors.
+
+Tasks carry window descriptors, never pixels: a ``WindowTask`` is the scene's ``ReadSpec`` (uri, bands,
+stretch, GDAL cache) and a short run of plan windows of one level and one row. Each worker opens the
+scene itself, keeps it open across tasks, reads its windows and runs batched inference. The same
+``WindowWorker`` class does this in-process (``workers=0``) and inside every Ray actor.
+
+Ray pool: one actor per GPU (``num_gpus=1``) when the cluster has GPUs, else ``workers`` CPU actors
+(default one actor holding every CPU for torch's threads; n actors share the CPUs). At most ``tasks_in_flight`` tasks per actor are
+outstanding (backpressure: windows are read only as fast as the detector consumes them). When an
+actor dies its tasks are re-submitted, and the actor is replaced. Results are keyed by plan index and
+returned in plan order, so they do not depend on the number of workers or on scheduling.
+
+Many scenes (``run_many``): the same dispatch loop streams the tasks of up to ``open_scenes`` scenes
+through the same actors, so that the actors work on the next scene while the caller plans it and
+merges and writes the previous one. The next scene is taken from the caller's iterator once every
+task of the open scenes is submitted; scenes come back in completion order, each with its own
+result (or the error that failed it alone). Each worker keeps the readers of its ``open_scenes``
+most recent scenes open, so interleaved tasks of two scenes do not reopen a raster per task.
+``run`` is ``run_many`` over one scene.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+from hbdnet.data.raster import DEFAULT_MAX_CHUNK_BYTES
+from hbdnet.pyramid import PlanWindow, context_crops
+from serving.engine.detectors import DetectorSpec, WindowDetector, build_detector
+from serving.engine.reader import ReadItem, ReadSpec, WindowReader
+from serving.engine.window_detections import WindowDetections
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[int, int], None]  # (windows done, windows total)
+
+
+@dataclass(frozen=True)
+class PoolConfig:
+    """How windows are spread over workers.
+
+    ``workers``: None = one actor per GPU, or one CPU actor with all cores; 0 = in this process, no Ray;
+    n > 0 = n actors. ``ray_address`` joins an existing cluster ("auto" or "host:port"); None starts a
+    local runtime (unless one is already running in this process).
+    """
+
+    workers: int | None = None
+    ray_address: str | None = None
+    batch_size: int | None = None  # windows per forward pass; None: 2 on a GPU, 1 on a CPU (same speed, half the memory)
+    # Threads reading ahead inside each worker, each with its own open dataset (GDAL decodes without
+    # the GIL). They share one chunk budget and the process's one GDAL cache (``serving.engine.gdal_cache``),
+    # so a second thread costs little memory (+50 MB peak at 16384 px) and reads the pyramid about
+    # 1.3x faster on 2 cores (tools/bench_engine.py).
+    read_threads: int = 2
+    task_windows: int = 8  # windows per task (a task never spans two rows of windows or two levels)
+    tasks_in_flight: int = 2  # per actor
+    open_scenes: int = 2  # scenes whose tasks may be in flight at once (run_many), and readers kept per worker
+    max_attempts: int = 3  # per task, counting actor deaths
+    start_timeout_s: float = 300.0  # actors not up by then: the cluster lacks the resources asked for
+
+
+@dataclass(frozen=True)
+class WindowTask:
+    spec: ReadSpec
+    items: tuple[ReadItem, ...]
+
+
+@dataclass
+class TaskResult:
+    detections: list[tuple[int, WindowDetections]]  # (plan index, detections)
+    read_s: float = 0.0
+    detect_s: float = 0.0
+    started: float = 0.0  # wall clock (time.time(), comparable across the processes of one machine)
+    finished: float = 0.0
+
+
+@dataclass
+class PoolRun:
+    """Window detections in plan order, and where the time went (read/detect summed over workers).
+
+    ``started`` and ``finished``: wall clock (``time.time()``) of the scene's first task start and
+    last task end on the workers; 0.0 for a scene with no window to read.
+    """
+
+    detections: list[WindowDetections]
+    read_s: float = 0.0
+    detect_s: float = 0.0
+    resubmitted: int = 0
+    actors_replaced: int = 0
+    started: float = 0.0
+    finished: float = 0.0
+
+
+@dataclass
+class SceneJob:
+    """One scene for ``run_many``: its reads, a progress callback, and ``key``, the caller's own
+    handle for the scene (returned with its result, never looked at by the pool)."""
+
+    spec: ReadSpec
+    items: Sequence[ReadItem]
+    progress: Progress | None = None
+    key: object = None
+
+
+JobResult = tuple[SceneJob, PoolRun | Exception]  # a scene's windows, or the error that failed it
+
+
+def make_tasks(items: Sequence[ReadItem], task_windows: int) -> list[tuple[ReadItem, ...]]:
+    """Consecutive items of the same level and row, at most ``task_windows`` per task, in plan order.
+
+    A row of windows per task keeps each worker's reads inside the blocks its GDAL cache holds.
+    """
+    tasks: list[tuple[ReadItem, ...]] = []
+    run: list[ReadItem] = []
+    for it in items:
+        if run and ((it.window.level, it.window.row_off) != (run[0].window.level, run[0].window.row_off)
+                    or len(run) >= task_windows):
+            tasks.append(tuple(run))
+            run = []
+        run.append(it)
+    if run:
+        tasks.append(tuple(run))
+    return tasks
+
+
+def read_contexts(reader: ReaderSet | WindowReader, detector: WindowDetector, windows: list[PlanWindow]) -> list | None:
+    """The coarser crops around level-0 windows, for a detector with inter-layer feature fusion.
+
+    The detector says how many levels it fuses (``context_levels``) and the crop size
+    (``context_size``); None when it fuses none or the windows are not full-resolution ones.
+    """
+    levels = getattr(detector, "context_levels", 0)
+    if not levels or windows[0].level != 0:
+        return None
+    size = detector.context_size  # type: ignore[attr-defined]
+    return [
+        [(reader.read(c.window, needs_mask=True), c.rel_box)
+         for c in context_crops(w, reader.height, reader.width, levels, size)]
+        for w in windows
+    ]
+
+
+class ReaderSet:
+    """``n`` open readers of one scene, lent to reading threads one at a time (a dataset handle is not
+    thread-safe, and GDAL releases the GIL while it decodes, so n threads read about n times faster)."""
+
+    def __init__(self, spec: ReadSpec, n: int):
+        self.spec = spec
+        # The threads share the chunk budget of one reader, so memory does not grow with n.
+        self._all = [WindowReader(spec, DEFAULT_MAX_CHUNK_BYTES // max(1, n)) for _ in range(max(1, n))]
+        self._free: queue.SimpleQueue[WindowReader] = queue.SimpleQueue()
+        for r in self._all:
+            self._free.put(r)
+        self.height, self.width = self._all[0].height, self._all[0].width
+
+    def read(self, window: PlanWindow, needs_mask: bool = False) -> np.ndarray:
+        reader = self._free.get()
+        try:
+            return reader.read(window, needs_mask)
+        finally:
+            self._free.put(reader)
+
+    def close(self) -> None:
+        for r in self._all:
+            r.close()
+
+
+def run_items(reader: ReaderSet | WindowReader, detector: WindowDetector, items: Sequence[ReadItem],
+              batch_size: int, executor: ThreadPoolExecutor | None = None) -> TaskResult:
+    """Read ``items`` and detect on them in batches (all items of a task share one level).
+
+    With an ``executor``, every read of the task is started at once on its threads, so windows are
+    read ahead while the detector works on earlier ones.
+    """
+    result = TaskResult([], started=time.time())
+    if executor is not None:
+        pending = [executor.submit(reader.read, it.window, it.needs_mask) for it in items]
+    for start in range(0, len(items), batch_size):
+        batch = items[start:start + batch_size]
+        t0 = time.perf_counter()
+        if executor is not None:
+            images = [f.result() for f in pending[start:start + batch_size]]
+        else:
+            images = [reader.read(it.window, it.needs_mask) for it in batch]
+        windows = [it.window for it in batch]
+        contexts = read_contexts(reader, detector, windows)
+        t1 = time.perf_counter()
+        if contexts is None:
+            outputs = detector.detect(images, windows)
+        else:
+            outputs = detector.detect(images, windows, contexts=contexts)
+        t2 = time.perf_counter()
+        if len(outputs) != len(batch):
+            raise RuntimeError(f"detector {detector.name} returned {len(outputs)} results for {len(batch)} windows")
+        for it, (boxes, scores, labels) in zip(batch, outputs):
+            result.detections.append((it.index, WindowDetections(it.window, boxes, scores, labels)))
+        result.read_s += t1 - t0
+        result.detect_s += t2 - t1
+    result.finished = time.time()
+    return result
+
+
+class WindowWorker:
+    """A detector and the scenes it reads. Used as-is in-process and as a Ray actor class.
+
+    The ``readers`` most recently used scenes stay open (least recently used closed first): tasks of
+    two scenes in flight at once alternate on a worker, and reopening a raster on every switch would
+    lose its GDAL block cache.
+    """
+
+    def __init__(self, detector_spec: DetectorSpec, batch_size: int | None = None, readers: int = 2,
+                 read_threads: int = 2):
+        self.detector = build_detector(detector_spec)
+        self.batch_size = batch_size or (2 if detector_spec.device.startswith("cuda") else 1)
+        self.readers = max(1, readers)
+        self.read_threads = max(1, read_threads)
+        self._readers: OrderedDict[ReadSpec, ReaderSet] = OrderedDict()
+        self._executor = ThreadPoolExecutor(self.read_threads, thread_name_prefix="hbdnet-read")
+
+    def reader(self, spec: ReadSpec) -> ReaderSet:
+        """The open readers of ``spec``'s scene, opened (and the least recent scene closed) if needed."""
+        reader = self._readers.pop(spec, None)
+        if reader is None:
+            while len(self._readers) >= self.readers:
+                self._readers.popitem(last=False)[1].close()
+            reader = ReaderSet(spec, self.read_threads)
+        self._readers[spec] = reader
+        return reader
+
+    def run(self, task: WindowTask) -> TaskResult:
+        return run_items(self.reader(task.spec), self.detector, task.items, self.batch_size, self._executor)
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def close(self) -> None:
+        while self._readers:
+            self._readers.popitem()[1].close()
+
+
+class _SceneState:
+    """The bookkeeping of one scene in the dispatch loop: tasks still to submit, results so far."""
+
+    def __init__(self, job: SceneJob, task_windows: int):
+        self.job = job
+        # Coarsest level first: a level-k window decodes 4**k times the pixels of a level-0 one, so the
+        # few expensive tasks start early and the scene does not end with one actor busy on the top
+        # level while the others idle. Within a level the plan's row order is kept (stable sort).
+        tasks = sorted(make_tasks(job.items, task_windows), key=lambda t: -t[0].window.level)
+        self.pending: deque[tuple[WindowTask, int]] = deque((WindowTask(job.spec, t), 0) for t in tasks)
+        self.outstanding = 0  # tasks submitted and not yet back
+        self.results: dict[int, WindowDetections] = {}
+        self.run = PoolRun([])
+        self.done = 0  # windows
+        self.error: Exception | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.error is not None or (not self.pending and self.outstanding == 0)
+
+    def add(self, res: TaskResult, windows: int) -> None:
+        self.results.update(res.detections)
+        run = self.run
+        run.read_s += res.read_s
+        run.detect_s += res.detect_s
+        run.started = res.started if not run.started else min(run.started, res.started)
+        run.finished = max(run.finished, res.finished)
+        self.done += windows
+        if self.job.progress is not None:
+            self.job.progress(self.done, len(self.job.items))
+
+    def fail(self, exc: Exception) -> None:
+        if self.error is None:
+            self.error = exc
+        self.pending.clear()
+
+    def outcome(self) -> JobResult:
+        if self.error is not None:
+            return self.job, self.error
+        self.run.detections = [self.results[i] for i in sorted(self.results)]
+        return self.job, self.run
+
+
+def _run_one(pool: InProcessPool | RayPool, spec: ReadSpec, items: Sequence[ReadItem],
+             progress: Progress | None) -> PoolRun:
+    """One scene through ``pool.run_many``; its error, if any, is raised."""
+    ((_, result),) = pool.run_many([SceneJob(spec, items, progress)])
+    if isinstance(result, Exception):
+        raise result
+    return result
+
+
+class InProcessPool:
+    """Runs every task in this process, one scene at a time: no Ray, same reader and detector code."""
+
+    def __init__(self, detector_spec: DetectorSpec, config: PoolConfig = PoolConfig(workers=0)):
+        self.config = config
+        self._worker = WindowWorker(detector_spec, config.batch_size, readers=1, read_threads=config.read_threads)
+
+    def run(self, spec: ReadSpec, items: Sequence[ReadItem], progress: Progress | None = None) -> PoolRun:
+        return _run_one(self, spec, items, progress)
+
+    def run_many(self, jobs: Iterable[SceneJob]) -> Iterator[JobResult]:
+        """Each scene in turn (nothing runs beside this process, so there is nothing to overlap)."""
+        for job in jobs:
+            scene = _SceneState(job, self.config.task_windows)
+            while scene.pending and scene.error is None:
+                task, _ = scene.pending.popleft()
+                try:
+                    scene.add(self._worker.run(task), len(task.items))
+                except Exception as exc:  # this scene fails; the caller decides about the others
+                    scene.fail(exc)
+            yield scene.outcome()
+
+    def close(self) -> None:
+        self._worker.close()
+
+    def __enter__(self) -> InProcessPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> bool:
+    """Connect to Ray: join ``address`` if given, else start a local runtime. True if this call started it.
+
+    One code path for both: only the ``ray.init`` arguments differ. A runtime already initialised in
+    this process (a test fixture, a batch run) is reused as it is.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return False
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    kwargs: dict[str, object]
+    if address is not None:
+        kwargs = {"address": address}
+    else:
+        # Ray starts its workers at nice 15, but here they do all of the engine's work, and next to
+        # any other busy process niced workers starve (docs/dependencies.md: tenfold slow-downs). A
+        # local runtime's workers run at normal priority unless the caller's environment says otherwise.
+        os.environ.setdefault("RAY_worker_niceness", "0")
+        kwargs = {"num_cpus": num_cpus or os.cpu_count() or 1, "include_dashboard": False}
+    ray.init(**kwargs, logging_level=logging.WARNING)
+    return True
+
+
+class RayPool:
+    """Ray actors running ``WindowWorker``; see the module docstring for placement and retries."""
+
+    def __init__(self, detector_spec: DetectorSpec, config: PoolConfig = PoolConfig()):
+        import ray
+
+        self.config = config
+        self._detector_spec = detector_spec
+        local_cpus = max(os.cpu_count() or 1, config.workers or 0)
+        self._started_ray = ensure_ray(config.ray_address, local_cpus)
+        resources = ray.cluster_resources()
+        gpus = int(resources.get("GPU", 0))
+        if gpus:
+            n = config.workers or gpus
+            options = {"num_gpus": 1, "num_cpus": 1}
+        else:
+            # Without a GPU, one actor by default, with every CPU as torch threads: one copy of the
+            # model in memory (a CPU model's activations are most of a worker's footprint) and the
+            # same throughput as several single-threaded actors. Ray sets OMP_NUM_THREADS to num_cpus.
+            cpus = max(1, int(ray.available_resources().get("CPU", 1)))  # other pools may hold some
+            n = config.workers or 1
+            options = {"num_cpus": max(1, cpus // n)}
+        self._actor_class = ray.remote(**options)(WindowWorker)
+        self.actors = [self._new_actor() for _ in range(n)]
+        # Wait for the actors to be up, so that start-up time is not counted as streaming time, and so
+        # that asking for more workers than the cluster can place fails here instead of hanging.
+        try:
+            ray.get([a.pid.remote() for a in self.actors], timeout=config.start_timeout_s)
+        except ray.exceptions.GetTimeoutError:
+            self.close()
+            raise RuntimeError(f"{n} workers ({options}) did not start within {config.start_timeout_s:.0f} s; "
+                               f"cluster resources: {resources}") from None
+
+    def _new_actor(self):
+        return self._actor_class.remote(self._detector_spec, self.config.batch_size, self.config.open_scenes,
+                                        self.config.read_threads)
+
+    def run(self, spec: ReadSpec, items: Sequence[ReadItem], progress: Progress | None = None) -> PoolRun:
+        return _run_one(self, spec, items, progress)
+
+    def run_many(self, jobs: Iterable[SceneJob]) -> Iterator[JobResult]:
+        """Stream the scenes of ``jobs`` through the actors, up to ``config.open_scenes`` at once.
+
+        The next job is drawn from ``jobs`` (the caller plans it then, while the actors work) once
+        every task of the open scenes is submitted. A scene is yielded as soon as its last task is back,
+        after the next scene's tasks are submitted, so the actors keep working while the caller
+        handles it. A task that raises, or that keeps losing its worker, fails its scene only: the
+        scene is yielded with that error and its tasks still in flight are ignored when they return.
+        """
+        import ray
+        from ray.exceptions import RayActorError
+
+        cfg = self.config
+        jobs = iter(jobs)
+        more = True
+        open_scenes: list[_SceneState] = []
+        load = [0] * len(self.actors)
+        in_flight: dict[ray.ObjectRef, tuple[int, object, _SceneState, WindowTask, int]] = {}
+        while open_scenes or more:
+            while more and len(open_scenes) < max(1, cfg.open_scenes) and not any(s.pending for s in open_scenes):
+                job = next(jobs, None)
+                if job is None:
+                    more = False
+                else:
+                    open_scenes.append(_SceneState(job, cfg.task_windows))
+            for scene in open_scenes:  # oldest scene first: its result is what the caller waits for
+                while scene.pending and min(load) < max(1, cfg.tasks_in_flight):
+                    slot = load.index(min(load))
+                    task, attempt = scene.pending.popleft()
+                    actor = self.actors[slot]
+                    in_flight[actor.run.remote(task)] = (slot, actor, scene, task, attempt)
+                    load[slot] += 1
+                    scene.outstanding += 1
+            finished = [s for s in open_scenes if s.finished]
+            if finished:
+                for scene in finished:
+                    open_scenes.remove(scene)
+                for scene in finished:
+                    yield scene.outcome()
+                continue
+            if not in_flight:  # every scene drawn is done (an open scene always has a task out or to submit)
+                continue
+            ready, _ = ray.wait(list(in_flight), num_returns=1)
+            for ref in ready:
+                slot, actor, scene, task, attempt = in_flight.pop(ref)
+                load[slot] -= 1
+                scene.outstanding -= 1
+                try:
+                    res: TaskResult = ray.get(ref)
+                except RayActorError as exc:
+                    self._replace(slot, actor, exc, scene.run)
+                    if scene.error is not None:
+                        continue
+                    if attempt + 1 >= cfg.max_attempts:
+                        scene.fail(RuntimeError(f"task of {len(task.items)} windows failed {cfg.max_attempts} "
+                                                f"times (workers dying): {exc}"))
+                    else:
+                        scene.pending.appendleft((task, attempt + 1))
+                        scene.run.resubmitted += 1
+                    continue
+                except Exception as exc:  # the task raised (a read or detector error): its scene fails
+                    scene.fail(exc)
+                    continue
+                if scene.error is None:
+                    scene.add(res, len(task.items))
+
+    def _replace(self, slot: int, actor: object, exc: Exception, run: PoolRun) -> None:
+        """Replace the actor in ``slot`` if ``actor`` is still the one there (its first failure seen)."""
+        import ray
+
+        if self.actors[slot] is not actor:
+            return
+        log.warning("worker %d died (%s); replacing it and re-submitting its tasks", slot, type(exc).__name__)
+        try:
+            ray.kill(actor, no_restart=True)
+        except ValueError:  # not an actor handle any more; nothing left to stop
+            pass
+        self.actors[slot] = self._new_actor()
+        run.actors_replaced += 1
+
+    def worker_pids(self) -> list[int]:
+        import ray
+
+        return ray.get([a.pid.remote() for a in self.actors])
+
+    def close(self) -> None:
+        import ray
+
+        for actor in self.actors:
+            ray.kill(actor, no_restart=True)
+        self.actors = []
+        if self._started_ray:
+            ray.shutdown()
+
+    def __enter__(self) -> RayPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def make_pool(detector_spec: DetectorSpec, config: PoolConfig) -> InProcessPool | RayPool:
+    if config.workers == 0:
+        return InProcessPool(detector_spec, config)
+    return RayPool(detector_spec, config)

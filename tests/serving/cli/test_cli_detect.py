@@ -1,0 +1,239 @@
+"""``hbdnet detect``: one scene to one GIS file, with a real checkpoint and with the perfect detector;
+arguments and every error a user can make, each one line on stderr with its exit code."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pyogrio
+import pyogrio.raw
+import pytest
+import rasterio
+import shapely
+import torch
+from affine import Affine
+
+from hbdnet.commands import CliError
+from serving.cli.main import main
+from serving.batch.runner import DetectOptions, detect_to_file, model_ref
+from serving.cli.detect import bundled_models
+from serving.engine.detectors import DetectorSpec
+from serving.outputs.geo_output import OutputError
+from serving.engine.scene import SceneError
+from serving.engine.workers import PoolConfig
+
+UTM = ("EPSG:32631", Affine(0.5, 0.0, 500000.0, 0.0, -0.5, 5800000.0))
+LONLAT = ("EPSG:4326", Affine(1e-5, 0.0, 3.0, 0.0, -1e-5, 52.0))
+IN_PROCESS = PoolConfig(workers=0)
+
+
+def write_tif(path: Path, crs_transform=UTM, size: tuple[int, int] = (64, 64), count: int = 3,
+              dtype: str = "uint8") -> Path:
+    crs, transform = crs_transform if crs_transform else (None, Affine.identity())
+    data = np.random.default_rng(0).integers(0, 200, (count, *size)).astype(dtype)
+    with rasterio.open(path, "w", driver="GTiff", width=size[1], height=size[0], count=count, dtype=dtype,
+                       crs=crs, transform=transform, tiled=True, blockxsize=128, blockysize=128) as ds:
+        ds.write(data)
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    """A real hbdnet checkpoint of a tiny, untrained HBD-Net (it detects noise, fast on CPU)."""
+    from hbdnet.checkpoint import save_checkpoint
+    from hbdnet.models.build import ModelConfig
+    from hbdnet.models.hbdnet import HBDNet, HBDNetConfig
+
+    small = ModelConfig(backbone="resnet_tiny", pretrained=False, fpn_channels=16, rpn_feat_channels=16,
+                        fc_channels=32, rpn_nms_pre=100, rpn_max_per_img=50, max_per_img=20)
+    torch.manual_seed(0)
+    model = HBDNet(HBDNetConfig(local=small, global_detector=small))
+    return save_checkpoint(tmp_path_factory.mktemp("model") / "tiny.pth", model, meta={"name": "tiny"})
+
+
+def one_error_line(capsys, prefix: str = "hbdnet detect: error: ") -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(prefix), err
+    return err[0]
+
+
+def test_detect_with_a_checkpoint_writes_geojson_in_the_scene_footprint(tmp_path, tiny_checkpoint, capsys):
+    tif = write_tif(tmp_path / "scene.tif", LONLAT, size=(96, 128))
+    out = tmp_path / "found.geojson"
+    rc = main(["detect", str(tif), "-o", str(out), "--model", str(tiny_checkpoint), "--workers", "0",
+               "--device", "cpu", "-q"])
+    assert rc == 0
+    summary = capsys.readouterr().out.strip()
+    n = int(summary.split()[0])
+    assert summary.startswith(f"{n} bridges found in 1 windows, ") and summary.endswith(f"-> {out}")
+    doc = json.loads(out.read_text())
+    assert len(doc["features"]) == n > 0  # untrained weights report boxes on noise: enough to check the path
+    sha = hashlib.sha256(tiny_checkpoint.read_bytes()).hexdigest()
+    assert {f["properties"]["model"] for f in doc["features"]} == {f"tiny@{sha[:12]}"}
+    footprint = shapely.box(3.0, 52.0 - 96e-5, 3.0 + 128e-5, 52.0)
+    for f in doc["features"]:
+        # centres lie in the scene (corners of boxes cut at the border may poke out a little)
+        assert footprint.buffer(1e-9).contains(shapely.centroid(shapely.geometry.shape(f["geometry"])))
+    assert out.with_suffix(".qml").is_file()
+
+    # every score of the untrained model is about 0.5: a threshold of 0.9 drops them all
+    rc = main(["detect", str(tif), "-o", str(out), "--model", str(tiny_checkpoint), "--workers", "0",
+               "--device", "cpu", "-q", "--score-thr", "0.9", "--read-threads", "3"])
+    assert rc == 0 and capsys.readouterr().out.startswith("0 bridges found")
+    assert json.loads(out.read_text())["features"] == []
+
+
+def test_default_output_is_stem_bridges_gpkg_in_the_current_folder(tmp_path, tiny_checkpoint, monkeypatch, capsys):
+    tif = write_tif(tmp_path / "in.tif", UTM)
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    assert main(["detect", str(tif), "--model", str(tiny_checkpoint), "--workers", "0", "--device", "cpu"]) == 0
+    out = work / "in_bridges.gpkg"
+    assert capsys.readouterr().out.strip().endswith(f"-> {out}")
+    assert pyogrio.read_info(out, layer="bridges")["crs"] == "EPSG:32631"
+
+
+@pytest.mark.parametrize("crs_transform", [UTM, LONLAT], ids=["utm", "lonlat"])
+@pytest.mark.parametrize("suffix", [".gpkg", ".fgb", ".geojson"])
+def test_a_bridge_at_a_known_place_comes_back_there(tmp_path, crs_transform, suffix):
+    truth = np.array([[700.0, 420.0, 240.0, 16.0, 0.6]])  # scene pixels
+    tif = write_tif(tmp_path / "s.tif", crs_transform, size=(600, 900))
+    model = model_ref(DetectorSpec("perfect", ground_truth=truth))
+    outcome = detect_to_file(str(tif), tmp_path / f"b{suffix}", model, pool_config=IN_PROCESS)
+    assert outcome.detections == 1 and outcome.windows == 1 and outcome.notes == ()
+    meta, _, geometry, fields = pyogrio.raw.read(outcome.output, layer="bridges")
+    (poly,) = shapely.from_wkb(geometry)
+    crs, transform = crs_transform
+    x, y = transform @ (700.0, 420.0)
+    if suffix == ".geojson":
+        from pyproj import Transformer
+
+        assert meta["crs"] == "EPSG:4326"
+        x, y = Transformer.from_crs(crs, 4326, always_xy=True).transform(x, y)
+        tol = 1e-7  # GeoJSON keeps 7 decimals
+    else:
+        assert meta["crs"] == crs
+        tol = 1e-6 * abs(transform.a)
+    c = shapely.centroid(poly)
+    assert abs(c.x - x) < tol and abs(c.y - y) < tol
+    if crs == "EPSG:32631":  # 0.5 m pixels near the central meridian: 240 px long is 120 m
+        assert dict(zip(meta["fields"], fields))["length_m"][0] == pytest.approx(120.0, rel=1e-3)
+    # the threshold filters merged boxes (the perfect detector scores a whole bridge ~0.9)
+    none = detect_to_file(str(tif), tmp_path / f"none{suffix}", model, DetectOptions(score_thr=0.99),
+                          pool_config=IN_PROCESS)
+    assert none.detections == 0
+
+
+def test_bundled_models_by_name_and_as_default(tiny_checkpoint, monkeypatch):
+    from serving.cli import detect as cli_detect
+
+    monkeypatch.setattr(cli_detect, "bundled_models", lambda: {"default": tiny_checkpoint, "r50": tiny_checkpoint})
+    default = cli_detect.resolve_model(None, "cpu")
+    named = cli_detect.resolve_model("r50", "cpu")
+    by_path = cli_detect.resolve_model(str(tiny_checkpoint), "cpu")
+    assert (default.name, named.name, by_path.name) == ("default", "r50", "tiny")
+    assert default.sha256 == named.sha256 == by_path.sha256
+    assert default.spec.kind == "model" and default.spec.path == str(tiny_checkpoint)
+    assert default.spec.device == "cpu" and default.class_names == ("bridge",)
+    with pytest.raises(CliError, match=r"unknown model name 'r18' \(bundled models: default, r50\)"):
+        cli_detect.resolve_model("r18", "cpu")
+
+
+@pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")
+def test_scene_without_crs(tmp_path):
+    tif = write_tif(tmp_path / "pixels.tif", None)
+    model = model_ref(DetectorSpec("perfect", ground_truth=np.array([[30.0, 30.0, 40.0, 6.0, 0.0]])))
+    outcome = detect_to_file(str(tif), tmp_path / "p.gpkg", model, pool_config=IN_PROCESS)
+    assert outcome.detections == 1 and any("no CRS" in note for note in outcome.notes)
+    with pytest.raises(OutputError, match="no CRS"):
+        detect_to_file(str(tif), tmp_path / "p.geojson", model, pool_config=IN_PROCESS)
+    assert not (tmp_path / "p.geojson").exists()
+
+
+def test_model_errors(tmp_path, capsys):
+    tif = str(write_tif(tmp_path / "s.tif"))
+    if "default" not in bundled_models():
+        assert main(["detect", tif, "-o", str(tmp_path / "o.gpkg")]) == 2
+        line = one_error_line(capsys)
+        assert "no bundled default model" in line and "--model" in line
+    assert main(["detect", tif, "--model", "nosuchmodel"]) == 2
+    assert "unknown model name 'nosuchmodel'" in one_error_line(capsys)
+    assert main(["detect", tif, "--model", str(tmp_path / "missing.pth")]) == 2
+    assert "model file not found" in one_error_line(capsys)
+    other = tmp_path / "other.pth"
+    torch.save({"state_dict": {"w": torch.zeros(2)}}, other)  # a PyTorch file, not an hbdnet one
+    assert main(["detect", tif, "--model", str(other)]) == 2
+    assert "is not an hbdnet checkpoint" in one_error_line(capsys)
+    text = tmp_path / "notes.pth"
+    text.write_text("hello")
+    assert main(["detect", tif, "--model", str(text)]) == 2
+    assert "not a readable PyTorch checkpoint" in one_error_line(capsys)
+
+
+@pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")
+def test_scene_and_output_errors(tmp_path, tiny_checkpoint, capsys):
+    model = ["--model", str(tiny_checkpoint), "--workers", "0", "--device", "cpu", "-q"]
+    ok_tif = str(write_tif(tmp_path / "ok.tif"))
+    not_raster = tmp_path / "notes.tif"
+    not_raster.write_text("not a raster")
+    complex_tif = write_tif(tmp_path / "complex.tif", count=1, dtype="complex64")
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    cases = [
+        ([str(tmp_path / "missing.tif")], 1, "scene not found"),
+        ([str(not_raster)], 1, "cannot open"),
+        ([str(complex_tif)], 1, "no usable image band"),
+        ([ok_tif, "--bands", "1,2,9"], 1, "out of range"),
+        ([ok_tif, "-o", str(tmp_path / "nofolder" / "o.gpkg")], 2, "does not exist"),
+        ([ok_tif, "-o", str(a_file / "o.gpkg")], 2, "does not exist"),
+        ([ok_tif, "-o", str(tmp_path / "o.shp")], 2, "unknown output format '.shp'"),
+        ([ok_tif, "-o", str(tmp_path)], 2, "unknown output format"),
+        ([str(write_tif(tmp_path / "nocrs.tif", None)), "-o", str(tmp_path / "o.geojson")], 2, "no CRS"),
+    ]
+    for argv, code, message in cases:
+        output = [] if "-o" in argv else ["-o", str(tmp_path / "out.gpkg")]
+        assert main(["detect", *argv, *output, *model]) == code, argv
+        line = one_error_line(capsys)
+        assert message in line and "Traceback" not in line, (argv, line)
+
+
+def test_debug_shows_the_exception(tmp_path):
+    missing = str(tmp_path / "missing.tif")
+    with pytest.raises(CliError) as info:
+        main(["--debug", "detect", missing, "--model", "nosuchmodel"])
+    assert info.value.code == 2
+    with pytest.raises(CliError, match="unknown model name"):
+        main(["detect", missing, "--model", "nosuchmodel", "--debug"])
+
+
+@pytest.mark.parametrize("argv", [
+    ["--bands", "1,2"], ["--bands", "0"], ["--bands", "a,b,c"], ["--device", "gpu"],
+    ["--score-thr", "1.5"], ["--workers", "-1"], ["--read-threads", "0"],
+])
+def test_bad_arguments_exit_2(argv, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["detect", "scene.tif", *argv])
+    assert info.value.code == 2
+    assert "hbdnet detect: error: argument" in capsys.readouterr().err
+
+
+def test_worker_options_reach_the_pool():
+    from serving.cli.main import build_parser
+    from serving.cli.detect import pool_config
+    from serving.engine.workers import PoolConfig
+
+    for command in (["detect", "x.tif"], ["batch", "x.tif", "-o", "out"]):
+        args = build_parser().parse_args([*command, "--workers", "3", "--read-threads", "4", "--ray-address", "auto"])
+        assert pool_config(args) == PoolConfig(workers=3, ray_address="auto", read_threads=4)
+        assert pool_config(build_parser().parse_args(command)) == PoolConfig()
+
+
+def test_scene_errors_from_the_library(tmp_path):
+    model = model_ref(DetectorSpec("noop"))
+    with pytest.raises(SceneError, match="scene not found"):
+        detect_to_file(str(tmp_path / "nope.tif"), tmp_path / "o.gpkg", model, pool_config=IN_PROCESS)
+    assert not (tmp_path / "o.gpkg").exists()

@@ -1,0 +1,249 @@
+"""Model workers: in-process and Ray pools give the same window results; dead actors are replaced;
+a batch keeps several scenes in flight through one Ray pool and writes what a sequential run writes.
+
+The Ray tests share one local runtime with 2 CPUs (module-scoped ``ray_runtime`` fixture).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pickle
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+from affine import Affine
+
+from hbdnet.pyramid import PlanWindow
+from serving.engine.detectors import DetectorSpec, NoopDetector, build_detector
+from serving.engine.pipeline import SceneResult, detect_scene
+from serving.batch.inputs import expand_inputs
+from serving.engine.reader import WindowReader, ReadItem, plan_scene
+from serving.engine.scene import open_scene
+from serving.testing.simulate import synthetic_scene
+from serving.engine.workers import InProcessPool, PoolConfig, RayPool, SceneJob, WindowTask, WindowWorker, make_tasks
+
+H, W, WINDOW, OVERLAP = 1300, 1500, 256, 56
+
+
+@pytest.fixture(scope="module")
+def bridges() -> np.ndarray:
+    return synthetic_scene(H, W, n_bridges=12, length_range=(40, 1200), width_range=(6, 30), seed=1).boxes
+
+
+@pytest.fixture(scope="module")
+def scene_path(tmp_path_factory) -> str:
+    path = tmp_path_factory.mktemp("workers") / "scene.tif"
+    data = np.random.default_rng(0).integers(0, 256, (3, H, W), dtype=np.uint8)
+    with rasterio.open(path, "w", driver="GTiff", width=W, height=H, count=3, dtype="uint8", tiled=True,
+                       blockxsize=128, blockysize=128, crs="EPSG:32631",
+                       transform=Affine(0.5, 0.0, 500000.0, 0.0, -0.5, 5800000.0)) as ds:
+        ds.write(data)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def reference(scene_path, bridges) -> SceneResult:
+    """The in-process result every Ray run must reproduce."""
+    return detect_scene(scene_path, DetectorSpec("perfect", ground_truth=bridges), workers=0, window=WINDOW,
+                        overlap=OVERLAP)
+
+
+@pytest.fixture(scope="module")
+def pool2(ray_runtime, bridges) -> Iterator[RayPool]:
+    """Two CPU actors with the perfect detector, shared by the Ray tests (actor start-up imports torch)."""
+    with RayPool(DetectorSpec("perfect", ground_truth=bridges), PoolConfig(workers=2, task_windows=2)) as pool:
+        yield pool
+
+
+def _same_windows(a, b) -> None:
+    assert [d.window for d in a] == [d.window for d in b]
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x.boxes, y.boxes)
+        np.testing.assert_array_equal(x.scores, y.scores)
+        np.testing.assert_array_equal(x.labels, y.labels)
+
+
+def test_tasks_stay_within_one_row_and_level():
+    wins = [PlanWindow(0, 1, c, r, 10, 10) for r in (0, 8) for c in range(0, 50, 8)] + [PlanWindow(1, 2, 0, 0, 10, 10)]
+    items = [ReadItem(i, w) for i, w in enumerate(wins)]
+    tasks = make_tasks(items, task_windows=4)
+    assert [len(t) for t in tasks] == [4, 3, 4, 3, 1]
+    assert [it for t in tasks for it in t] == items  # plan order kept
+    for t in tasks:
+        assert len({(it.window.level, it.window.row_off) for it in t}) == 1
+
+
+def test_tasks_carry_descriptors_not_pixels(scene_path):
+    scene_plan = plan_scene(open_scene(scene_path), window=WINDOW, overlap=OVERLAP)
+    task = WindowTask(scene_plan.spec, tuple(scene_plan.items[:8]))
+    assert len(pickle.dumps(task)) < 4000  # eight 256 px RGB windows would be 1.5 MB
+
+
+def test_worker_keeps_the_two_latest_scenes_open(scene_path, geotiff):
+    spec = plan_scene(open_scene(scene_path), window=WINDOW).spec
+    worker = WindowWorker(DetectorSpec("noop"), readers=2)
+    items = (ReadItem(0, PlanWindow(0, 1, 0, 0, 64, 64)),)
+    worker.run(WindowTask(spec, items))
+    first = worker.reader(spec)
+    other = plan_scene(open_scene(str(geotiff("other.tif", np.zeros((3, 100, 100), np.uint8))))).spec
+    third = plan_scene(open_scene(str(geotiff("third.tif", np.zeros((3, 90, 90), np.uint8))))).spec
+    for _ in range(3):  # two scenes interleaved: neither is reopened
+        worker.run(WindowTask(other, items))
+        worker.run(WindowTask(spec, items))
+    assert worker.reader(spec) is first
+    second = worker.reader(other)
+    worker.run(WindowTask(third, items))  # a third scene closes the least recently used one (spec)
+    assert worker.reader(other) is second
+    assert worker.reader(spec) is not first and all(r._ds.closed for r in first._all)
+    worker.close()
+    assert all(r._ds.closed for r in second._all)
+
+
+def test_reads_run_ahead_on_threads_and_match_single_reads(scene_path):
+    spec = plan_scene(open_scene(scene_path), window=WINDOW).spec
+    items = tuple(ReadItem(i, w) for i, w in enumerate(plan_scene(open_scene(scene_path), window=WINDOW).plan))
+    seen: list[tuple[int, str]] = []
+
+    class Recorder:
+        name = "recorder"
+
+        def detect(self, images, windows):
+            seen.extend((int(im.sum()), str(w)) for im, w in zip(images, windows))
+            return [(np.zeros((0, 5), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64)) for _ in images]
+
+    threaded = WindowWorker(DetectorSpec("noop"), read_threads=3)
+    threaded.detector = Recorder()
+    threaded.run(WindowTask(spec, items))
+    assert len(threaded.reader(spec)._all) == 3
+    with WindowReader(spec) as single:
+        expected = [(int(single.read(it.window, it.needs_mask).sum()), str(it.window)) for it in items]
+    assert seen == expected  # same pixels, in plan order, whatever thread read them
+    threaded.close()
+
+
+def test_build_detector_kinds(bridges):
+    assert isinstance(build_detector(DetectorSpec("noop")), NoopDetector)
+    perfect = build_detector(DetectorSpec("perfect", ground_truth=bridges))
+    (boxes, scores, labels), = perfect.detect([np.zeros((3, 1024, 1024), np.uint8)], [PlanWindow(1, 2, 0, 0, 750, 650)])
+    assert boxes.shape[1] == 5 and len(boxes) == len(scores) == len(labels) > 0
+    with pytest.raises(ValueError, match="ground_truth"):
+        build_detector(DetectorSpec("perfect"))
+    with pytest.raises(ValueError, match="unknown detector kind"):
+        build_detector(DetectorSpec("magic"))  # type: ignore[arg-type]
+
+
+def test_results_do_not_depend_on_the_number_of_workers(ray_runtime, pool2, scene_path, bridges, reference):
+    spec = DetectorSpec("perfect", ground_truth=bridges)
+    kwargs = dict(window=WINDOW, overlap=OVERLAP)
+    assert sum(len(d.scores) for d in reference.window_detections) > len(bridges)
+    with RayPool(spec, PoolConfig(workers=1, task_windows=3)) as pool1:
+        assert len(pool1.actors) == 1
+        one = detect_scene(scene_path, spec, pool=pool1, **kwargs)
+    two = detect_scene(scene_path, spec, pool=pool2, **kwargs)
+    assert len(pool2.actors) == 2
+    for got in (one, two):
+        _same_windows(got.window_detections, reference.window_detections)
+        np.testing.assert_array_equal(got.boxes, reference.boxes)
+        np.testing.assert_array_equal(got.scores, reference.scores)
+        np.testing.assert_array_equal(got.levels, reference.levels)
+
+
+def test_a_killed_worker_is_replaced_and_the_result_is_complete(pool2, scene_path, reference):
+    import ray
+
+    scene_plan = plan_scene(open_scene(scene_path), window=WINDOW, overlap=OVERLAP)
+    killed = []
+
+    def kill_first_worker(done: int, total: int) -> None:
+        if not killed:
+            killed.append(pool2.actors[0])
+            ray.kill(pool2.actors[0])
+
+    run = pool2.run(scene_plan.spec, scene_plan.items, progress=kill_first_worker)
+    assert killed and pool2.actors[0] is not killed[0]
+    assert len(pool2.worker_pids()) == 2  # the replacement works
+    assert run.actors_replaced == 1 and run.resubmitted >= 1
+    _same_windows(run.detections, reference.window_detections)
+
+
+def test_in_process_pool_is_reusable_across_scenes(scene_path, geotiff, bridges):
+    other = str(geotiff("small.tif", np.zeros((3, 200, 250), np.uint8)))
+    with InProcessPool(DetectorSpec("perfect", ground_truth=bridges)) as pool:
+        a = detect_scene(scene_path, DetectorSpec("noop"), pool=pool, window=WINDOW, overlap=OVERLAP)
+        b = detect_scene(other, DetectorSpec("noop"), pool=pool, window=WINDOW, overlap=OVERLAP)
+    assert len(a.window_detections) == a.windows and len(b.window_detections) == b.windows == 1
+    assert len(a.scores) > 0  # the pool's detector ran, not the spec passed alongside it
+
+
+@pytest.fixture(scope="module")
+def scene_copy(scene_path, tmp_path_factory) -> str:
+    """The same pixels under another name: a second scene with the same windows and results."""
+    path = tmp_path_factory.mktemp("workers_copy") / "copy.tif"
+    path.write_bytes(Path(scene_path).read_bytes())
+    return str(path)
+
+
+def test_run_many_overlaps_scenes_and_fails_only_the_bad_one(pool2, scene_path, scene_copy, reference, tmp_path):
+    plans = [plan_scene(open_scene(p), window=WINDOW, overlap=OVERLAP) for p in (scene_path, scene_copy)]
+    bad = dataclasses.replace(plans[0].spec, uri=str(tmp_path / "gone.tif"))  # planned, then deleted
+    jobs = [SceneJob(plans[0].spec, plans[0].items, key="first"), SceneJob(plans[1].spec, plans[1].items, key="second"),
+            SceneJob(bad, plans[0].items[:3], key="bad")]
+    runs, handled = {}, {}
+    for job, result in pool2.run_many(jobs):
+        runs[job.key] = result
+        time.sleep(0.3)  # the caller merging and writing: the actors must not wait for it
+        handled[job.key] = time.time()
+    assert set(runs) == {"first", "bad", "second"}
+    assert isinstance(runs["bad"], Exception) and "gone.tif" in str(runs["bad"])
+    for key in ("first", "second"):
+        _same_windows(runs[key].detections, reference.window_detections)
+        assert 0 < runs[key].started < runs[key].finished
+    # "second" was opened once every task of "first" was submitted (two scenes open at once), and its
+    # tasks ran while the caller handled "first"; one after the other, they would start after that
+    assert runs["second"].started < handled["first"]
+    assert len(pool2.worker_pids()) == 2  # a task error does not cost a worker
+
+
+def test_batch_through_ray_overlaps_scenes_and_equals_the_sequential_run(
+        pool2, scene_path, scene_copy, bridges, tmp_path, monkeypatch):
+    import pyogrio.raw
+
+    import serving.batch.runner as batch
+
+    model = dataclasses.replace(batch.model_ref(DetectorSpec("perfect", ground_truth=bridges)), window=WINDOW,
+                                overlap=OVERLAP)
+    small = tmp_path / "small.tif"
+    with rasterio.open(scene_path) as src:  # a third scene, a corner of the first
+        profile = {**src.profile, "width": 700, "height": 600}
+        with rasterio.open(small, "w", **profile) as dst:
+            dst.write(src.read(window=rasterio.windows.Window(0, 0, 700, 600)))
+    scenes = expand_inputs([scene_path, scene_copy, str(small)])
+    sequential = batch.run_batch(scenes, tmp_path / "seq", model, pool_config=PoolConfig(workers=0))
+
+    written: list[tuple[str, float, float]] = []  # scene, its first task's start, the end of its write
+    real_write = batch.write_output
+
+    def slow_write(prepared, run, *args):
+        time.sleep(0.3)  # a slow merge and write, during which the next scene's tasks should run
+        outcome = real_write(prepared, run, *args)
+        written.append((prepared.info.uri, run.started, time.time()))
+        return outcome
+
+    monkeypatch.setattr(batch, "write_output", slow_write)
+    parallel = batch.run_batch(scenes, tmp_path / "ray", model, pool=pool2)
+    assert parallel.ran_ok == sequential.ran_ok == 3
+    assert [w[0] for w in written] == [s.uri for s in scenes]  # here scenes finish in input order
+    for (_, _, write_end), (_, next_start, _) in zip(written, written[1:]):
+        assert next_start < write_end  # the next scene was already running while this one was written
+    for r, ref in zip(parallel.records, sequential.records):
+        assert (r["scene"], r["output"], r["detections"], r["windows"]) == (
+            ref["scene"], ref["output"], ref["detections"], ref["windows"])
+        got = pyogrio.raw.read(tmp_path / "ray" / r["output"], layer="bridges")
+        want = pyogrio.raw.read(tmp_path / "seq" / ref["output"], layer="bridges")
+        assert list(got[2]) == list(want[2])  # the same geometries (WKB), in the same order
+        for a, b in zip(got[3], want[3]):
+            np.testing.assert_array_equal(a, b)
