@@ -20,6 +20,9 @@ from rasterio.errors import RasterioIOError
 _USABLE_DTYPES = {"uint8", "int8", "uint16", "int16", "uint32", "int32", "uint64", "int64", "float32",
                   "float64"}
 
+DEFAULT_MAX_PIXELS = 2_000_000_000  # 2 gigapixels
+MIN_SCENE_SIDE = 32
+
 
 class SceneError(Exception):
     """A scene cannot be used; the message is one line that says why."""
@@ -65,6 +68,18 @@ class SceneInfo:
     @property
     def striped(self) -> bool:
         return not self.tiled
+
+
+def check_scene_size(info: SceneInfo, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+    """Raise SceneError (one user-facing line) for a scene narrower/shorter than MIN_SCENE_SIDE px, or with
+    more than max_pixels pixels (say the size, the limit and how to raise it)."""
+    if info.width < MIN_SCENE_SIDE or info.height < MIN_SCENE_SIDE:
+        raise SceneError(f"scene is too small: {info.width} x {info.height} px, each side must be at least "
+                         f"{MIN_SCENE_SIDE} px: {info.uri}")
+    pixels = info.width * info.height
+    if pixels > max_pixels:
+        raise SceneError(f"scene is too large: {info.width} x {info.height} px = {pixels:,} pixels, more than "
+                         f"the limit of {max_pixels:,} (raise it with --max-pixels): {info.uri}")
 
 
 def gdal_path(uri: str) -> str:
