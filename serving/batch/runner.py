@@ -56,7 +56,7 @@ from serving.outputs.geo_output import OutputError, check_output_path, write_det
 from serving.batch.inputs import SceneInput, short_hash
 from serving.merge.methods import MergeConfig
 from serving.engine.reader import PyramidResampling, select_bands
-from serving.engine.scene import SceneError, SceneInfo, open_scene
+from serving.engine.scene import DEFAULT_MAX_PIXELS, SceneError, SceneInfo, check_scene_size, open_scene
 from serving.engine.workers import InProcessPool, PoolConfig, PoolRun, Progress, RayPool, SceneJob, make_pool
 
 MANIFEST_NAME = "manifest.jsonl"
@@ -133,12 +133,14 @@ def model_ref(spec: DetectorSpec, name: str | None = None) -> ModelRef:
 
 @dataclass(frozen=True)
 class DetectOptions:
-    """What, besides the model, shapes a scene's output. ``score_thr`` filters merged boxes."""
+    """What, besides the model, shapes a scene's output. ``score_thr`` filters merged boxes;
+    ``max_pixels`` refuses larger scenes (``check_scene_size``)."""
 
     score_thr: float = 0.0
     bands: tuple[int, ...] | None = None
     merge_config: MergeConfig | None = None
     resampling: PyramidResampling = "exact"
+    max_pixels: int = DEFAULT_MAX_PIXELS
 
 
 @dataclass(frozen=True)
@@ -172,7 +174,7 @@ def detect_to_file(
 
     def plan() -> PreparedScene:
         return prepare_scene(info, bands=options.bands, window=model.window, overlap=model.overlap,
-                             resampling=options.resampling)
+                             resampling=options.resampling, max_pixels=options.max_pixels)
 
     own_pool = pool is None
     if pool is None:
@@ -194,15 +196,17 @@ def open_for_output(uri: str, output: Path, model: ModelRef, options: DetectOpti
     warn of is in ``prepared.plan.warnings``, see ``plan_notes``)."""
     info = open_checked(uri, output, options)
     return prepare_scene(info, bands=options.bands, window=model.window, overlap=model.overlap,
-                         resampling=options.resampling)
+                         resampling=options.resampling, max_pixels=options.max_pixels)
 
 
 def open_checked(uri: str, output: Path, options: DetectOptions) -> SceneInfo:
     """Open the scene after checking that ``output`` can be written, and that the scene has the bands
-    asked for and, for GeoJSON, a CRS: the cheap checks, made before any scan or worker."""
+    asked for, a size within bounds and, for GeoJSON, a CRS: the cheap checks, made before any scan or
+    worker."""
     check_output_path(output)
     info = open_scene(uri)
     select_bands(info, options.bands)
+    check_scene_size(info, options.max_pixels)
     if output.suffix.lower() == ".geojson" and info.crs is None:
         raise OutputError(f"cannot write {output}: scene {uri} has no CRS and GeoJSON must be WGS84 "
                           "longitude/latitude; write .gpkg or .fgb to get pixel coordinates")

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from hbdnet.commands import CliError
-from serving.cli.detect import add_run_arguments, pool_config, resolve_model, show_progress
+from serving.cli.detect import add_run_arguments, max_pixels, pool_config, resolve_model, show_progress
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         summary = run_batch(
             scenes, Path(args.outdir), model, fmt=args.format,
-            options=DetectOptions(score_thr=args.score_thr, bands=args.bands),
+            options=DetectOptions(score_thr=args.score_thr, bands=args.bands, max_pixels=max_pixels(args)),
             pool_config=pool_config(args),
             retry_failed=args.retry_failed, show_progress=show_progress(args), log=log)
     except BatchError as exc:

@@ -120,12 +120,29 @@ def _read_threads(text: str) -> int:
     return n
 
 
+def max_pixels(args: argparse.Namespace) -> int:
+    """``--max-pixels``, or ``DEFAULT_MAX_PIXELS`` when not given."""
+    from serving.engine.scene import DEFAULT_MAX_PIXELS
+
+    return DEFAULT_MAX_PIXELS if args.max_pixels is None else args.max_pixels
+
+
 def pool_config(args: argparse.Namespace) -> PoolConfig:
     """The workers that ``detect`` and ``batch`` start, from their shared options."""
     from serving.engine.workers import PoolConfig  # not at import: `hbdnet --help` stays quick
 
     given = {} if args.read_threads is None else {"read_threads": args.read_threads}
     return PoolConfig(workers=args.workers, ray_address=args.ray_address, **given)
+
+
+def _max_pixels(text: str) -> int:
+    try:
+        n = int(text.replace("_", "").replace(",", ""))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"max pixels must be a whole number, got {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"max pixels must be 1 or more, got {text}")
+    return n
 
 
 def _score(text: str) -> float:
@@ -151,6 +168,9 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ray-address", metavar="ADDR", help="join this Ray cluster ('auto' or host:port)")
     p.add_argument("--score-thr", type=_score, default=0.0, metavar="X",
                    help="drop merged bridges scoring below X (default 0: keep what the model reports)")
+    # None stands for serving.engine.scene.DEFAULT_MAX_PIXELS (not imported here: it brings rasterio).
+    p.add_argument("--max-pixels", type=_max_pixels, default=None, metavar="N",
+                   help="refuse scenes of more than N pixels, width x height (default 2,000,000,000)")
     p.add_argument("--bands", type=parse_bands, metavar="R,G,B",
                    help="1-based bands to use as R,G,B (or one band as grey); default: the first three")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
@@ -198,7 +218,8 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         outcome = detect_to_file(
-            args.scene, output, model, DetectOptions(score_thr=args.score_thr, bands=args.bands),
+            args.scene, output, model,
+            DetectOptions(score_thr=args.score_thr, bands=args.bands, max_pixels=max_pixels(args)),
             pool_config=pool_config(args), progress=progress)
     except SceneError as exc:
         raise CliError(str(exc), code=1) from exc

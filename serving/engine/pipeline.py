@@ -21,7 +21,7 @@ import numpy as np
 from serving.engine.detectors import DetectorSpec
 from serving.merge.methods import MergeConfig, merge
 from serving.engine.reader import PyramidResampling, ScenePlan, plan_scene, select_bands
-from serving.engine.scene import SceneInfo, open_scene
+from serving.engine.scene import DEFAULT_MAX_PIXELS, SceneInfo, check_scene_size, open_scene
 from serving.engine.window_detections import WindowDetections
 from serving.engine.workers import InProcessPool, PoolConfig, PoolRun, Progress, RayPool, make_pool
 
@@ -61,13 +61,16 @@ class PreparedScene:
 
 
 def prepare_scene(scene: str | SceneInfo, *, bands: Sequence[int] | None = None, window: int = 1024,
-                  overlap: int = 200, resampling: PyramidResampling = "exact") -> PreparedScene:
-    """Open the scene (unless given opened) and plan its windows (band stretch and coverage scans).
+                  overlap: int = 200, resampling: PyramidResampling = "exact",
+                  max_pixels: int = DEFAULT_MAX_PIXELS) -> PreparedScene:
+    """Open the scene (unless given opened), check its size (``check_scene_size``: ``SceneError`` for a
+    scene under 32 px a side or over ``max_pixels``) and plan its windows (band stretch and coverage scans).
 
     Nothing is warned here (``prepared.plan.warnings`` holds it), so a scene may be planned on a
     thread beside the one that runs the workers."""
     t_start = time.perf_counter()
     info = open_scene(scene) if isinstance(scene, str) else scene
+    check_scene_size(info, max_pixels)
     t = time.perf_counter()
     scene_plan = plan_scene(info, bands=bands, window=window, overlap=overlap, resampling=resampling)
     return PreparedScene(info, scene_plan, t_start,
@@ -132,6 +135,7 @@ def detect_scene(
     resampling: PyramidResampling = "exact",
     progress: Progress | None = None,
     pool: InProcessPool | RayPool | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> SceneResult:
     """Detect bridges in the scene at ``uri`` (path, /vsicurl/ or http(s) URL, s3:// URL).
 
@@ -143,10 +147,12 @@ def detect_scene(
     t_start = time.perf_counter()
     info = open_scene(uri)  # a missing or unreadable scene fails here, before any worker starts,
     select_bands(info, bands)  # and so do bands it does not have
+    check_scene_size(info, max_pixels)  # and a scene too small or too large
     opened = time.perf_counter() - t_start
 
     def plan() -> PreparedScene:
-        return prepare_scene(info, bands=bands, window=window, overlap=overlap, resampling=resampling)
+        return prepare_scene(info, bands=bands, window=window, overlap=overlap, resampling=resampling,
+                             max_pixels=max_pixels)
 
     own_pool = pool is None
     if pool is None:

@@ -59,3 +59,48 @@ def test_lower_limit_refuses_an_ordinary_scene(geotiff):
     check_scene_size(info)
     with pytest.raises(SceneError, match="limit of 9,999"):
         check_scene_size(info, max_pixels=9_999)
+
+
+# --- wired into the engine and the CLI ----------------------------------------------------------------
+
+def test_prepare_scene_checks_the_size(tmp_path, geotiff):
+    from serving.engine.pipeline import prepare_scene
+
+    with pytest.raises(SceneError, match="too small"):
+        prepare_scene(str(geotiff("dot.tif", np.ones((1, 1, 1), np.uint8))))
+    with pytest.raises(SceneError, match="too large"):
+        prepare_scene(str(_huge_sparse_tiff(tmp_path / "huge.tif")))  # before any scan of its pixels
+    ok = str(geotiff("ok.tif", np.ones((1, 64, 64), np.uint8)))
+    assert prepare_scene(ok).plan.plan
+    with pytest.raises(SceneError, match="limit of 100 "):
+        prepare_scene(ok, max_pixels=100)
+
+
+def test_cli_max_pixels_option(tmp_path, geotiff, capsys):
+    from serving.cli.detect import max_pixels
+    from serving.cli.main import build_parser, main
+
+    for command in (["detect", "x.tif"], ["batch", "x.tif", "-o", "out"]):
+        assert max_pixels(build_parser().parse_args(command)) == DEFAULT_MAX_PIXELS
+        assert max_pixels(build_parser().parse_args([*command, "--max-pixels", "5_000"])) == 5000
+    assert f"{DEFAULT_MAX_PIXELS:,}" in build_parser()._subparsers._group_actions[0].choices["detect"].format_help()
+    with pytest.raises(SystemExit) as exit_info:
+        main(["detect", "x.tif", "--max-pixels", "0"])
+    assert exit_info.value.code == 2 and "--max-pixels" in capsys.readouterr().err
+
+    # The guard answers before any model is loaded or worker started: the test double needs neither.
+    from serving.batch.runner import DetectOptions, detect_to_file, model_ref, run_batch
+    from serving.batch.inputs import SceneInput
+    from serving.engine.detectors import DetectorSpec
+    from serving.engine.workers import PoolConfig
+
+    scene = str(geotiff("s.tif", np.ones((1, 64, 64), np.uint8)))
+    noop = model_ref(DetectorSpec("noop"))
+    with pytest.raises(SceneError, match="too large.*limit of 4,095"):
+        detect_to_file(scene, tmp_path / "o.gpkg", noop, DetectOptions(max_pixels=4095),
+                       pool_config=PoolConfig(workers=0))
+    assert detect_to_file(scene, tmp_path / "o.gpkg", noop, DetectOptions(max_pixels=4096),
+                          pool_config=PoolConfig(workers=0)).windows == 1
+    summary = run_batch([SceneInput(scene, "s", scene)], tmp_path / "b", noop,
+                        options=DetectOptions(max_pixels=4095), pool_config=PoolConfig(workers=0))
+    assert summary.failed == 1 and "--max-pixels" in summary.records[0]["error"]
