@@ -18,6 +18,11 @@ task of the open scenes is submitted; scenes come back in completion order, each
 result (or the error that failed it alone). Each worker keeps the readers of its ``open_scenes``
 most recent scenes open, so interleaved tasks of two scenes do not reopen a raster per task.
 ``run`` is ``run_many`` over one scene.
+
+Cancelling. A ``SceneJob`` may carry ``cancel``, a callable checked before each of its tasks is
+submitted and as each comes back: once it answers True no further task of that scene is dispatched,
+results still arriving are dropped, and the scene is yielded at once with a ``Cancelled`` error (its
+tasks already running on an actor finish there and are ignored: at most ``tasks_in_flight`` per actor).
 """
 
 from __future__ import annotations
@@ -42,6 +47,11 @@ from serving.engine.window_detections import WindowDetections
 log = logging.getLogger(__name__)
 
 Progress = Callable[[int, int], None]  # (windows done, windows total)
+Cancel = Callable[[], bool]  # True: stop dispatching the scene's windows
+
+
+class Cancelled(Exception):
+    """The scene's ``cancel`` answered True: its remaining windows were not run."""
 
 
 @dataclass(frozen=True)
@@ -109,6 +119,7 @@ class SceneJob:
     items: Sequence[ReadItem]
     progress: Progress | None = None
     key: object = None
+    cancel: Cancel | None = None
 
 
 JobResult = tuple[SceneJob, PoolRun | Exception]  # a scene's windows, or the error that failed it
@@ -267,6 +278,12 @@ class _SceneState:
     def finished(self) -> bool:
         return self.error is not None or (not self.pending and self.outstanding == 0)
 
+    def cancelled(self) -> bool:
+        """Ask the job's ``cancel``; when it says so, fail the scene with ``Cancelled`` (once)."""
+        if self.error is None and self.job.cancel is not None and self.job.cancel():
+            self.fail(Cancelled(f"cancelled after {self.done} of {len(self.job.items)} windows"))
+        return isinstance(self.error, Cancelled)
+
     def add(self, res: TaskResult, windows: int) -> None:
         self.results.update(res.detections)
         run = self.run
@@ -291,9 +308,9 @@ class _SceneState:
 
 
 def _run_one(pool: InProcessPool | RayPool, spec: ReadSpec, items: Sequence[ReadItem],
-             progress: Progress | None) -> PoolRun:
-    """One scene through ``pool.run_many``; its error, if any, is raised."""
-    ((_, result),) = pool.run_many([SceneJob(spec, items, progress)])
+             progress: Progress | None, cancel: Cancel | None = None) -> PoolRun:
+    """One scene through ``pool.run_many``; its error (``Cancelled`` too), if any, is raised."""
+    ((_, result),) = pool.run_many([SceneJob(spec, items, progress, cancel=cancel)])
     if isinstance(result, Exception):
         raise result
     return result
@@ -306,14 +323,15 @@ class InProcessPool:
         self.config = config
         self._worker = WindowWorker(detector_spec, config.batch_size, readers=1, read_threads=config.read_threads)
 
-    def run(self, spec: ReadSpec, items: Sequence[ReadItem], progress: Progress | None = None) -> PoolRun:
-        return _run_one(self, spec, items, progress)
+    def run(self, spec: ReadSpec, items: Sequence[ReadItem], progress: Progress | None = None,
+            cancel: Cancel | None = None) -> PoolRun:
+        return _run_one(self, spec, items, progress, cancel)
 
     def run_many(self, jobs: Iterable[SceneJob]) -> Iterator[JobResult]:
         """Each scene in turn (nothing runs beside this process, so there is nothing to overlap)."""
         for job in jobs:
             scene = _SceneState(job, self.config.task_windows)
-            while scene.pending and scene.error is None:
+            while scene.pending and scene.error is None and not scene.cancelled():
                 task, _ = scene.pending.popleft()
                 try:
                     scene.add(self._worker.run(task), len(task.items))
@@ -392,8 +410,9 @@ class RayPool:
         return self._actor_class.remote(self._detector_spec, self.config.batch_size, self.config.open_scenes,
                                         self.config.read_threads)
 
-    def run(self, spec: ReadSpec, items: Sequence[ReadItem], progress: Progress | None = None) -> PoolRun:
-        return _run_one(self, spec, items, progress)
+    def run(self, spec: ReadSpec, items: Sequence[ReadItem], progress: Progress | None = None,
+            cancel: Cancel | None = None) -> PoolRun:
+        return _run_one(self, spec, items, progress, cancel)
 
     def run_many(self, jobs: Iterable[SceneJob]) -> Iterator[JobResult]:
         """Stream the scenes of ``jobs`` through the actors, up to ``config.open_scenes`` at once.
@@ -421,7 +440,7 @@ class RayPool:
                 else:
                     open_scenes.append(_SceneState(job, cfg.task_windows))
             for scene in open_scenes:  # oldest scene first: its result is what the caller waits for
-                while scene.pending and min(load) < max(1, cfg.tasks_in_flight):
+                while scene.pending and min(load) < max(1, cfg.tasks_in_flight) and not scene.cancelled():
                     slot = load.index(min(load))
                     task, attempt = scene.pending.popleft()
                     actor = self.actors[slot]
@@ -458,7 +477,7 @@ class RayPool:
                 except Exception as exc:  # the task raised (a read or detector error): its scene fails
                     scene.fail(exc)
                     continue
-                if scene.error is None:
+                if scene.error is None and not scene.cancelled():
                     scene.add(res, len(task.items))
 
     def _replace(self, slot: int, actor: object, exc: Exception, run: PoolRun) -> None:

@@ -247,3 +247,44 @@ def test_batch_through_ray_overlaps_scenes_and_equals_the_sequential_run(
         assert list(got[2]) == list(want[2])  # the same geometries (WKB), in the same order
         for a, b in zip(got[3], want[3]):
             np.testing.assert_array_equal(a, b)
+
+
+def _cancel_after(n: int):
+    """A progress callback that records windows done, and a cancel that answers True from ``n`` on."""
+    seen: list[int] = []
+    return seen, (lambda done, total: seen.append(done)), (lambda: bool(seen) and seen[-1] >= n)
+
+
+def test_in_process_cancel_stops_the_windows_and_the_pool_takes_the_next_scene(scene_path, reference):
+    from serving.engine.workers import Cancelled
+
+    scene_plan = plan_scene(open_scene(scene_path), window=WINDOW, overlap=OVERLAP)
+    total = len(scene_plan.items)
+    calls: list[int] = []
+    with InProcessPool(DetectorSpec("noop"), PoolConfig(workers=0, task_windows=4)) as pool:
+        detect = pool._worker.detector.detect
+        pool._worker.detector.detect = lambda images, windows: calls.append(len(images)) or detect(images, windows)
+        seen, progress, cancel = _cancel_after(10)
+        with pytest.raises(Cancelled, match=r"cancelled after 1\d of"):
+            pool.run(scene_plan.spec, scene_plan.items, progress, cancel=cancel)
+        assert total > 40 and 10 <= seen[-1] < 10 + 4
+        assert sum(calls) == seen[-1]  # the windows computed are the ones reported: none after the cancel
+        calls.clear()
+        run = pool.run(scene_plan.spec, scene_plan.items)  # the same pool runs the next scene whole
+    assert sum(calls) == total and len(run.detections) == total
+
+
+def test_ray_cancel_stops_dispatching_and_the_pool_takes_the_next_scene(pool2, scene_path, reference):
+    from serving.engine.workers import Cancelled
+
+    scene_plan = plan_scene(open_scene(scene_path), window=WINDOW, overlap=OVERLAP)
+    total = len(scene_plan.items)
+    seen, progress, cancel = _cancel_after(6)
+    t = time.perf_counter()
+    with pytest.raises(Cancelled):
+        pool2.run(scene_plan.spec, scene_plan.items, progress, cancel=cancel)
+    # task_windows=2: the cancel is seen at the first result past 6 windows; nothing after it is counted
+    assert 6 <= seen[-1] <= 8 and seen[-1] < total
+    run = pool2.run(scene_plan.spec, scene_plan.items)
+    assert time.perf_counter() - t < 60
+    _same_windows(run.detections, reference.window_detections)
