@@ -2,12 +2,17 @@
 
 One polygon per bridge (its oriented rectangle, corners mapped through the scene's affine
 transform) with the attributes ``score, class, length_m, width_m, bearing_deg, angle_px, cx_px,
-cy_px, level, model, scene``. The format follows the file extension:
+cy_px, level, model, scene``. The layer is named after the file (``<stem>_bridges.gpkg`` holds the
+layer ``<stem>_bridges``, see :func:`layer_name`). The format follows the file extension; every file
+is written by GDAL through pyogrio, with counter-clockwise exterior rings:
 
-* ``.geojson``: RFC 7946, WGS84 longitude/latitude (reprojected with pyproj), counter-clockwise
-  exterior rings, no ``crs`` member, 7 decimals (about 1 cm).
-* ``.gpkg``: the scene's CRS, layer ``bridges``, the QGIS style stored in the ``layer_styles``
-  table the way QGIS stores it, as the layer's default, so the layer opens styled.
+* ``.geojson``: RFC 7946 as GDAL's GeoJSON driver writes it with ``RFC7946=YES``: reprojected to
+  WGS84 longitude/latitude, right-hand winding, no ``crs`` member, 7 decimals (about 1 cm), and a
+  box that crosses the antimeridian split into a MultiPolygon at it.
+* ``.gpkg``: GeoPackage 1.2 (read without warnings by older QGIS and GDAL), the scene's CRS, the
+  QGIS style stored in the ``layer_styles`` table the way QGIS stores it, as the layer's default, so
+  the layer opens styled, with the same style as an SLD 1.1 (Symbology Encoding) for GeoServer,
+  ArcGIS and other clients.
 * ``.fgb``: FlatGeobuf in the scene's CRS.
 
 A ``.qml`` style with the same base name is written beside each of them (``write_style``).
@@ -25,8 +30,6 @@ failed write never leaves a half-written output behind.
 from __future__ import annotations
 
 import datetime as dt
-import json
-import math
 import os
 import uuid
 import warnings
@@ -34,6 +37,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from xml.sax.saxutils import escape as xml_escape
 
 import numpy as np
 import pyogrio.errors
@@ -47,13 +51,12 @@ from serving.outputs.geometry_attrs import (
     box_geometry,
     lonlat_transformer,
     map_frame,
-    to_lonlat,
     to_pyproj_crs,
 )
 
-LAYER_NAME = "bridges"
 GEOMETRY_COLUMN = "geom"
-GEOJSON_DECIMALS = 7  # 1e-7 degree is about 1 cm on the ground
+GEOJSON_DECIMALS = 7  # 1e-7 degree is about 1 cm on the ground (RFC7946=YES's default, said explicitly)
+GPKG_VERSION = "1.2"  # GDAL's default, 1.4, makes QGIS 3.22 / GDAL 3.6 warn "may only be partially supported"
 SUPPORTED_SUFFIXES = (".geojson", ".gpkg", ".fgb")
 _GDAL_ERRORS = (
     pyogrio.errors.DataSourceError,
@@ -86,6 +89,17 @@ class Detections:
 def bridges_qml() -> str:
     """The QGIS style shipped with the package (``serving/outputs/styles/bridges.qml``)."""
     return resources.files("serving.outputs").joinpath("styles", "bridges.qml").read_text(encoding="utf-8")
+
+
+def bridges_sld() -> str:
+    """The same style as an SLD 1.1 / SE 1.1 document (``serving/outputs/styles/bridges.sld``)."""
+    return resources.files("serving.outputs").joinpath("styles", "bridges.sld").read_text(encoding="utf-8")
+
+
+def layer_name(path: Path | str) -> str:
+    """The name of the layer in the file at ``path``: its stem, the whole of it
+    (``rotterdam_pan2_0.5m_harbour_bridges.gpkg`` -> ``rotterdam_pan2_0.5m_harbour_bridges``)."""
+    return Path(path).stem
 
 
 def write_detections(
@@ -130,20 +144,26 @@ def write_detections(
     frame = map_frame(transform, pcrs)
     geometry = box_geometry(dets.boxes, frame)
     columns = _attribute_columns(geometry, dets, class_names, scene=scene, model=model)
+    if suffix == ".geojson" and lonlat_transformer(pcrs) is None:
+        raise OutputError(f"cannot write {path}: the scene's CRS {pcrs.name!r} cannot be reprojected to "
+                          "WGS84 longitude/latitude for GeoJSON; write .gpkg or .fgb")
     qml = bridges_qml()
+    layer = layer_name(path)
 
     tmp = path.with_name(f".{path.stem}.{uuid.uuid4().hex[:12]}.partial{suffix}")
     try:
         if suffix == ".geojson":
-            _write_geojson(tmp, geometry, frame, columns)
+            _write_ogr(tmp, "GeoJSON", layer, geometry, frame, columns,
+                       layer_options={"RFC7946": "YES", "COORDINATE_PRECISION": str(GEOJSON_DECIMALS)})
         elif suffix == ".gpkg":
-            _write_ogr(
-                tmp, "GPKG", geometry, frame, columns, description=f"HBD-Net bridges in {scene} ({model})"
-            )
+            _write_ogr(tmp, "GPKG", layer, geometry, frame, columns,
+                       dataset_options={"VERSION": GPKG_VERSION},
+                       layer_options={"GEOMETRY_NAME": GEOMETRY_COLUMN,
+                                      "DESCRIPTION": f"HBD-Net bridges in {scene} ({model})"})
             if write_style:
-                _embed_qgis_style(tmp, qml)
+                _embed_styles(tmp, layer, qml, _named_sld(layer))
         else:
-            _write_ogr(tmp, "FlatGeobuf", geometry, frame, columns, description=None)
+            _write_ogr(tmp, "FlatGeobuf", layer, geometry, frame, columns)
         os.replace(tmp, path)
         if write_style:
             path.with_suffix(".qml").write_text(qml, encoding="utf-8")
@@ -223,97 +243,49 @@ def _attribute_columns(
     }
 
 
-def _closed_ccw(rings: np.ndarray) -> np.ndarray:
-    """``(N, 4, 2)`` corner rings to closed ``(N, 5, 2)`` rings, counter-clockwise in x-right/y-up."""
-    x, y = rings[..., 0], rings[..., 1]
-    twice_area = (x * np.roll(y, -1, axis=1) - np.roll(x, -1, axis=1) * y).sum(axis=1)
-    # The pixel frame is y-down, so a north-up transform flips the winding; reverse clockwise rings.
-    rings = np.where((twice_area < 0)[:, None, None], rings[:, ::-1], rings)
-    return np.concatenate([rings, rings[:, :1]], axis=1)
-
-
-def _wrap_longitudes(rings: np.ndarray) -> np.ndarray:
-    """Shift each ring by whole turns so that its first corner lies in [-180, 180).
-
-    A whole ring moves together, so a scene on a 0..360 longitude grid comes out in RFC 7946's
-    range without tearing a polygon apart.
-    """
-    turns = np.floor((rings[:, :1, 0] + 180.0) / 360.0)
-    out = rings.copy()
-    out[..., 0] -= turns * 360.0
-    return out
-
-
-def _write_geojson(
-    tmp: Path, geometry: BridgeGeometry, frame: MapFrame, columns: dict[str, np.ndarray]
-) -> None:
-    assert frame.crs is not None  # checked by the caller: RFC 7946 needs a CRS to reproject from
-    transformer = lonlat_transformer(frame.crs)
-    if transformer is None:
-        raise OutputError(f"cannot reproject {frame.crs.name!r} to WGS84 longitude/latitude for GeoJSON")
-    lonlat = to_lonlat(transformer, geometry.rings)
-    if not np.isfinite(lonlat).all():
-        raise OutputError(f"some boxes could not be reprojected from {frame.crs.name!r} to WGS84")
-    rings = np.round(_closed_ccw(_wrap_longitudes(lonlat)), GEOJSON_DECIMALS)
-    names = list(columns)
-    features = []
-    for i in range(rings.shape[0]):
-        properties = {name: _json_value(columns[name][i]) for name in names}
-        features.append(
-            {
-                "type": "Feature",
-                "properties": properties,
-                "geometry": {"type": "Polygon", "coordinates": [rings[i].tolist()]},
-            }
-        )
-    collection = {"type": "FeatureCollection", "name": LAYER_NAME, "features": features}
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(collection, f, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
-        f.write("\n")
-
-
-def _json_value(value: object) -> object:
-    if isinstance(value, (np.floating, float)):
-        return None if math.isnan(value) else float(value)
-    if isinstance(value, (np.integer, int)):
-        return int(value)
-    return value
-
-
 def _write_ogr(
     tmp: Path,
     driver: str,
+    layer: str,
     geometry: BridgeGeometry,
     frame: MapFrame,
     columns: dict[str, np.ndarray],
     *,
-    description: str | None,
+    dataset_options: dict[str, str] | None = None,
+    layer_options: dict[str, str] | None = None,
 ) -> None:
-    rings = _closed_ccw(geometry.rings)
-    wkb = shapely.to_wkb(shapely.polygons(rings)) if rings.shape[0] else np.empty(0, dtype=object)
-    layer_options: dict[str, str] = {}
-    if driver == "GPKG":
-        layer_options["GEOMETRY_NAME"] = GEOMETRY_COLUMN
-        if description:
-            layer_options["DESCRIPTION"] = description
+    """Write the polygons (exterior rings made counter-clockwise: a north-up transform flips the
+    pixel frame's winding) and ``columns`` as ``layer`` of a new ``driver`` file; NaN is null."""
+    n = geometry.rings.shape[0]
+    polygons = shapely.orient_polygons(shapely.polygons(geometry.rings)) if n else np.empty(0, dtype=object)
     with warnings.catch_warnings():
         # A missing CRS has already been reported to the caller as a NoCRSWarning.
         warnings.filterwarnings("ignore", message="'crs' was not provided", category=UserWarning)
         pyogrio.raw.write(
             str(tmp),
-            wkb,
+            shapely.to_wkb(polygons) if n else polygons,
             list(columns.values()),
             list(columns),
-            layer=LAYER_NAME,
+            layer=layer,
             driver=driver,
             geometry_type="Polygon",
             crs=frame.crs.to_wkt() if frame.crs is not None else None,
-            layer_options=layer_options or None,
+            dataset_options=dataset_options,
+            layer_options=layer_options,
         )
 
 
-def _embed_qgis_style(gpkg: Path, qml: str) -> None:
-    """Store ``qml`` as the default style of the ``bridges`` layer, as QGIS's "Save to database" does.
+def _named_sld(layer: str) -> str:
+    """The shipped SLD with its NamedLayer named ``layer``, as QGIS names it in ``styleSLD``."""
+    shipped = "<NamedLayer>\n    <se:Name>bridges</se:Name>"
+    sld = bridges_sld()
+    assert shipped in sld, "serving/outputs/styles/bridges.sld lost its NamedLayer name"
+    return sld.replace(shipped, f"<NamedLayer>\n    <se:Name>{xml_escape(layer)}</se:Name>", 1)
+
+
+def _embed_styles(gpkg: Path, layer: str, qml: str, sld: str) -> None:
+    """Store ``qml`` and ``sld`` as the default style of ``layer``, as QGIS's "Save to database" does
+    (QGIS fills ``styleSLD`` too, for GeoServer, ArcGIS and other clients that read no QML).
 
     The table is created through GDAL, like QGIS itself does, so it is registered in
     ``gpkg_contents`` as an attribute table (QGIS's OGR provider only looks for it there). The
@@ -328,11 +300,11 @@ def _embed_qgis_style(gpkg: Path, qml: str) -> None:
     columns = {
         "f_table_catalog": text(""),
         "f_table_schema": text(""),
-        "f_table_name": text(LAYER_NAME),
+        "f_table_name": text(layer),
         "f_geometry_column": text(GEOMETRY_COLUMN),
-        "styleName": text(LAYER_NAME),
+        "styleName": text(layer),
         "styleQML": text(qml),
-        "styleSLD": text(""),
+        "styleSLD": text(sld),
         "useAsDefault": np.array([True]),
         "description": text("hbdnet bridge detections"),
         "owner": text(""),

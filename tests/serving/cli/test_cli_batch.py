@@ -74,7 +74,7 @@ def perfect() -> ModelRef:
 
 
 def read_polygons(path: Path) -> tuple[np.ndarray, dict, dict[str, np.ndarray]]:
-    meta, _, geometry, fields = pyogrio.raw.read(path, layer="bridges")
+    meta, _, geometry, fields = pyogrio.raw.read(path, layer=path.stem)
     return shapely.from_wkb(geometry), meta, dict(zip(meta["fields"], fields))
 
 
@@ -86,7 +86,7 @@ def test_outputs_put_each_bridge_at_its_map_position(tmp_path, perfect):
     assert (summary.ran_ok, summary.failed, summary.detections) == (2, 0, 4)
     for tif, (crs, transform) in ((utm, UTM), (lonlat, LONLAT)):
         gpkg = out / f"{tif.stem}_bridges.gpkg"
-        info = pyogrio.read_info(gpkg, layer="bridges")
+        info = pyogrio.read_info(gpkg, layer=gpkg.stem)
         assert info["features"] == 2 and info["crs"] == crs and info["geometry_type"] == "Polygon"
         polys, _, fields = read_polygons(gpkg)
         corners = obb_to_poly(torch.from_numpy(TRUTH)).numpy().reshape(-1, 4, 2)
@@ -116,7 +116,7 @@ def test_other_formats_and_score_threshold(tmp_path, perfect, fmt):
     out = tmp_path / "out"
     run_batch(scenes_of(tif), out, perfect, fmt=fmt, pool_config=IN_PROCESS)
     path = out / f"s_bridges.{fmt}"
-    info = pyogrio.read_info(path, layer="bridges")
+    info = pyogrio.read_info(path, layer=path.stem)
     assert info["features"] == 2
     assert info["crs"] == ("EPSG:4326" if fmt == "geojson" else "EPSG:32631")
     polys, _, _ = read_polygons(path)
@@ -206,7 +206,7 @@ def test_output_names_are_unique_and_stable(tmp_path, perfect):
     run_batch(scenes_of(d), out, perfect, pool_config=IN_PROCESS)
     new = manifest_lines(out)[-1]
     assert new["scene"] == str(d) and new["output"].startswith("y-")
-    assert pyogrio.read_info(out / "y_bridges.gpkg", layer="bridges")["crs"] == "EPSG:32631"  # still c's
+    assert pyogrio.read_info(out / "y_bridges.gpkg", layer="y_bridges")["crs"] == "EPSG:32631"  # still c's
 
 
 def test_torn_last_line_and_a_second_run_on_the_folder(tmp_path, perfect):

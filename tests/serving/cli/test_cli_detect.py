@@ -94,7 +94,7 @@ def test_default_output_is_stem_bridges_gpkg_in_the_current_folder(tmp_path, tin
     assert main(["detect", str(tif), "--model", str(tiny_checkpoint), "--workers", "0", "--device", "cpu"]) == 0
     out = work / "in_bridges.gpkg"
     assert capsys.readouterr().out.strip().endswith(f"-> {out}")
-    assert pyogrio.read_info(out, layer="bridges")["crs"] == "EPSG:32631"
+    assert pyogrio.read_info(out, layer="in_bridges")["crs"] == "EPSG:32631"
 
 
 @pytest.mark.parametrize("crs_transform", [UTM, LONLAT], ids=["utm", "lonlat"])
@@ -105,7 +105,7 @@ def test_a_bridge_at_a_known_place_comes_back_there(tmp_path, crs_transform, suf
     model = model_ref(DetectorSpec("perfect", ground_truth=truth))
     outcome = detect_to_file(str(tif), tmp_path / f"b{suffix}", model, pool_config=IN_PROCESS)
     assert outcome.detections == 1 and outcome.windows == 1 and outcome.notes == ()
-    meta, _, geometry, fields = pyogrio.raw.read(outcome.output, layer="bridges")
+    meta, _, geometry, fields = pyogrio.raw.read(outcome.output, layer=outcome.output.stem)
     (poly,) = shapely.from_wkb(geometry)
     crs, transform = crs_transform
     x, y = transform @ (700.0, 420.0)

@@ -242,8 +242,8 @@ def test_batch_through_ray_overlaps_scenes_and_equals_the_sequential_run(
     for r, ref in zip(parallel.records, sequential.records):
         assert (r["scene"], r["output"], r["detections"], r["windows"]) == (
             ref["scene"], ref["output"], ref["detections"], ref["windows"])
-        got = pyogrio.raw.read(tmp_path / "ray" / r["output"], layer="bridges")
-        want = pyogrio.raw.read(tmp_path / "seq" / ref["output"], layer="bridges")
+        got = pyogrio.raw.read(tmp_path / "ray" / r["output"], layer=Path(r["output"]).stem)
+        want = pyogrio.raw.read(tmp_path / "seq" / ref["output"], layer=Path(ref["output"]).stem)
         assert list(got[2]) == list(want[2])  # the same geometries (WKB), in the same order
         for a, b in zip(got[3], want[3]):
             np.testing.assert_array_equal(a, b)

@@ -79,7 +79,7 @@ def write(path: Path, boxes, *, transform: Affine, crs, scores=None, labels=None
 
 
 def read_layer(path: Path) -> tuple[dict, list[shapely.Polygon], dict[str, np.ndarray]]:
-    layer = "bridges" if path.suffix == ".gpkg" else None
+    layer = path.stem if path.suffix == ".gpkg" else None
     meta, _, wkb, values = pyogrio.raw.read(path, layer=layer)
     return meta, list(shapely.from_wkb(wkb)), dict(zip(meta["fields"], values, strict=True))
 
@@ -220,7 +220,7 @@ def test_length_width_and_bearing_in_a_geographic_crs(tmp_path):
 
 
 def info_crs(path: Path) -> str | None:
-    return pyogrio.read_info(path, layer="bridges" if path.suffix == ".gpkg" else None)["crs"]
+    return pyogrio.read_info(path, layer=path.stem if path.suffix == ".gpkg" else None)["crs"]
 
 
 @pytest.mark.parametrize(
@@ -341,8 +341,8 @@ def test_attributes_round_trip(tmp_path):
 
 def test_gpkg_has_the_crs_and_a_default_qgis_style(tmp_path):
     out = write(tmp_path / "b.gpkg", [[100, 100, 200, 20, 0.0]], transform=utm_transform(0, 0), crs=UTM31)
-    assert [name for name, _ in pyogrio.list_layers(out)] == ["bridges", "layer_styles"]
-    info = pyogrio.read_info(out, layer="bridges")
+    assert [name for name, _ in pyogrio.list_layers(out)] == ["b", "layer_styles"]  # the layer is named after the file
+    info = pyogrio.read_info(out, layer="b")
     assert info["crs"] == "EPSG:32631"
     assert info["features"] == 1
     with sqlite3.connect(out) as db:
@@ -354,12 +354,12 @@ def test_gpkg_has_the_crs_and_a_default_qgis_style(tmp_path):
         contents = dict(db.execute("SELECT table_name, data_type FROM gpkg_contents").fetchall())
     assert len(rows) == 1
     table, geom_column, default, qml, updated = rows[0]
-    assert (table, default) == ("bridges", 1)
+    assert (table, default) == ("b", 1)
     assert geom_column == info["geometry_name"]
     assert ET.fromstring(qml).tag == "qgis"
     assert updated.endswith("Z")
     # QGIS's OGR provider finds the styles table only when it is registered in gpkg_contents.
-    assert contents == {"bridges": "features", "layer_styles": "attributes"}
+    assert contents == {"b": "features", "layer_styles": "attributes"}
     assert (tmp_path / "b.qml").read_text(encoding="utf-8") == qml
 
 
@@ -401,7 +401,7 @@ def test_write_style_false_writes_no_style(tmp_path):
         write_style=False,
     )
     assert not (tmp_path / "b.qml").exists()
-    assert [name for name, _ in pyogrio.list_layers(out)] == ["bridges"]
+    assert [name for name, _ in pyogrio.list_layers(out)] == ["b"]
 
 
 @pytest.mark.parametrize("suffix", [".geojson", ".gpkg", ".fgb"])
@@ -423,7 +423,7 @@ def test_rewriting_replaces_the_previous_output(tmp_path):
     path = tmp_path / "b.gpkg"
     write(path, [[100, 100, 200, 20, 0.0]] * 3, transform=utm_transform(0, 0), crs=UTM31)
     write(path, [[100, 100, 200, 20, 0.0]], transform=utm_transform(0, 0), crs=UTM31)
-    assert pyogrio.read_info(path, layer="bridges")["features"] == 1
+    assert pyogrio.read_info(path, layer="b")["features"] == 1
     with sqlite3.connect(path) as db:
         assert db.execute("SELECT COUNT(*) FROM layer_styles").fetchone() == (1,)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b.gpkg", "b.qml"]
