@@ -68,9 +68,11 @@ def safe_name(text: str) -> str:
 
 
 def scene_stem(uri: str) -> str:
-    """The stem an output for ``uri`` is named after: the last path component without its extension.
+    """The stem an output for ``uri`` is named after: the last path component without its extension,
+    the rest of it whole (dots included).
 
-    ``/vsicurl/https://host/a/b.tif?sig=x`` -> ``b``; ``/data/c.tif`` -> ``c``.
+    ``/vsicurl/https://host/a/b.tif?sig=x`` -> ``b``; ``/data/rotterdam_pan2_0.5m_harbour.tif`` ->
+    ``rotterdam_pan2_0.5m_harbour``.
     """
     path = uri
     if path.startswith("/vsi"):
@@ -78,7 +80,7 @@ def scene_stem(uri: str) -> str:
     if "://" in path:
         path = unquote(urlparse(path).path)
     base = path.rstrip("/").rsplit("/", 1)[-1]
-    stem = base.split(".", 1)[0] if not base.startswith(".") else base
+    stem = base.rsplit(".", 1)[0] if "." in base.lstrip(".") else base
     return safe_name(stem)
 
 

@@ -56,7 +56,8 @@ from serving.outputs.geo_output import OutputError, check_output_path, write_det
 from serving.batch.inputs import SceneInput, short_hash
 from serving.merge.methods import MergeConfig
 from serving.engine.reader import PyramidResampling, select_bands
-from serving.engine.scene import DEFAULT_MAX_PIXELS, SceneError, SceneInfo, check_scene_size, open_scene
+from serving.engine.scene import (DEFAULT_MAX_PIXELS, SceneError, SceneInfo, check_scene_size, open_scene,
+                                  scene_reference)
 from serving.engine.workers import InProcessPool, PoolConfig, PoolRun, Progress, RayPool, SceneJob, make_pool
 
 MANIFEST_NAME = "manifest.jsonl"
@@ -187,7 +188,7 @@ def detect_to_file(
     finally:
         if own_pool:
             pool.close()
-    outcome = _noting(notes, lambda: write_output(prepared, run, output, model, options, t0))
+    outcome = _noting(notes, lambda: write_output(prepared, run, output, model, options, t0, uri))
     return replace(outcome, notes=tuple(notes))
 
 
@@ -214,15 +215,18 @@ def open_checked(uri: str, output: Path, options: DetectOptions) -> SceneInfo:
 
 
 def write_output(prepared: PreparedScene, run: PoolRun, output: Path, model: ModelRef, options: DetectOptions,
-                 t0: float) -> SceneOutcome:
+                 t0: float, scene: str | None = None) -> SceneOutcome:
     """Merge the scene's window detections and write them to ``output``, synced to disk (no notes).
 
-    ``t0``: ``time.perf_counter()`` when the scene's work began."""
+    ``t0``: ``time.perf_counter()`` when the scene's work began. ``scene``: the URI the scene was
+    asked for (default: the path GDAL opened); the ``scene`` attribute holds it, a local path
+    made absolute (``scene_reference``)."""
     result = finish_scene(prepared, run, options.merge_config)
     keep = result.scores >= options.score_thr
     write_detections(
         output, result.boxes[keep], result.scores[keep], result.labels[keep], result.levels[keep],
-        transform=result.scene.transform, crs=result.scene.crs, scene=prepared.info.uri, model=model.label,
+        transform=result.scene.transform, crs=result.scene.crs,
+        scene=scene_reference(scene if scene is not None else prepared.info.uri), model=model.label,
         class_names=model.class_names)
     _fsync_path(output)
     _fsync_path(output.parent)  # the rename into place
@@ -588,7 +592,7 @@ def run_batch(
                         continue
                     try:
                         outcome = _noting(op.notes, lambda: write_output(op.prepared, result, op.output, model,
-                                                                          options, op.t0))
+                                                                          options, op.t0, op.scene.uri))
                     except Exception as exc:
                         finish(op.scene, op.output, op.t0, exc, op.key)
                     else:

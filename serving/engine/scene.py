@@ -95,6 +95,12 @@ def _is_local(path: str) -> bool:
     return not path.startswith("/vsi") and "://" not in path
 
 
+def scene_reference(uri: str) -> str:
+    """How outputs name the scene at ``uri``: a local path made absolute (``scenes/a.tif`` ->
+    ``/home/me/scenes/a.tif``), a URL or GDAL virtual path as given."""
+    return os.path.abspath(uri) if _is_local(uri) else uri
+
+
 def open_scene(uri: str) -> SceneInfo:
     """Open ``uri`` and describe it. Raises ``SceneError`` for missing files, non-rasters and scenes
     without a usable band."""

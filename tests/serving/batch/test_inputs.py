@@ -26,7 +26,9 @@ def test_scene_stem_of_paths_and_urls():
     assert scene_stem("/data/a/scene_01.tif") == "scene_01"
     assert scene_stem("https://host/cogs/T31UDQ.tif?X-Amz-Signature=abc") == "T31UDQ"
     assert scene_stem("/vsicurl/https://host/b/c%20d.TIF") == "c_d"
-    assert scene_stem("s3://bucket/key/e.f.tif") == "e"
+    assert scene_stem("s3://bucket/key/e.f.tif") == "e.f"  # only the extension goes
+    assert scene_stem("/data/rotterdam_pan2_0.5m_harbour.tif") == "rotterdam_pan2_0.5m_harbour"
+    assert scene_stem("/data/.hidden") == "hidden" and scene_stem("/data/noext") == "noext"
     assert scene_stem("/vsizip//data/x.zip/inner.tif") == "inner"
 
 
