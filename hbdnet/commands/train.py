@@ -1,4 +1,8 @@
-"""``hbdnet train``: stage-by-stage training on DOTA-format data (images/ + labelTxt/)."""
+"""``hbdnet train``: stage-by-stage training on DOTA-format data (images/ + labelTxt/).
+
+Resumable: rerunning the same command continues from each stage's ``latest.pth``, written every
+``--checkpoint-every`` iterations, at each epoch end, at ``--max-iters`` and on Ctrl-C.
+"""
 
 from __future__ import annotations
 
@@ -15,7 +19,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="cuda" if _cuda() else "cpu", help="cpu or cuda (default: cuda when present)")
     p.add_argument("--stage", action="append", dest="stages", help="train only this stage (repeatable)")
     p.add_argument("--epochs", type=int, help="override every stage's epochs (schedule steps scale with it)")
-    p.add_argument("--max-iters", type=int, help="stop each stage after this many iterations (smoke runs)")
+    p.add_argument("--max-iters", type=int, help="stop each stage at this iteration and save it (latest.pth); "
+                   "the same command without it (or with a larger one) resumes")
+    p.add_argument("--checkpoint-every", type=int,
+                   help="iterations between resumable saves (default: the config's train.checkpoint_every)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(run=run)
 
@@ -40,6 +47,12 @@ def run(args: argparse.Namespace) -> int:
         device = resolve_device(args.device)
     except (ConfigError, ValueError) as err:
         raise CliError(str(err)) from err
+    if args.checkpoint_every is not None:
+        if args.checkpoint_every < 0:
+            raise CliError("--checkpoint-every must be >= 0")
+        from dataclasses import replace
+
+        cfg = replace(cfg, train=replace(cfg.train, checkpoint_every=args.checkpoint_every))
     data = Path(args.data)
     if not data.is_dir():
         raise CliError(f"data folder not found: {data}")

@@ -1,6 +1,11 @@
 """The experiment configuration: one YAML file per model, read into these dataclasses.
 
 Defaults are the authors' values (method doc section 6); ``configs/*.yaml`` override what differs.
+
+Schedules scale with the data set: a stage runs ``epochs`` passes over its windows, its learning
+rate steps down at epochs ``lr_steps``, and the warm-up lasts ``warmup_fraction`` of the stage's
+iterations, at most ``warmup_iters`` (the authors' 500, which is what a large set like GLH-Bridge
+gets; 30 images get a warm-up of a few dozen iterations instead of one longer than the stage).
 """
 
 from __future__ import annotations
@@ -9,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hbdnet.config_io import load_yaml
+from hbdnet.data.augment import AugmentConfig
 from hbdnet.models.hbdnet import HBDNetConfig
 
 
@@ -28,6 +34,21 @@ class StageConfig:
     lr_steps: list[int] = field(default_factory=lambda: [16, 22])
     init_from: str = "previous"  # "previous" | "none"
     min_length: float = 0.0  # GT shorter than this (px at the level) are dropped; 15 for global levels
+    # Windows of these levels are the stage's data (default: ``levels``); windows of a level the
+    # stage does not train are fed to the detector of ``levels[0]`` (e.g. the global detector learning
+    # from augmented full-resolution windows as well as from the coarse levels).
+    data_levels: list[int] | None = None
+    # Synthetic coarse-level windows per epoch: real bridge crops pasted at several scales into
+    # mosaics of real backgrounds (hbdnet.data.synthetic), for the detector of ``levels[0]``.
+    synthetic: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.levels:
+            raise ValueError(f"stage {self.name!r}: levels must not be empty")
+        if self.epochs < 1:
+            raise ValueError(f"stage {self.name!r}: epochs must be >= 1")
+        if self.synthetic < 0:
+            raise ValueError(f"stage {self.name!r}: synthetic must be >= 0")
 
 
 @dataclass
@@ -35,7 +56,8 @@ class OptimConfig:
     momentum: float = 0.9
     weight_decay: float = 1e-4
     grad_clip: float = 35.0
-    warmup_iters: int = 500
+    warmup_iters: int = 500  # at most this many warm-up iterations (the authors' 500)
+    warmup_fraction: float = 0.05  # ... and at most this share of the stage's iterations
     warmup_ratio: float = 1 / 3
 
 
@@ -43,7 +65,8 @@ class OptimConfig:
 class DataConfig:
     classes: list[str] = field(default_factory=lambda: ["bridge"])
     iof_thr: float = 0.3
-    flip: bool = True
+    flip: bool = True  # the authors' flips (horizontal / vertical / diagonal, 25 % each)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)  # more, for small sets (off by default)
     empty_fraction: float = 0.0  # share of windows without bridges kept as negatives
     num_workers: int = 2
 
@@ -53,7 +76,8 @@ class TrainConfig:
     batch_size: int = 2
     amp: bool = True  # mixed precision, CUDA only
     seed: int = 0
-    checkpoint_interval: int = 2  # epochs
+    checkpoint_interval: int = 2  # epochs between kept epoch_<n>.pth snapshots
+    checkpoint_every: int = 50  # iterations between resumable latest.pth saves (0: epoch ends only)
     log_interval: int = 10  # iterations
 
 

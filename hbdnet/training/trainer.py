@@ -5,22 +5,32 @@ first the local detector on level 0, then the global detector(s) on coarser leve
 starting from the weights the previous one left. Work goes to ``work_dir``:
 
     work_dir/config.yaml            the experiment configuration as run
-    work_dir/log.jsonl              one line per logged iteration (losses, lr)
-    work_dir/<stage>/latest.pth     resumable state (model + optimizer + epoch)
-    work_dir/<stage>/epoch_<n>.pth  periodic checkpoints
+    work_dir/log.jsonl              one line per logged iteration (losses, lr, s/iter)
+    work_dir/<stage>/latest.pth     resumable state: model, optimizer, epoch, batch in the epoch,
+                                    iteration, RNG states; written every ``checkpoint_every``
+                                    iterations, at each epoch end, at ``--max-iters`` and on Ctrl-C
+    work_dir/<stage>/epoch_<n>.pth  kept snapshots every ``checkpoint_interval`` epochs
     work_dir/<stage>/final.pth      the stage's result (a finished stage is skipped on resume)
     work_dir/model.pth              the trained model, for ``hbdnet detect`` / ``eval``
+
+A resumed run continues exactly where the saved one was: the same batches (the data order and
+every augmentation are seeded by seed, epoch and index, see ``hbdnet.training.data``), the same
+optimizer state and learning rate, the same RNG state for the model's samplers.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import random
+import signal
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -29,13 +39,20 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from hbdnet.checkpoint import read_checkpoint, save_checkpoint
+from hbdnet.checkpoint import CheckpointError, read_checkpoint, save_checkpoint
 from hbdnet.config_io import to_dict
-from hbdnet.data.augment import RandomFlip
+from hbdnet.data.augment import Augment, RandomFlip
 from hbdnet.data.dota import DotaImage, load_dota_folder
+from hbdnet.data.synthetic import SyntheticConfig, SyntheticScenes
 from hbdnet.data.windows import WindowBatch, WindowConfig, WindowDataset, collate_windows
 from hbdnet.models.hbdnet import HBDNet, WindowContext
-from hbdnet.training.config import ExperimentConfig, StageConfig
+from hbdnet.training.config import ExperimentConfig, OptimConfig, StageConfig
+from hbdnet.training.data import EpochSampler, TrainingSet
+
+
+def warmup_length(optim: OptimConfig, stage_iters: int) -> int:
+    """Warm-up iterations of a stage: ``warmup_fraction`` of its iterations, at most ``warmup_iters``."""
+    return max(0, min(optim.warmup_iters, round(optim.warmup_fraction * stage_iters)))
 
 
 def lr_at(stage: StageConfig, warmup_iters: int, warmup_ratio: float, epoch: int, iteration: int) -> float:
@@ -74,13 +91,16 @@ def init_stage(model: HBDNet, stage: StageConfig, previous: StageConfig | None) 
 
 
 def batch_losses(model: HBDNet, batch: WindowBatch, device: torch.device) -> dict[str, Tensor]:
-    """Losses of a batch, computed per pyramid level (one detector per call), averaged by window count."""
+    """Losses of a batch, computed per detector (one call per level), averaged by window count.
+
+    A window goes to the detector of ``meta["detector_level"]`` (default: its own level).
+    """
     by_level: dict[int, list[int]] = defaultdict(list)
     for i, meta in enumerate(batch.metas):
-        by_level[meta["level"]].append(i)
+        by_level[meta.get("detector_level", meta["level"])].append(i)
     total: dict[str, Tensor] = {}
     n = len(batch.images)
-    for level, idx in by_level.items():
+    for level, idx in sorted(by_level.items()):
         images = [batch.images[i].to(device) for i in idx]
         targets = [{k: v.to(device) for k, v in batch.targets[i].items()} for i in idx]
         context = None
@@ -107,8 +127,31 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def make_dataset(cfg: ExperimentConfig, images: list[DotaImage], stage: StageConfig) -> WindowDataset:
+def _rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        "numpy": torch.from_numpy(np.random.get_state()[1].astype(np.int64)),
+        "numpy_pos": int(np.random.get_state()[2]),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), state["numpy_pos"], 0, 0.0))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def make_dataset(cfg: ExperimentConfig, images: list[DotaImage], stage: StageConfig) -> TrainingSet:
+    """The stage's windows (levels ``data_levels``) and synthetic windows, with the augmentation."""
     mcfg = cfg.model
+    data_levels = stage.data_levels if stage.data_levels is not None else stage.levels
     wcfg = WindowConfig(
         window=mcfg.window,
         overlap=mcfg.overlap,
@@ -120,8 +163,75 @@ def make_dataset(cfg: ExperimentConfig, images: list[DotaImage], stage: StageCon
         with_global_crops=mcfg.iff_context_levels if (mcfg.use_iff and 0 in stage.levels) else 0,
         seed=cfg.train.seed,
     )
-    flip = RandomFlip(generator=torch.Generator().manual_seed(cfg.train.seed)) if cfg.data.flip else None
-    return WindowDataset(images, stage.levels, wcfg, transform=flip)
+    windows = WindowDataset(images, data_levels, wcfg) if data_levels else None
+    synthetic = None
+    if stage.synthetic:
+        scfg = SyntheticConfig(size=mcfg.window, level=stage.levels[0], iof_thr=cfg.data.iof_thr,
+                               min_length=max(stage.min_length, 2.0))
+        synthetic = SyntheticScenes(images, stage.synthetic, scfg)
+    aug = cfg.data.augment
+    if aug.enabled:
+        transform = Augment(replace(aug, max_side=mcfg.window, iof_thr=cfg.data.iof_thr,
+                                    min_length=max(aug.min_length, stage.min_length)), flip=cfg.data.flip)
+    else:
+        transform = RandomFlip() if cfg.data.flip else None
+    trained = set(stage.levels)
+
+    def route(level: int) -> int:
+        return level if level in trained else stage.levels[0]
+
+    return TrainingSet(windows, synthetic, transform, seed=cfg.train.seed, route=route)
+
+
+def _format_seconds(seconds: float) -> str:
+    seconds = max(0, int(round(seconds)))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
+
+
+class _StopRequest:
+    """Ctrl-C (SIGINT) during training: finish the iteration, save, stop. A second Ctrl-C aborts at once."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: Any = None
+        self._installed = False
+
+    def __enter__(self) -> _StopRequest:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+            self._installed = True
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc) -> None:
+        if self._installed:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Training stopped by Ctrl-C after saving a resumable checkpoint (``path``)."""
+
+    def __init__(self, path: Path, iteration: int):
+        super().__init__(f"interrupted at iteration {iteration}; saved {path}")
+        self.path = path
+        self.iteration = iteration
+
+
+@dataclass
+class StagePlan:
+    stage: StageConfig
+    dataset: TrainingSet
+    iters_per_epoch: int
+
+    @property
+    def total_iters(self) -> int:
+        return self.iters_per_epoch * self.stage.epochs
 
 
 class Trainer:
@@ -134,6 +244,7 @@ class Trainer:
         max_iters: int | None = None,
         progress: bool = True,
         log: Callable[[str], None] = print,
+        on_iteration: Callable[[Trainer, int], None] | None = None,
     ):
         self.cfg = cfg
         self.data_dir = Path(data_dir)
@@ -142,9 +253,19 @@ class Trainer:
         self.max_iters = max_iters  # per stage; for smoke runs
         self.progress = progress
         self.log = log
+        self.on_iteration = on_iteration  # called after every iteration (tests, monitoring)
+        _seed_everything(cfg.train.seed)  # the heads' initial weights follow the seed
         self.model = HBDNet(cfg.model).to(self.device)
+        self._remaining_after: int = 0  # iterations of the stages after the current one (ETA)
 
     def run(self, only: list[str] | None = None) -> Path:
+        """Train every stage not finished yet; returns ``work_dir/model.pth``.
+
+        A stage is finished when ``<stage>/final.pth`` exists; otherwise it resumes from
+        ``<stage>/latest.pth`` if that exists. Once a stage has trained in this run, the resumable
+        state of the later stages is stale (they start from this stage's weights) and is ignored.
+        Ctrl-C saves ``latest.pth`` after the current iteration and raises :class:`TrainingInterrupted`.
+        """
         cfg = self.cfg
         _seed_everything(cfg.train.seed)
         self.work_dir.mkdir(parents=True, exist_ok=True)
@@ -156,99 +277,204 @@ class Trainer:
         unknown = sorted(set(only or []) - set(names))
         if unknown:
             raise ValueError(f"unknown stage(s) {unknown}; this config has {names}")
+        todo = [s for s in cfg.stages if not (self.work_dir / s.name / "final.pth").exists()
+                and (only is None or s.name in only)]
+        plans = {s.name: self.plan_stage(s, images) for s in todo}
         previous: StageConfig | None = None
-        for stage in cfg.stages:
-            final = self.work_dir / stage.name / "final.pth"
-            if final.exists():
-                self._load_weights(final)
-                self.log(f"stage {stage.name}: done earlier, loaded {final}")
-            elif only is None or stage.name in only:
-                self.train_stage(stage, previous, images)
-            previous = stage
-        out = save_checkpoint(self.work_dir / "model.pth", self.model, meta={"name": cfg.name, "stages": names})
-        self.log(f"wrote {out}")
+        trained_before = False
+        complete = True
+        with _StopRequest() as stop:
+            for stage in cfg.stages:
+                final = self.work_dir / stage.name / "final.pth"
+                if final.exists():
+                    self._load_weights(final)
+                    self.log(f"stage {stage.name}: done earlier, loaded {final}")
+                elif stage.name in plans:
+                    later = [plans[s.name] for s in todo[todo.index(stage) + 1:]]
+                    self._remaining_after = sum(self._iters_left(p, self.max_iters) for p in later)
+                    done = self.train_stage(plans[stage.name], previous, stop, fresh=trained_before)
+                    trained_before = True
+                    complete &= done
+                else:
+                    complete = False
+                previous = stage
+        meta = {"name": cfg.name, "stages": names, "complete": complete}
+        out = save_checkpoint(self.work_dir / "model.pth", self.model, meta=meta)
+        self.log(f"wrote {out}" + ("" if complete else " (not every stage has run to its end)"))
         return out
+
+    def plan_stage(self, stage: StageConfig, images: list[DotaImage]) -> StagePlan:
+        dataset = make_dataset(self.cfg, images, stage)
+        return StagePlan(stage, dataset, math.ceil(len(dataset) / self.cfg.train.batch_size))
+
+    def _iters_left(self, plan: StagePlan, max_iters: int | None) -> int:
+        total = plan.total_iters if max_iters is None else min(plan.total_iters, max_iters)
+        latest = self.work_dir / plan.stage.name / "latest.pth"
+        if latest.exists():
+            try:
+                total -= read_checkpoint(latest)["training"]["iteration"]
+            except (CheckpointError, KeyError):
+                pass
+        return max(0, total)
 
     def _load_weights(self, path: Path) -> dict:
         ckpt = read_checkpoint(path)
         self.model.load_state_dict(ckpt["state_dict"])
         return ckpt
 
-    def train_stage(self, stage: StageConfig, previous: StageConfig | None, images: list[DotaImage]) -> None:
+    def train_stage(
+        self,
+        plan: StagePlan,
+        previous: StageConfig | None,
+        stop: _StopRequest | None = None,
+        fresh: bool = False,
+    ) -> bool:
+        """Train one stage (resuming from its ``latest.pth`` unless ``fresh``); True when it ran to its end."""
         cfg, model, device = self.cfg, self.model, self.device
+        stage, dataset = plan.stage, plan.dataset
         stage_dir = self.work_dir / stage.name
         latest = stage_dir / "latest.pth"
-        dataset = make_dataset(cfg, images, stage)
         if len(dataset) == 0:
             self.log(f"stage {stage.name}: no training windows at levels {stage.levels}; skipped")
             save_checkpoint(stage_dir / "final.pth", model, meta={"stage": stage.name, "skipped": True})
-            return
+            return True
         modules = stage_modules(model, stage)
         params = [p for m in modules for p in m.parameters() if p.requires_grad]
         optimizer = torch.optim.SGD(params, lr=stage.lr, momentum=cfg.optim.momentum, weight_decay=cfg.optim.weight_decay)
         use_amp = cfg.train.amp and device.type == "cuda"
         scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+        per_epoch, total = plan.iters_per_epoch, plan.total_iters
+        warmup = warmup_length(cfg.optim, total)
+        bs = cfg.train.batch_size
 
-        start_epoch, iteration = 0, 0
-        if latest.exists():
+        epoch, in_epoch, iteration = 0, 0, 0
+        if latest.exists() and fresh:
+            self.log(f"stage {stage.name}: an earlier stage trained in this run; ignoring the stale {latest}")
+        if latest.exists() and not fresh:
             ckpt = self._load_weights(latest)
             state = ckpt["training"]
             optimizer.load_state_dict(state["optimizer"])
-            start_epoch, iteration = state["epoch"], state["iteration"]
-            self.log(f"stage {stage.name}: resumed at epoch {start_epoch}, iteration {iteration}")
+            if use_amp and "scaler" in state:
+                scaler.load_state_dict(state["scaler"])
+            epoch, in_epoch, iteration = state["epoch"], state.get("batch", 0), state["iteration"]
+            if "rng" in state:
+                _set_rng_state(state["rng"])
+            self.log(f"stage {stage.name}: resumed from {latest} at iteration {iteration}/{total} "
+                     f"(epoch {epoch + 1}, batch {in_epoch})")
         else:
             init_stage(model, stage, previous)
+            torch.manual_seed(cfg.train.seed + 7919 * (cfg.stages.index(stage) + 1))
 
-        loader = DataLoader(
-            dataset,
-            batch_size=cfg.train.batch_size,
-            shuffle=True,
-            collate_fn=collate_windows,
-            num_workers=cfg.data.num_workers,
-            generator=torch.Generator().manual_seed(cfg.train.seed + start_epoch),
-            persistent_workers=False,
-        )
+        def save_latest() -> Path:
+            e, b = (epoch + 1, 0) if in_epoch >= per_epoch else (epoch, in_epoch)
+            state = {"optimizer": optimizer.state_dict(), "epoch": e, "batch": b, "iteration": iteration,
+                     "lr": lr_at(stage, warmup, cfg.optim.warmup_ratio, e, iteration), "rng": _rng_state(),
+                     "total_iters": total}
+            if use_amp:
+                state["scaler"] = scaler.state_dict()
+            return save_checkpoint(latest, model, meta={"stage": stage.name, "epoch": e, "iteration": iteration},
+                                   training=state)
+
+        sampler = EpochSampler(len(dataset), seed=cfg.train.seed)
+        # A generator of its own: a DataLoader draws its workers' base seed from it at every epoch,
+        # which would otherwise move the global RNG (the model's samplers) differently on resume.
+        loader = DataLoader(dataset, batch_size=bs, sampler=sampler, collate_fn=collate_windows,
+                            num_workers=cfg.data.num_workers, persistent_workers=False,
+                            generator=torch.Generator().manual_seed(cfg.train.seed))
         log_path = self.work_dir / "log.jsonl"
-        self.log(f"stage {stage.name}: levels {stage.levels}, {len(dataset)} windows, {stage.epochs} epochs")
-        for epoch in range(start_epoch, stage.epochs):
-            model.train()
-            for m in modules:
-                m.train()
-            bar = tqdm(loader, desc=f"{stage.name} epoch {epoch + 1}/{stage.epochs}", disable=not self.progress,
-                       leave=False, dynamic_ncols=True)
-            for batch in bar:
-                lr = lr_at(stage, cfg.optim.warmup_iters, cfg.optim.warmup_ratio, epoch, iteration)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                with torch.autocast(device.type, enabled=use_amp):
-                    losses = batch_losses(model, batch, device)
-                loss = sum(losses.values())
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"stage {stage.name}: loss is {loss.item()} at iteration {iteration}")
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip)
-                scaler.step(optimizer)
-                scaler.update()
-                iteration += 1
-                values = {k: round(float(v.detach()), 5) for k, v in losses.items()}
-                bar.set_postfix(loss=f"{float(loss.detach()):.3f}", lr=f"{lr:.2e}")
-                if iteration % cfg.train.log_interval == 0 or iteration == 1:
-                    with log_path.open("a") as f:
-                        f.write(json.dumps({"stage": stage.name, "epoch": epoch + 1, "iter": iteration, "lr": lr,
-                                            "loss": round(float(loss), 5), **values, "time": time.time()}) + "\n")
-                if self.max_iters is not None and iteration >= self.max_iters:
+        n_syn = len(dataset.synthetic) if dataset.synthetic is not None else 0
+        limit = total if self.max_iters is None else min(total, self.max_iters)
+        self.log(f"stage {stage.name}: levels {stage.levels}, {dataset.num_windows} windows + {n_syn} synthetic "
+                 f"per epoch = {per_epoch} iterations x {stage.epochs} epochs = {total} iterations; "
+                 f"warm-up {warmup}, lr {stage.lr:g} x0.1 at epochs {stage.lr_steps}")
+        bar = tqdm(total=limit, initial=min(iteration, limit), desc=f"{stage.name}", disable=not self.progress,
+                   dynamic_ncols=True, leave=False)
+        timer_start, timer_iters = None, 0
+        stopped = False
+        try:
+            while epoch < stage.epochs and iteration < limit:
+                model.train()
+                for m in modules:
+                    m.train()
+                dataset.set_epoch(epoch)
+                sampler.set_epoch(epoch, skip=in_epoch * bs)
+                for batch in loader:
+                    lr = lr_at(stage, warmup, cfg.optim.warmup_ratio, epoch, iteration)
+                    for group in optimizer.param_groups:
+                        group["lr"] = lr
+                    with torch.autocast(device.type, enabled=use_amp):
+                        losses = batch_losses(model, batch, device)
+                    loss = sum(losses.values())
+                    if not torch.isfinite(loss):
+                        raise FloatingPointError(f"stage {stage.name}: loss is {loss.item()} at iteration {iteration}")
+                    optimizer.zero_grad(set_to_none=True)
+                    scaler.scale(loss).backward()
+                    scaler.unscale_(optimizer)
+                    torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip)
+                    scaler.step(optimizer)
+                    scaler.update()
+                    iteration += 1
+                    in_epoch += 1
+                    now = time.monotonic()
+                    if timer_start is None:
+                        timer_start = now  # the first iteration (start-up, workers) is not timed
+                    else:
+                        timer_iters += 1
+                    s_per_it = (now - timer_start) / timer_iters if timer_iters else None
+                    loss_value = float(loss.detach())
+                    values = {k: round(float(v.detach()), 5) for k, v in losses.items()}
+                    bar.update(1)
+                    eta = self._eta(s_per_it, limit - iteration)
+                    bar.set_postfix_str(f"loss {loss_value:.3f} lr {lr:.1e} epoch {epoch + 1}/{stage.epochs}"
+                                        + (f" run left {eta[1]}" if eta else ""))
+                    if iteration % cfg.train.log_interval == 0 or iteration == 1:
+                        entry = {"stage": stage.name, "epoch": epoch + 1, "iter": iteration, "lr": lr,
+                                 "loss": round(loss_value, 5), **values, "time": time.time()}
+                        if s_per_it is not None:
+                            entry["s_per_iter"] = round(s_per_it, 3)
+                        with log_path.open("a") as f:
+                            f.write(json.dumps(entry) + "\n")
+                        if not self.progress:
+                            self.log(f"{stage.name} it {iteration}/{limit} epoch {epoch + 1}/{stage.epochs} "
+                                     f"loss {loss_value:.3f} lr {lr:.2e}"
+                                     + (f" {s_per_it:.2f} s/it, stage left {eta[0]}, run left {eta[1]}" if eta else ""))
+                    if self.on_iteration is not None:
+                        self.on_iteration(self, iteration)
+                    if cfg.train.checkpoint_every and iteration % cfg.train.checkpoint_every == 0:
+                        save_latest()
+                    if (stop is not None and stop.requested) or iteration >= limit:
+                        stopped = True
+                        break
+                if in_epoch >= per_epoch:
+                    done = epoch + 1
+                    epoch, in_epoch = done, 0
+                    if done % cfg.train.checkpoint_interval == 0 or done == stage.epochs:
+                        save_checkpoint(stage_dir / f"epoch_{done}.pth", model,
+                                        meta={"stage": stage.name, "epoch": done, "iteration": iteration})
+                    save_latest()
+                if stopped:
                     break
-            done = epoch + 1
-            state = {"optimizer": optimizer.state_dict(), "epoch": done, "iteration": iteration}
-            meta = {"stage": stage.name, "epoch": done}
-            save_checkpoint(latest, model, meta=meta, training=state)
-            if done % cfg.train.checkpoint_interval == 0 or done == stage.epochs:
-                save_checkpoint(stage_dir / f"epoch_{done}.pth", model, meta=meta)
-            if self.max_iters is not None and iteration >= self.max_iters:
-                break
-        save_checkpoint(stage_dir / "final.pth", model, meta={"stage": stage.name})
+        except KeyboardInterrupt:  # a second Ctrl-C, or one outside the main thread: no consistent state
+            bar.close()
+            self.log(f"stage {stage.name}: aborted; resume from the last saved {latest}")
+            raise
+        bar.close()
+        path = save_latest()
+        if stop is not None and stop.requested:
+            self.log(f"stage {stage.name}: interrupted at iteration {iteration}/{total}; saved {path}; "
+                     "run the same command again to resume")
+            raise TrainingInterrupted(path, iteration)
+        if iteration >= total:
+            save_checkpoint(stage_dir / "final.pth", model, meta={"stage": stage.name, "iteration": iteration})
+            return True
+        self.log(f"stage {stage.name}: stopped at iteration {iteration}/{total} (--max-iters); saved {path}")
+        return False
+
+    def _eta(self, s_per_it: float | None, left_in_stage: int) -> tuple[str, str] | None:
+        if s_per_it is None:
+            return None
+        stage_left = s_per_it * left_in_stage
+        return _format_seconds(stage_left), _format_seconds(stage_left + s_per_it * self._remaining_after)
 
 
 def train(
@@ -260,10 +486,14 @@ def train(
     max_iters: int | None = None,
     epochs: int | None = None,
     progress: bool = True,
+    log: Callable[[str], None] = print,
+    on_iteration: Callable[[Trainer, int], None] | None = None,
 ) -> Path:
     if epochs is not None:  # a shorter (or longer) run keeps the schedule's shape
         cfg = replace(cfg, stages=[
             replace(s, epochs=epochs, lr_steps=[max(1, round(e * epochs / s.epochs)) for e in s.lr_steps])
             for s in cfg.stages
         ])
-    return Trainer(cfg, data_dir, work_dir, device, max_iters=max_iters, progress=progress).run(stages)
+    trainer = Trainer(cfg, data_dir, work_dir, device, max_iters=max_iters, progress=progress, log=log,
+                      on_iteration=on_iteration)
+    return trainer.run(stages)

@@ -28,13 +28,14 @@ def test_stages_checkpoints_log_and_resume(tiny_dota, tiny_experiment, tmp_path)
     for stage in ("local", "coarse"):
         assert (work / stage / "final.pth").exists()
     assert (work / "local" / "epoch_1.pth").exists() and (work / "local" / "epoch_2.pth").exists()
+    assert read_checkpoint(work / "local" / "latest.pth")["training"]["iteration"] == 12
     log = [json.loads(line) for line in (work / "log.jsonl").read_text().splitlines()]
     assert {entry["stage"] for entry in log} == {"local", "coarse"}
     assert all(torch.isfinite(torch.tensor(entry["loss"])) for entry in log)
     assert {"loss_rpn_cls", "loss_rpn_bbox", "loss_cls", "loss_bbox"} <= set(log[0])
-    # the coarse stage started from the local detector, then moved away from it
+    # the coarse stage moved away from the local detector it started from
     model, meta = load_model(out)
-    assert meta["stages"] == ["local", "coarse"]
+    assert meta["stages"] == ["local", "coarse"] and meta["complete"] is True
     local_w = model.local_detector.rpn_head.rpn_conv.weight
     global_w = model.global_detectors[0].rpn_head.rpn_conv.weight
     assert not torch.equal(local_w, global_w)
@@ -52,16 +53,134 @@ def test_stages_checkpoints_log_and_resume(tiny_dota, tiny_experiment, tmp_path)
     assert len((work / "log.jsonl").read_text().splitlines()) == n_log
 
 
-def test_interrupted_stage_resumes_from_latest(tiny_dota, tiny_experiment, tmp_path):
+def _stage_state(path):
+    """Everything a resumed run continues from: iteration, weights, optimizer state, lr, RNG."""
+    ckpt = read_checkpoint(path)
+    return ckpt["training"], ckpt["state_dict"]
+
+
+def _assert_same_state(a, b):
+    (ta, wa), (tb, wb) = a, b
+    assert (ta["epoch"], ta["batch"], ta["iteration"]) == (tb["epoch"], tb["batch"], tb["iteration"])
+    assert ta["lr"] == tb["lr"]
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        assert torch.equal(wa[k], wb[k]), k
+    oa, ob = ta["optimizer"]["state"], tb["optimizer"]["state"]
+    assert oa.keys() == ob.keys() and len(oa) > 0
+    for k in oa:
+        assert torch.equal(oa[k]["momentum_buffer"], ob[k]["momentum_buffer"]), k
+    assert torch.equal(ta["rng"]["torch"], tb["rng"]["torch"])
+
+
+def _augmented(cfg):
+    from dataclasses import replace
+
+    from hbdnet.data.augment import AugmentConfig
+
+    # every random draw of the data path is on: a resumed run must redraw exactly the same
+    return replace(cfg, data=replace(cfg.data, augment=AugmentConfig(enabled=True, crop_prob=0.5, blur_prob=0.5)))
+
+
+def test_resume_equals_an_uninterrupted_run(tiny_dota, tiny_experiment, tmp_path):
+    """Stopped at --max-iters, by Ctrl-C, or killed after a periodic save: resuming ends where one run does."""
+    import os
+    import signal
+    from dataclasses import replace
+
+    from hbdnet.training.trainer import TrainingInterrupted
+
+    cfg = _augmented(tiny_experiment())
+    stop = 8  # 6 iterations per epoch: the resumed runs restart inside epoch 1 and cross into epoch 2
+    straight = tmp_path / "straight"
+    train(cfg, tiny_dota, straight, stages=["local"], max_iters=stop, progress=False)
+    reference = _stage_state(straight / "local" / "latest.pth")
+    assert reference[0]["iteration"] == stop and reference[0]["epoch"] == 1 and reference[0]["batch"] == 2
+
+    # 1. --max-iters, then the same command without a smaller limit
+    work = tmp_path / "maxiters"
+    train(cfg, tiny_dota, work, stages=["local"], max_iters=3, progress=False)
+    assert read_checkpoint(work / "local" / "latest.pth")["training"]["iteration"] == 3
+    assert not (work / "local" / "final.pth").exists()
+    train(cfg, tiny_dota, work, stages=["local"], max_iters=stop, progress=False)
+    _assert_same_state(_stage_state(work / "local" / "latest.pth"), reference)
+
+    # 2. Ctrl-C: the iteration finishes, latest.pth is written, TrainingInterrupted is raised
+    work = tmp_path / "ctrlc"
+
+    def press_ctrl_c(trainer, iteration):
+        if iteration == 4:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.raises(TrainingInterrupted) as info:
+        train(cfg, tiny_dota, work, stages=["local"], progress=False, on_iteration=press_ctrl_c)
+    assert info.value.iteration == 4
+    assert read_checkpoint(work / "local" / "latest.pth")["training"]["iteration"] == 4
+    train(cfg, tiny_dota, work, stages=["local"], max_iters=stop, progress=False)
+    _assert_same_state(_stage_state(work / "local" / "latest.pth"), reference)
+
+    # 3. killed: only the periodic checkpoint (every 2 iterations) is there
+    work = tmp_path / "killed"
+    periodic = replace(cfg, train=replace(cfg.train, checkpoint_every=2))
+
+    def crash(trainer, iteration):
+        if iteration == 5:
+            raise RuntimeError("power cut")
+
+    with pytest.raises(RuntimeError, match="power cut"):
+        train(periodic, tiny_dota, work, stages=["local"], progress=False, on_iteration=crash)
+    assert read_checkpoint(work / "local" / "latest.pth")["training"]["iteration"] == 4
+    train(periodic, tiny_dota, work, stages=["local"], max_iters=stop, progress=False)
+    _assert_same_state(_stage_state(work / "local" / "latest.pth"), reference)
+
+
+def test_coarse_stage_starts_from_the_local_detector(tiny_dota, tiny_experiment, tmp_path):
+    """With a zero learning rate the coarse stage's end is its start: the local detector's weights."""
+    from dataclasses import replace
+
     cfg = tiny_experiment()
+    cfg = replace(cfg, stages=[cfg.stages[0], replace(cfg.stages[1], lr=0.0)])
     work = tmp_path / "run"
-    train(cfg, tiny_dota, work, stages=["local"], max_iters=1, progress=False)
-    latest = read_checkpoint(work / "local" / "latest.pth")
-    assert latest["training"]["iteration"] == 1
-    (work / "local" / "final.pth").unlink()  # as if the run had been killed before the stage finished
-    train(cfg, tiny_dota, work, stages=["local"], progress=False)
-    state = read_checkpoint(work / "local" / "latest.pth")["training"]
-    assert state["epoch"] == 2 and state["iteration"] > 1
+    model, _ = load_model(train(cfg, tiny_dota, work, progress=False))
+    local = model.local_detector.state_dict()
+    coarse = model.global_detectors[0].state_dict()
+    assert local.keys() == coarse.keys()
+    for k in local:
+        assert torch.equal(local[k], coarse[k]), k
+    # ... and the local detector is the one the local stage trained
+    final = read_checkpoint(work / "local" / "final.pth")["state_dict"]
+    for k, v in local.items():
+        assert torch.equal(final[f"local_detector.{k}"], v), k
+
+
+def test_warmup_scales_with_the_stage():
+    from hbdnet.training.config import OptimConfig
+    from hbdnet.training.trainer import warmup_length
+
+    optim = OptimConfig()  # the authors' 500 iterations at most, 5 % of the stage at most
+    assert warmup_length(optim, 24 * 19) == 23  # 30 NWPU images: a warm-up well inside the stage
+    assert warmup_length(optim, 24 * 45_000) == 500  # GLH-Bridge: the authors' warm-up
+    assert warmup_length(OptimConfig(warmup_fraction=0.0), 1000) == 0
+
+
+def test_train_and_eval_through_the_cli(tiny_dota, tiny_experiment, tmp_path, capsys):
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(yaml.safe_dump(to_dict(tiny_experiment())))
+    work = tmp_path / "run"
+    argv = ["train", "--config", str(cfg), "--data", str(tiny_dota), "--work-dir", str(work), "--no-progress"]
+    assert main([*argv, "--max-iters", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "stopped at iteration 2/12" in out and "s/it" in out
+    assert read_checkpoint(work / "local" / "latest.pth")["training"]["iteration"] == 2
+    assert main(argv) == 0  # resumes and finishes both stages
+    out = capsys.readouterr().out
+    assert "resumed from" in out and "iteration 2/12" in out
+    assert read_checkpoint(work / "model.pth")["meta"]["complete"] is True
+    assert main(["eval", "--model", str(work / "model.pth"), "--data", str(tiny_dota),
+                 "--output", str(tmp_path / "m.json")]) == 0
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    assert {"AP50", "AP75", "mAP"} <= set(metrics)
+    assert "AP50:" in capsys.readouterr().out
 
 
 def test_iff_per_level_training(tiny_dota, tiny_experiment, tmp_path):
