@@ -44,9 +44,19 @@ def level_size(side: int, scale: int) -> int:
     return max(1, math.floor(side / scale))
 
 
+def validate_window(window: int, overlap: int) -> None:
+    """``ValueError`` (one line) unless ``window >= 1`` and ``0 <= overlap < window``."""
+    if window < 1:
+        raise ValueError(f"window must be 1 px or more, got {window}")
+    if not 0 <= overlap < window:
+        raise ValueError(f"overlap must be in [0, window), got {overlap} for window {window}")
+
+
 def pyramid_levels(height: int, width: int, max_side: int = 1024) -> list[PyramidLevel]:
     if height < 1 or width < 1:
         raise ValueError(f"scene size must be positive, got {height} x {width}")
+    if max_side < 1:  # the levels would never get small enough
+        raise ValueError(f"max_side must be 1 px or more, got {max_side}")
     levels = [PyramidLevel(0, 1, height, width)]
     while max(levels[-1].height, levels[-1].width) > max_side:
         k = levels[-1].index + 1
@@ -57,6 +67,7 @@ def pyramid_levels(height: int, width: int, max_side: int = 1024) -> list[Pyrami
 
 def window_starts(side: int, window: int = 1024, overlap: int = 200) -> list[int]:
     """Start offsets on one axis: step ``window - overlap``, the last one clamped to end at ``side``."""
+    validate_window(window, overlap)
     if side <= window:
         return [0]
     step = window - overlap
@@ -77,8 +88,7 @@ def plan_pyramid(
     ``max_side`` (default: the window size) is where the pyramid stops: the top level fits one window.
     ``levels`` restricts the plan to those level indices (e.g. ``[0]`` for plain sliding windows).
     """
-    if not 0 <= overlap < window:
-        raise ValueError(f"overlap must be in [0, window), got {overlap} for window {window}")
+    validate_window(window, overlap)
     plan: list[PlanWindow] = []
     for lv in pyramid_levels(height, width, window if max_side is None else max_side):
         if levels is not None and lv.index not in levels:

@@ -16,7 +16,9 @@ import sys
 from pathlib import Path
 
 from hbdnet.commands import CliError
-from serving.cli.detect import add_run_arguments, max_pixels, pool_config, resolve_model, show_progress
+from hbdnet.commands.plan import one_line_errors
+from serving.cli.detect import (add_run_arguments, check_device, max_pixels, pool_config, resolve_model,
+                               show_progress)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -37,6 +39,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="run again the scenes that failed in an earlier run (default: keep their failure)")
     add_run_arguments(p)
     p.set_defaults(run=run)
+    one_line_errors(p)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -45,6 +48,7 @@ def run(args: argparse.Namespace) -> int:
     from serving.batch.runner import BatchError, DetectOptions, run_batch
     from serving.batch.inputs import InputError, expand_inputs
 
+    check_device(args.device, args.ray_address)  # before any work
     try:
         scenes = expand_inputs(args.inputs)
     except InputError as exc:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from hbdnet.commands import CliError
+from hbdnet.commands.plan import one_line_errors
 from serving.engine.detectors import DetectorSpec
 from serving.batch.inputs import scene_stem
 
@@ -57,6 +58,43 @@ def resolve_device(device: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def check_device(device: str, ray_address: str | None = None) -> None:
+    """``CliError`` (code 2) for ``cuda`` / ``cuda:N`` on a machine whose GPUs do not include it,
+    before any work. Not checked when joining a Ray cluster: its GPUs are not this machine's."""
+    if not device.startswith("cuda") or ray_address:
+        return
+    import torch
+
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    index = int(device.partition(":")[2] or 0)
+    if count == 0:
+        raise CliError(f"--device {device}: this machine has no CUDA GPU that PyTorch can use "
+                       "(use --device cpu or auto)")
+    if index >= count:
+        raise CliError(f"--device {device}: this machine has {count} CUDA GPU(s), cuda:0 to cuda:{count - 1}")
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def checkpoint_error_line(exc: BaseException) -> str:
+    """A ``CheckpointError`` as one line: torch's many-line reasons (weights-only unpickling, a
+    corrupt zip) cut to what a user can act on."""
+    text = _ANSI.sub("", str(exc)).strip()
+    cause = exc.__cause__
+    if cause is None or ("\n" not in text and len(text) <= 200):
+        return text.splitlines()[0] if text else type(exc).__name__
+    detail = _ANSI.sub("", str(cause))
+    unsafe = re.search(r"Unsupported global: GLOBAL (\S+)", detail)
+    if unsafe:
+        reason = f"it holds a Python object ({unsafe.group(1)}) that is not loaded, for safety"
+    else:
+        first = detail.strip().splitlines()[0] if detail.strip() else ""
+        reason = first.split(". ", 1)[0].rstrip(".") or type(cause).__name__
+    head = text.split(" (", 1)[0] if " is not a readable PyTorch checkpoint" in text else text.splitlines()[0]
+    return f"{head} ({type(cause).__name__}: {reason})"
+
+
 def resolve_model(arg: str | None, device: str = "auto"):
     """The ``ModelRef`` that ``--model ARG`` names, checked to be an hbdnet checkpoint.
 
@@ -87,7 +125,7 @@ def resolve_model(arg: str | None, device: str = "auto"):
     try:
         return model_ref(spec, name=name)
     except CheckpointError as exc:
-        raise CliError(str(exc)) from exc
+        raise CliError(checkpoint_error_line(exc)) from exc
 
 
 def parse_bands(text: str) -> tuple[int, ...]:
@@ -106,15 +144,23 @@ def _device(text: str) -> str:
     return text
 
 
+def whole_number(text: str, what: str) -> int:
+    """``int(text)``, or an argparse error that names ``what`` (argparse would name the function)."""
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{what} must be a whole number, got {text!r}") from None
+
+
 def _workers(text: str) -> int:
-    n = int(text)
+    n = whole_number(text, "workers")
     if n < 0:
-        raise argparse.ArgumentTypeError("workers must be 0 (in this process) or more")
+        raise argparse.ArgumentTypeError(f"workers must be 0 (in this process) or more, got {n}")
     return n
 
 
 def _read_threads(text: str) -> int:
-    n = int(text)
+    n = whole_number(text, "read threads")
     if n < 1:
         raise argparse.ArgumentTypeError(f"read threads must be 1 or more, got {n}")
     return n
@@ -136,17 +182,17 @@ def pool_config(args: argparse.Namespace) -> PoolConfig:
 
 
 def _max_pixels(text: str) -> int:
-    try:
-        n = int(text.replace("_", "").replace(",", ""))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"max pixels must be a whole number, got {text!r}") from None
+    n = whole_number(text.replace("_", "").replace(",", ""), "max pixels")
     if n < 1:
         raise argparse.ArgumentTypeError(f"max pixels must be 1 or more, got {text}")
     return n
 
 
 def _score(text: str) -> float:
-    x = float(text)
+    try:
+        x = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"score threshold must be a number in [0, 1], got {text!r}") from None
     if not 0.0 <= x <= 1.0:
         raise argparse.ArgumentTypeError(f"score threshold must be in [0, 1], got {text}")
     return x
@@ -194,6 +240,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="output file, .gpkg, .geojson or .fgb (default: ./<scene stem>_bridges.gpkg)")
     add_run_arguments(p)
     p.set_defaults(run=run)
+    one_line_errors(p)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -203,6 +250,7 @@ def run(args: argparse.Namespace) -> int:
     from serving.outputs.geo_output import OutputError, check_output_path
     from serving.engine.scene import SceneError
 
+    check_device(args.device, args.ray_address)  # before any work
     output = Path(args.output) if args.output else Path.cwd() / f"{scene_stem(args.scene)}_bridges.gpkg"
     try:
         check_output_path(output)  # before loading a model or reading a pixel

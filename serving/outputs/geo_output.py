@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import tempfile
 import uuid
 import warnings
 from collections.abc import Sequence
@@ -168,7 +169,9 @@ def write_detections(
         if write_style:
             path.with_suffix(".qml").write_text(qml, encoding="utf-8")
     except (OSError, *_GDAL_ERRORS) as exc:
-        raise OutputError(f"cannot write {path}: {_one_line(exc)}") from exc
+        # GDAL names the file it was writing: the temporary one, which the user never asked for.
+        reason = _one_line(exc).replace(str(tmp), str(path)).replace(tmp.name, path.name)
+        raise OutputError(f"cannot write {path}: {reason}") from exc
     finally:
         tmp.unlink(missing_ok=True)
     return path
@@ -181,17 +184,34 @@ def _one_line(exc: BaseException) -> str:
 
 def check_output_path(path: Path) -> None:
     """Refuse early, with a plain reason, what would otherwise fail deep inside GDAL: an unknown
-    extension, a missing or read-only folder, a folder in the file's place."""
+    extension, a missing or read-only folder, a file where the folder should be, a folder in the
+    file's place. Writability is tried (a file created and removed in the folder), not inferred from
+    permission bits, which say nothing for root, read-only mounts or ACLs."""
+    path = Path(path)
     if path.suffix.lower() not in SUPPORTED_SUFFIXES:
         raise OutputError(f"cannot write {path}: unknown output format {path.suffix or '(no extension)'!r}; "
                           f"use one of {', '.join(SUPPORTED_SUFFIXES)}")
     parent = path.parent
-    if not parent.is_dir():  # missing, or a file where the folder should be
+    if not parent.is_dir():
+        if parent.exists() or any(p.exists() and not p.is_dir() for p in parent.parents):
+            raise OutputError(f"cannot write {path}: {_first_file(parent)} is a file, not a folder")
         raise OutputError(f"cannot write {path}: folder {parent} does not exist")
     if path.is_dir():
         raise OutputError(f"cannot write {path}: it is a folder")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise OutputError(f"cannot write {path}: folder {parent} is not writable")
+    try:
+        probe = tempfile.NamedTemporaryFile(dir=parent, prefix=".hbdnet-write-test-")
+    except OSError as exc:
+        raise OutputError(f"cannot write {path}: folder {parent} is not writable "
+                          f"({exc.strerror or type(exc).__name__})") from exc
+    probe.close()
+
+
+def _first_file(folder: Path) -> Path:
+    """The first component of ``folder`` that exists and is not a folder."""
+    for p in reversed([folder, *folder.parents]):
+        if p.exists() and not p.is_dir():
+            return p
+    return folder
 
 
 def _validate(boxes, scores, labels, levels, num_classes: int) -> Detections:

@@ -189,7 +189,7 @@ def test_scene_and_output_errors(tmp_path, tiny_checkpoint, capsys):
         ([str(complex_tif)], 1, "no usable image band"),
         ([ok_tif, "--bands", "1,2,9"], 1, "out of range"),
         ([ok_tif, "-o", str(tmp_path / "nofolder" / "o.gpkg")], 2, "does not exist"),
-        ([ok_tif, "-o", str(a_file / "o.gpkg")], 2, "does not exist"),
+        ([ok_tif, "-o", str(a_file / "o.gpkg")], 2, "is a file, not a folder"),
         ([ok_tif, "-o", str(tmp_path / "o.shp")], 2, "unknown output format '.shp'"),
         ([ok_tif, "-o", str(tmp_path)], 2, "unknown output format"),
         ([str(write_tif(tmp_path / "nocrs.tif", None)), "-o", str(tmp_path / "o.geojson")], 2, "no CRS"),

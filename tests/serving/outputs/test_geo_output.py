@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sqlite3
 import warnings
 import xml.etree.ElementTree as ET
@@ -12,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pyogrio
+import pyogrio.errors
 import pyogrio.raw
 import pyproj
 import pytest
@@ -491,16 +491,29 @@ def test_unwritable_paths(tmp_path, case):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file.txt", "folder.gpkg"]
 
 
-@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root writes to read-only folders")
-def test_read_only_folder(tmp_path):
-    folder = tmp_path / "ro"
-    folder.mkdir()
-    folder.chmod(0o555)
-    try:
-        with pytest.raises(OutputError, match="not writable"):
-            write(folder / "b.fgb", [[100, 50, 40, 10, 0.0]], transform=utm_transform(0, 0), crs=UTM31)
-    finally:
-        folder.chmod(0o755)
+def test_unwritable_folder_whoever_runs_it(tmp_path):
+    # Independent of the user (CI runs as root, who writes through permission bits): a "folder" that
+    # is a regular file, and, on Linux, /proc, where nobody can create a file.
+    a_file = tmp_path / "file.txt"
+    a_file.write_text("x")
+    with pytest.raises(OutputError, match=r"file\.txt is a file, not a folder") as info:
+        write(a_file / "sub" / "b.fgb", [[100, 50, 40, 10, 0.0]], transform=utm_transform(0, 0), crs=UTM31)
+    assert "\n" not in str(info.value) and ".partial" not in str(info.value)
+    if Path("/proc/self").is_dir():
+        with pytest.raises(OutputError, match="folder /proc is not writable") as info:
+            write(Path("/proc/hbdnet_b.fgb"), [[100, 50, 40, 10, 0.0]], transform=utm_transform(0, 0), crs=UTM31)
+        assert "\n" not in str(info.value) and ".partial" not in str(info.value)
+
+
+def test_a_failed_write_names_the_output_not_the_temporary_file(tmp_path, monkeypatch):
+    def fail(path, *args, **kwargs):
+        raise pyogrio.errors.DataSourceError(f"{path}: No space left on device")
+
+    monkeypatch.setattr(pyogrio.raw, "write", fail)
+    with pytest.raises(OutputError) as info:
+        write(tmp_path / "b.gpkg", [[100, 50, 40, 10, 0.0]], transform=utm_transform(0, 0), crs=UTM31)
+    assert str(info.value) == f"cannot write {tmp_path / 'b.gpkg'}: {tmp_path / 'b.gpkg'}: No space left on device"
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_inconsistent_arrays_are_rejected(tmp_path):
