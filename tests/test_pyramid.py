@@ -96,3 +96,18 @@ def test_context_crops_centre_clamp_and_footprint():
     small = context_crops(PlanWindow(0, 1, 976, 0, 1024, 1024), 1500, 2000, count=1)[0]
     assert small.window == PlanWindow(1, 2, 0, 0, 1000, 750)
     assert small.rel_box == (976 / 2 / 1024, 0.0, 2000 / 2 / 1024, 0.5)
+
+
+def test_window_and_overlap_are_validated_everywhere():
+    from hbdnet.pyramid import pyramid_levels, validate_window, window_starts
+
+    for window, overlap in [(0, 0), (-5, 0), (512, 512), (512, -1), (512, 600)]:
+        with pytest.raises(ValueError, match="window|overlap"):
+            validate_window(window, overlap)
+        with pytest.raises(ValueError):
+            window_starts(4096, window, overlap)  # no ZeroDivisionError, no empty or endless list
+        with pytest.raises(ValueError):
+            plan_pyramid(4096, 4096, window=window, overlap=overlap)
+    with pytest.raises(ValueError, match="max_side"):
+        pyramid_levels(4096, 4096, max_side=0)  # would never stop halving
+    assert window_starts(4096, 1, 0)[-1] == 4095
