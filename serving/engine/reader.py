@@ -313,6 +313,22 @@ def plan_scene(info: SceneInfo, *, bands: Sequence[int] | None = None, window: i
     return ScenePlan(spec, plan, items, skipped, notices)
 
 
+def window_image(spec: ReadSpec, data: np.ndarray, valid: np.ndarray | None) -> np.ndarray:
+    """A window's pixels (C, h, w) in the file's dtype, and its validity (h, w) or None, as the uint8
+    (3, h, w) RGB the detector gets: stretched, bands arranged, invalid pixels 0 in every channel."""
+    if spec.stretch is not None:
+        img = spec.stretch.apply(data)
+    elif data.dtype == np.uint8:
+        img = data
+    else:  # uint8 scene, resampled level in floating point
+        img = np.rint(np.clip(data, 0, 255)).astype(np.uint8)
+    if spec.rgb != (0, 1, 2):
+        img = img[list(spec.rgb)]
+    if valid is not None:
+        img = np.where(valid[None], img, np.uint8(0))
+    return np.ascontiguousarray(img)
+
+
 class WindowReader:
     """Reads windows of one scene as uint8 RGB; keeps the dataset open between reads.
 
@@ -342,17 +358,7 @@ class WindowReader:
         data = read_pyramid_window(self._ds, window, bands=spec.read_bands, resampling=spec.resampling,
                                    max_chunk_bytes=self.max_chunk_bytes)
         valid = self._window_mask(window) if needs_mask else None
-        if spec.stretch is not None:
-            img = spec.stretch.apply(data)
-        elif data.dtype == np.uint8:
-            img = data
-        else:  # uint8 scene, resampled level in floating point
-            img = np.rint(np.clip(data, 0, 255)).astype(np.uint8)
-        if spec.rgb != (0, 1, 2):
-            img = img[list(spec.rgb)]
-        if valid is not None:
-            img = np.where(valid[None], img, np.uint8(0))
-        return np.ascontiguousarray(img)
+        return window_image(spec, data, valid)
 
     def _window_mask(self, window: PlanWindow) -> np.ndarray:
         """Boolean (h, w) validity of the window's pixels at its level.
