@@ -1,7 +1,8 @@
 """The large-scene engine: open, plan, stream windows through the workers, merge.
 
 ``detect_scene`` is the whole path of design.md in one call: ``prepare_scene`` (open, plan), the
-pool's run, ``finish_scene`` (merge); a batch calls the two halves itself around the pool's
+pool's run, ``finish_scene`` (merge, then boxes kept to the scene's valid pixels:
+``serving.engine.valid_area``); a batch calls the two halves itself around the pool's
 ``run_many``. It is a composition of the modules that do the work: ``serving.engine.scene`` (what the
 raster is), ``serving.engine.reader`` (the plan and the reads), ``serving.engine.workers`` (where the detector
 runs) and ``serving.merge.methods`` (window boxes to scene boxes).
@@ -22,6 +23,7 @@ from serving.engine.detectors import DetectorSpec
 from serving.merge.methods import MergeConfig, merge
 from serving.engine.reader import PyramidResampling, ScenePlan, plan_scene, select_bands
 from serving.engine.scene import DEFAULT_MAX_PIXELS, SceneInfo, check_scene_size, open_scene
+from serving.engine.valid_area import keep_on_valid_pixels
 from serving.engine.window_detections import WindowDetections
 from serving.engine.workers import InProcessPool, PoolConfig, PoolRun, Progress, RayPool, make_pool
 
@@ -46,6 +48,8 @@ class SceneResult:
     windows: int = 0  # windows in the plan
     skipped: int = 0  # windows left out because they hold no valid pixel
     resubmitted: int = 0  # tasks re-run after a worker died
+    dropped: int = 0  # merged boxes dropped: centre outside the scene or on an invalid pixel
+    clipped: int = 0  # merged boxes cut to the scene where they overhung it
     window_detections: list[WindowDetections] = field(default_factory=list)
 
 
@@ -99,24 +103,29 @@ def plan_beside_workers(plan: Callable[[], PreparedScene], start: Callable[[], P
 
 
 def finish_scene(prepared: PreparedScene, run: PoolRun, merge_config: MergeConfig | None = None) -> SceneResult:
-    """Merge the pool's window detections of ``prepared`` into scene boxes."""
+    """Merge the pool's window detections of ``prepared`` into scene boxes, then keep them to the
+    scene's valid pixels: boxes centred outside the scene (a padded window) or on nodata are dropped,
+    boxes that overhang the scene are clipped to it (``serving.engine.valid_area``)."""
     timings = dict(prepared.timings)
     t = time.perf_counter()
     merged = merge(run.detections, merge_config if merge_config is not None else MergeConfig())
+    kept = keep_on_valid_pixels(merged.boxes, prepared.info, prepared.plan.spec, prepared.plan.coverage)
     timings["merge"] = time.perf_counter() - t
     timings["read"] = run.read_s
     timings["detect"] = run.detect_s
     timings["total"] = time.perf_counter() - prepared.t_start
     return SceneResult(
-        boxes=merged.boxes,
-        scores=merged.scores,
-        labels=merged.labels,
-        levels=merged.levels,
+        boxes=kept.boxes,
+        scores=merged.scores[kept.keep],
+        labels=merged.labels[kept.keep],
+        levels=merged.levels[kept.keep],
         scene=prepared.info,
         timings=timings,
         windows=len(prepared.plan.plan),
         skipped=len(prepared.plan.skipped),
         resubmitted=run.resubmitted,
+        dropped=int((~kept.keep).sum()),
+        clipped=kept.clipped,
         window_detections=run.detections,
     )
 

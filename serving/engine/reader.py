@@ -10,13 +10,17 @@ The scene is never held in memory. What is computed once per scene (``prepare_re
   column of the full resolution, at most 1024 x 1024 samples, read strip by strip), go to 0 and 255;
   values outside are clipped and NaN becomes 0. The same map is used at every window and level, so a
   bridge looks the same wherever it is cut.
-* **Coverage** (``CoverageMap``). For scenes with a nodata value, an alpha band or a mask band, one
-  streaming pass over the validity mask records, per cell of a coarse grid, whether any and whether
-  all of its pixels are valid. A window whose footprint has no valid cell is skipped without a read;
-  a window whose cells are all fully valid is read without a mask; the others read the exact mask
-  at the window, and their invalid pixels are set to 0 in all three channels. A pixel is valid when
-  any selected band is valid there (rasterio's dataset-mask rule: nodata is per band, and RGB (0, 5, 3)
-  with nodata 0 is a valid pixel).
+* **Coverage** (``CoverageMap``). For scenes with a nodata value, an alpha band, a mask band or a
+  floating-point band, one streaming pass over the validity mask records, per cell of a coarse grid,
+  whether any and whether all of its pixels are valid. A window whose footprint has no valid cell is
+  skipped without a read; a window whose cells are all fully valid is read without a mask; the others
+  read the exact mask at the window, and their invalid pixels are set to 0 in all three channels. A
+  pixel is valid when any selected band is valid there (rasterio's dataset-mask rule: nodata is per
+  band, and RGB (0, 5, 3) with nodata 0 is a valid pixel). **NaN and infinities are nodata** in every
+  floating-point band, declared or not: a band value that is not finite is invalid, like a nodata
+  value (GDAL's mask knows only a declared NaN nodata). A scene with no valid pixel is planned with no
+  window and a notice (``EmptySceneWarning``); windows without a valid pixel are noted too
+  (``EmptyWindowsWarning``).
 * **GDAL block cache.** While a ``WindowReader`` is open, the process's GDAL cache is held at one row
   of windows' blocks (``cache_mb_for``; ``serving.engine.gdal_cache``): large enough that blocks shared by
   neighbouring windows, and by consecutive rows of windows, are decoded once; small enough that
@@ -60,6 +64,19 @@ class StripedSceneWarning(UserWarning):
     """The scene is stored in strips: reading works but is slower than from a tiled GeoTIFF / COG."""
 
 
+class EmptySceneWarning(UserWarning):
+    """The scene has no valid pixel (all nodata, masked or NaN): no window is run, nothing is found."""
+
+
+class EmptyWindowsWarning(UserWarning):
+    """Some windows of the scene have no valid pixel and are not run."""
+
+
+def has_float_bands(info: SceneInfo, bands: Sequence[int]) -> bool:
+    """Whether any of ``bands`` is floating point, so that NaN and infinities may mark nodata."""
+    return any(np.dtype(info.dtypes[b - 1]).kind == "f" for b in bands)
+
+
 @dataclass(frozen=True)
 class Stretch:
     """Per-band linear map to 0-255: ``clip((x - low) * 255 / (high - low), 0, 255)``, NaN to 0.
@@ -93,6 +110,7 @@ class ReadSpec:
     stretch: Stretch | None
     resampling: PyramidResampling = "exact"
     cache_mb: int = 64  # GDAL block cache held while the scene is read (``cache_mb_for``)
+    finite_only: bool = False  # floating-point bands: a pixel with no finite selected band is invalid
 
 
 class Coverage(enum.Enum):
@@ -146,6 +164,7 @@ class ScenePlan:
     items: list[ReadItem]
     skipped: list[int] = field(default_factory=list)
     warnings: tuple[Warning, ...] = ()
+    coverage: CoverageMap | None = None  # None: every pixel of the scene is valid
 
 
 def select_bands(info: SceneInfo, bands: Sequence[int] | None = None) -> tuple[int, int, int]:
@@ -194,12 +213,39 @@ def cache_mb_for(info: SceneInfo, read_bands: Sequence[int], window: int) -> int
 
 
 def _valid_mask(ds: rasterio.io.DatasetReader, bands: Sequence[int], window: Window | None = None,
-                out_shape: tuple[int, int] | None = None) -> np.ndarray:
-    """Boolean (h, w): valid where any of ``bands`` is valid (nearest sampling when decimated)."""
+                out_shape: tuple[int, int] | None = None, data: np.ndarray | None = None) -> np.ndarray:
+    """Boolean (h, w): valid where any of ``bands`` is valid (nearest sampling when decimated).
+
+    ``data``: the bands' values at the same pixels, for floating-point bands; a band is then valid
+    where GDAL's mask says so and its value is finite."""
     kwargs = {}
     if out_shape is not None:
         kwargs = {"out_shape": (len(bands), *out_shape), "resampling": Resampling.nearest}
-    return ds.read_masks(list(bands), window=window, **kwargs).any(axis=0)
+    masks = ds.read_masks(list(bands), window=window, **kwargs) != 0
+    if data is not None and data.dtype.kind == "f":
+        masks &= np.isfinite(data)
+    return masks.any(axis=0)
+
+
+def valid_at(info: SceneInfo, spec: ReadSpec, coverage: CoverageMap | None, cols: np.ndarray,
+             rows: np.ndarray) -> np.ndarray:
+    """Boolean (N,): whether scene pixels (``cols``, ``rows``), inside the scene, are valid.
+
+    The coverage grid answers for cells that are all valid or all invalid; the pixels in mixed cells
+    are read one by one (the mask, and the values of floating-point bands)."""
+    if coverage is None or not len(cols):
+        return np.ones(len(cols), dtype=bool)
+    r, c = rows // coverage.cell, cols // coverage.cell
+    valid = coverage.all_valid[r, c].copy()
+    unsure = np.flatnonzero(coverage.any_valid[r, c] & ~valid)
+    if unsure.size:
+        bands = list(spec.read_bands)
+        with CacheHold(spec.cache_mb * 2**20), rasterio.open(info.uri) as ds:
+            for i in unsure:
+                window = Window(int(cols[i]), int(rows[i]), 1, 1)
+                data = ds.read(bands, window=window) if spec.finite_only else None
+                valid[i] = bool(_valid_mask(ds, bands, window=window, data=data)[0, 0])
+    return valid
 
 
 def _stretch_from_samples(samples: np.ndarray, valid: np.ndarray, percentiles: tuple[float, float]) -> Stretch:
@@ -216,7 +262,7 @@ def _stretch_from_samples(samples: np.ndarray, valid: np.ndarray, percentiles: t
 
 def scan_scene(ds: rasterio.io.DatasetReader, read_bands: Sequence[int], *, stretch: bool, masked: bool,
                percentiles: tuple[float, float] = (2.0, 98.0), max_side: int = 1024, max_cells: int = 1024,
-               strip_bytes: int = 32 * 2**20) -> tuple[Stretch | None, CoverageMap | None]:
+               strip_bytes: int = 32 * 2**20, finite_only: bool = False) -> tuple[Stretch | None, CoverageMap | None]:
     """What ``prepare_read`` needs from the pixels, in at most one pass over the scene.
 
     * Stretch: percentiles of a regular sample of every ``f``-th row and column (``f`` chosen so that
@@ -225,7 +271,8 @@ def scan_scene(ds: rasterio.io.DatasetReader, read_bands: Sequence[int], *, stre
       (measured at 8192 px uint16: 3.2 s, against 0.5 s for all 16 strips), and with overviews the
       values are averages, whose spread is narrower than the pixels' (on a noisy test scene the 2nd
       percentile came out at 1085 instead of 174).
-    * Coverage (masked scenes): the validity mask read strip by strip and reduced to cells.
+    * Coverage (masked scenes): the validity mask read strip by strip and reduced to cells; with
+      ``finite_only`` (floating-point bands) the values are read too and a non-finite one is invalid.
     Strips are a whole number of cells high and at most ``strip_bytes``.
     """
     h, w = ds.height, ds.width
@@ -236,7 +283,7 @@ def scan_scene(ds: rasterio.io.DatasetReader, read_bands: Sequence[int], *, stre
     any_valid = np.zeros((gh, gw), dtype=bool) if masked else None
     all_valid = np.zeros((gh, gw), dtype=bool) if masked else None
     itemsize = max(np.dtype(ds.dtypes[b - 1]).itemsize for b in bands)
-    pixel_bytes = len(bands) * ((itemsize if stretch else 0) + (1 if masked else 0))
+    pixel_bytes = len(bands) * ((itemsize if stretch or finite_only else 0) + (1 if masked else 0))
     bh = ds.block_shapes[bands[0] - 1][0]
     rows_by_bytes = max(cell, strip_bytes // max(1, w * pixel_bytes))
     strip = max(cell, (min(max(bh, cell), rows_by_bytes) // cell) * cell)
@@ -245,7 +292,9 @@ def scan_scene(ds: rasterio.io.DatasetReader, read_bands: Sequence[int], *, stre
     for r0 in range(0, h, strip):
         rows = min(strip, h - r0)
         window = Window(0, r0, w, rows)
-        valid = _valid_mask(ds, bands, window=window) if masked else None
+        first = (-r0) % f  # first strip row whose scene row is a multiple of f
+        data = ds.read(bands, window=window) if (masked and finite_only) or (stretch and first < rows) else None
+        valid = _valid_mask(ds, bands, window=window, data=data if finite_only else None) if masked else None
         if masked:
             pad_h, pad_w = math.ceil(rows / cell) * cell - rows, gw * cell - w
             g0, g1 = r0 // cell, r0 // cell + math.ceil(rows / cell)
@@ -255,9 +304,7 @@ def scan_scene(ds: rasterio.io.DatasetReader, read_bands: Sequence[int], *, stre
             any_valid[g0:g1] = v_any.reshape(g1 - g0, cell, gw, cell).any(axis=(1, 3))
             all_valid[g0:g1] = v_all.reshape(g1 - g0, cell, gw, cell).all(axis=(1, 3))
         if stretch:
-            first = (-r0) % f  # first strip row whose scene row is a multiple of f
             if first < rows:
-                data = ds.read(bands, window=window)
                 samples.append(data[:, first::f, ::f].reshape(len(bands), -1))
                 sample_valid.append(valid[first::f, ::f].ravel() if masked
                                     else np.ones(samples[-1].shape[1], bool))
@@ -280,12 +327,14 @@ def prepare_read(info: SceneInfo, *, bands: Sequence[int] | None = None, window:
     rgb = tuple(read_bands.index(b) for b in rgb_bands)
     cache = cache_mb if cache_mb is not None else cache_mb_for(info, read_bands, window)
     needs_stretch = any(info.dtypes[b - 1] != "uint8" for b in read_bands)
+    finite_only = has_float_bands(info, read_bands)
+    masked = info.masked or finite_only
     stretch, coverage = None, None
-    if needs_stretch or info.masked:
+    if needs_stretch or masked:
         with CacheHold(cache * 2**20), rasterio.open(info.uri) as ds:
-            stretch, coverage = scan_scene(ds, read_bands, stretch=needs_stretch, masked=info.masked,
-                                           percentiles=percentiles)
-    spec = ReadSpec(info.uri, read_bands, rgb, stretch, resampling, cache)  # type: ignore[arg-type]
+            stretch, coverage = scan_scene(ds, read_bands, stretch=needs_stretch, masked=masked,
+                                           percentiles=percentiles, finite_only=finite_only)
+    spec = ReadSpec(info.uri, read_bands, rgb, stretch, resampling, cache, finite_only)  # type: ignore[arg-type]
     return spec, coverage
 
 
@@ -304,18 +353,33 @@ def plan_scene(info: SceneInfo, *, bands: Sequence[int] | None = None, window: i
         if state is Coverage.EMPTY:
             skipped.append(i)
         else:
-            items.append(ReadItem(i, win, needs_mask=state is Coverage.PARTIAL))
-    notices: tuple[Warning, ...] = ()
-    if info.striped:
-        notices = (StripedSceneWarning(
-            f"{info.uri} is striped (blocks {info.block_shapes[0]}), not tiled: reading row by row of "
-            "windows; a tiled GeoTIFF / COG reads faster"),)
-    return ScenePlan(spec, plan, items, skipped, notices)
+            # A scene masked by NaN alone has nothing in GDAL's mask: window_image tests the values.
+            items.append(ReadItem(i, win, needs_mask=state is Coverage.PARTIAL and info.masked))
+    notices: list[Warning] = []
+    if not items:
+        notices.append(EmptySceneWarning(
+            f"{info.uri} has no valid pixel (all nodata, masked or NaN): no window to run, no detection"))
+    else:
+        if skipped:
+            notices.append(EmptyWindowsWarning(
+                f"{info.uri}: {len(skipped)} of {len(plan)} windows have no valid pixel (nodata, masked or "
+                "NaN) and are not run"))
+        if info.striped:
+            notices.append(StripedSceneWarning(
+                f"{info.uri} is striped (blocks {info.block_shapes[0]}), not tiled: reading row by row of "
+                "windows; a tiled GeoTIFF / COG reads faster"))
+    return ScenePlan(spec, plan, items, skipped, tuple(notices), coverage)
 
 
 def window_image(spec: ReadSpec, data: np.ndarray, valid: np.ndarray | None) -> np.ndarray:
     """A window's pixels (C, h, w) in the file's dtype, and its validity (h, w) or None, as the uint8
-    (3, h, w) RGB the detector gets: stretched, bands arranged, invalid pixels 0 in every channel."""
+    (3, h, w) RGB the detector gets: stretched, bands arranged, invalid pixels 0 in every channel.
+    With ``spec.finite_only`` a pixel whose selected bands are all NaN or infinite is invalid too (a
+    level pixel over a NaN is NaN, so this holds at every level)."""
+    if spec.finite_only and data.dtype.kind == "f":
+        finite = np.isfinite(data).any(axis=0)
+        if not finite.all():
+            valid = finite if valid is None else valid & finite
     if spec.stretch is not None:
         img = spec.stretch.apply(data)
     elif data.dtype == np.uint8:
