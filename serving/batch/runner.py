@@ -51,7 +51,8 @@ from typing import Any, Literal, TypeVar
 import numpy as np
 
 from serving.engine.detectors import DetectorSpec
-from serving.engine.pipeline import PreparedScene, finish_scene, plan_beside_workers, prepare_scene
+from serving.engine.pipeline import (PreparedScene, RunEstimate, finish_scene, plan_beside_workers, plan_summary,
+                                     prepare_scene)
 from serving.outputs.geo_output import OutputError, check_output_path, write_detections
 from serving.batch.inputs import SceneInput, short_hash
 from serving.merge.methods import MergeConfig
@@ -162,12 +163,15 @@ def detect_to_file(
     pool: InProcessPool | RayPool | None = None,
     pool_config: PoolConfig = PoolConfig(),
     progress: Progress | None = None,
+    on_plan: Callable[[PreparedScene], None] | None = None,
 ) -> SceneOutcome:
     """Detect bridges in one scene and write them to ``output`` (format from its extension).
 
     ``pool`` runs the windows (it stays open); without one, ``pool_config`` describes the workers
-    started for this scene alone. Raises ``SceneError`` (unreadable scene, bad bands) and
-    ``OutputError`` (output cannot be written, GeoJSON of a scene without CRS) with one-line messages.
+    started for this scene alone. ``on_plan(prepared)`` is called once the scene is planned and the
+    workers are up, just before the windows run (the CLI prints the plan there). Raises
+    ``SceneError`` (unreadable scene, bad bands) and ``OutputError`` (output cannot be written,
+    GeoJSON of a scene without CRS) with one-line messages.
     """
     t0 = time.perf_counter()
     output = Path(output)
@@ -184,6 +188,8 @@ def detect_to_file(
         prepared = plan()
     notes = plan_notes(prepared)
     try:
+        if on_plan is not None:
+            on_plan(prepared)
         run = pool.run(prepared.plan.spec, prepared.plan.items, progress)
     finally:
         if own_pool:
@@ -570,8 +576,15 @@ def run_batch(
                         finish(scene, output, t0, exc, None)
                         continue
                     bars.start(key, scene.name)
-                    yield SceneJob(prepared.plan.spec, prepared.plan.items,
-                                   progress=lambda done, total, key=key: bars.windows(key, done, total),
+                    say(f"plan: {scene.name}: {plan_summary(prepared)}")
+                    estimate = RunEstimate(say, label=scene.name)
+                    estimate.start()
+
+                    def progress(done: int, total: int, key: int = key, estimate: RunEstimate = estimate) -> None:
+                        bars.windows(key, done, total)
+                        estimate(done, total)
+
+                    yield SceneJob(prepared.plan.spec, prepared.plan.items, progress=progress,
                                    key=_OpenScene(key, scene, output, t0, prepared, plan_notes(prepared)))
             finally:  # an interrupted run does not wait for a plan nobody will use
                 planner.shutdown(wait=False, cancel_futures=True)

@@ -247,6 +247,7 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from serving.batch.runner import DetectOptions, detect_to_file
+    from serving.engine.pipeline import PreparedScene, RunEstimate, plan_summary
     from serving.outputs.geo_output import OutputError, check_output_path
     from serving.engine.scene import SceneError
 
@@ -260,15 +261,25 @@ def run(args: argparse.Namespace) -> int:
     bar = tqdm(total=0, unit="window", desc=scene_stem(args.scene), disable=not show_progress(args),
                file=sys.stderr, dynamic_ncols=True)
 
+    def say(line: str) -> None:
+        tqdm.write(f"hbdnet detect: {line}", file=sys.stderr)
+
+    estimate = RunEstimate(say)
+
+    def on_plan(prepared: PreparedScene) -> None:
+        say(f"plan: {plan_summary(prepared)}")
+        estimate.start()
+
     def progress(done: int, total: int) -> None:
         bar.total = total
         bar.update(done - bar.n)
+        estimate(done, total)
 
     try:
         outcome = detect_to_file(
             args.scene, output, model,
             DetectOptions(score_thr=args.score_thr, bands=args.bands, max_pixels=max_pixels(args)),
-            pool_config=pool_config(args), progress=progress)
+            pool_config=pool_config(args), progress=progress, on_plan=on_plan)
     except SceneError as exc:
         raise CliError(str(exc), code=1) from exc
     except OutputError as exc:

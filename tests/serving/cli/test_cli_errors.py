@@ -162,3 +162,52 @@ def test_eval_output_is_strict_json(tmp_path, capsys, monkeypatch):
     a_file.write_text("x")
     assert main(["eval", "--model", "m.pth", "--data", str(tmp_path), "--output", str(a_file / "m.json")]) == 2
     assert "is a file, not a folder" in one_line(capsys, "eval")
+
+
+# --- the plan up front and an estimate from the first windows --------------------------------------
+
+def test_run_estimate_from_the_first_windows():
+    from serving.engine.pipeline import RunEstimate
+
+    now = [100.0]
+    said: list[str] = []
+    estimate = RunEstimate(said.append, clock=lambda: now[0], label="s")
+    estimate(1, 10)  # not started: nothing
+    estimate.start()
+    now[0] = 102.0
+    estimate(2, 10)
+    assert said == []
+    now[0] = 103.0
+    estimate(3, 303)
+    estimate(4, 303)
+    assert said == ["estimate: s: about 5 min 00 s left for 300 windows (1.00 s per window from the first 3)"]
+    done = RunEstimate(said.append, clock=lambda: now[0])
+    done.start()
+    done(3, 3)  # nothing left to estimate
+    assert len(said) == 1
+
+
+def test_detect_and_batch_print_the_plan_and_an_estimate(tmp_path, capsys, monkeypatch):
+    from serving.batch.runner import model_ref
+    from serving.cli import batch as batch_cli
+    from serving.cli import detect as detect_cli
+    from serving.engine.detectors import DetectorSpec
+
+    noop = model_ref(DetectorSpec("noop"))
+    monkeypatch.setattr(detect_cli, "resolve_model", lambda arg, device="auto": noop)
+    monkeypatch.setattr(batch_cli, "resolve_model", lambda arg, device="auto": noop)
+    tif = tmp_path / "big.tif"
+    with rasterio.open(tif, "w", driver="GTiff", width=2200, height=1100, count=1, dtype="uint8",
+                       crs="EPSG:32631", transform=Affine(0.5, 0, 500000, 0, -0.5, 5800000), tiled=True,
+                       blockxsize=256, blockysize=256) as ds:
+        ds.write(np.full((1, 1100, 2200), 90, np.uint8))
+    assert main(["detect", str(tif), "-o", str(tmp_path / "o.gpkg"), "--workers", "0", "-q"]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[0] == "hbdnet detect: plan: 2200 x 1100 px, 9 windows to run: level 0 (1/1) 6, level 1 (1/2) 2, " \
+                     "level 2 (1/4) 1"
+    assert len(err) == 2 and err[1].startswith("hbdnet detect: estimate: about ") and "from the first 3" in err[1]
+    assert main(["batch", str(tif), "-o", str(tmp_path / "out"), "--workers", "0", "-q"]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[0] == "hbdnet batch: plan: big: 2200 x 1100 px, 9 windows to run: level 0 (1/1) 6, " \
+                     "level 1 (1/2) 2, level 2 (1/4) 1"
+    assert err[1].startswith("hbdnet batch: estimate: big: about ")
