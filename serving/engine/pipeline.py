@@ -87,7 +87,8 @@ def plan_summary(prepared: PreparedScene) -> str:
     info, plan = prepared.info, prepared.plan
     counts = Counter(item.window.level for item in plan.items)
     levels = ", ".join(f"level {lv} (1/{2**lv}) {n}" for lv, n in sorted(counts.items()))
-    line = f"{info.width} x {info.height} px, {len(plan.items)} windows to run"
+    n = len(plan.items)
+    line = f"{info.width} x {info.height} px, {n} window{'' if n == 1 else 's'} to run"
     if levels:
         line += f": {levels}"
     if plan.skipped:
