@@ -26,7 +26,10 @@ Windows with no box left are skipped (``filter_empty``), as the authors do, exce
 For the IFF training path a level-``L`` window can carry ``with_global_crops = n`` co-located crops
 of levels ``L+1 .. L+n`` (section 4.1), each ``c x c`` (``c`` = the window size), centred on the
 window's footprint, clamped into the level and padded at the bottom/right with ``pad_value`` when
-the level is smaller than ``c``, with ``rel_box`` (the footprint as crop fractions) and the crop's
+the level is smaller than ``c``: the mean colour of the model's normalisation, so that the padding is
+exactly 0 once normalised, the value inference pads with (``HBDNet.forward`` pads the normalised
+crop with zeros). The crops are therefore float32 on the 0-255 scale (the authors padded with the
+uint8 colour (124, 116, 104), a few thousandths off 0 once normalised), with ``rel_box`` (the footprint as crop fractions) and the crop's
 own ground truth (IoF >= ``global_iof_thr``, 0.1 as the authors). Everything stays ``(C, H, W)``.
 
 Images are returned as stored (band order of the file: RGB for PNG/JPEG), uint8, unpadded and
@@ -51,6 +54,7 @@ from torch.utils.data import Dataset
 from hbdnet.boxes.convention import obb_to_hbb, obb_to_poly
 from hbdnet.data.dota import MIN_BOX_SIDE, DotaImage, fit_boxes
 from hbdnet.data.raster import open_image, read_pyramid_window
+from hbdnet.models.transform import PIXEL_MEAN
 from hbdnet.pyramid import PlanWindow, context_crops, plan_pyramid
 
 _EDGE_TOL = 1e-6  # px
@@ -69,7 +73,8 @@ class WindowConfig:
     empty_fraction: float = 0.0  # share of empty windows kept as negatives when filter_empty
     with_global_crops: int = 0  # coarser levels carried per window for IFF (the authors use 2)
     global_iof_thr: float = 0.1
-    pad_value: tuple[int, int, int] = (124, 116, 104)  # RGB of the authors' BGR (104, 116, 124)
+    # RGB 0-255; the normalisation mean, i.e. 0 after normalising (as inference pads)
+    pad_value: tuple[float, float, float] = PIXEL_MEAN
     resampling: Literal["exact", "overview"] = "exact"
     seed: int = 0  # picks the kept empty windows
 
@@ -159,7 +164,7 @@ def window_targets(
 class GlobalCrops:
     """Co-located crops of the ``n`` levels above a window, for inter-layer feature fusion."""
 
-    images: Tensor  # (n, C, c, c) uint8
+    images: Tensor  # (n, C, c, c) float32 0-255 (pixels as read, padding = pad_value)
     rel_boxes: Tensor  # (n, 4) float32: the window footprint (left, top, right, bottom) / c
     targets: list[dict[str, Tensor]]  # per crop: boxes (K, 5) in crop pixels, labels, truncated
     levels: tuple[int, ...]
@@ -290,7 +295,7 @@ class WindowDataset(Dataset):
         for ctx in context_crops(win, info.height, info.width, cfg.with_global_crops, c):
             crop = ctx.window
             pixels = _as_three_bands(read_pyramid_window(ds, crop, info.bands, cfg.resampling))
-            canvas = torch.tensor(cfg.pad_value, dtype=torch.uint8).view(3, 1, 1).repeat(1, c, c)
+            canvas = torch.tensor(cfg.pad_value, dtype=torch.float32).view(3, 1, 1).repeat(1, c, c)
             canvas[:, : crop.height, : crop.width] = pixels
             images.append(canvas)
             rels.append(list(ctx.rel_box))

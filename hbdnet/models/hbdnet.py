@@ -94,6 +94,9 @@ class HBDNet(nn.Module):
                 crop_detector = self.detector_for_level(level + r + 1)
                 crop_batch, crop_sizes = crop_detector.preprocess(crop_images)
                 # Pad to the nominal crop size so that rel_boxes (fractions of it) index the maps.
+                # Zeros after normalising = the mean colour, which is what the training data set
+                # pads its crops with (hbdnet.data.windows.WindowConfig.pad_value): a crop padded
+                # there or here gives the same tensor.
                 size = self.cfg.window
                 crop_batch = F.pad(crop_batch, (0, size - crop_batch.shape[-1], 0, size - crop_batch.shape[-2]))
                 feats = crop_detector.extract_features(crop_batch)
