@@ -1,0 +1,425 @@
+"""Every window of a scene's exact pyramid from one streaming decode.
+
+``hbdnet.data.raster`` defines level ``k`` (scale ``s = 2**k``): level pixel ``(i, j)`` is the mean of
+the four full-resolution pixels at rows ``i*s + s/2 - 1``, ``i*s + s/2`` and columns ``j*s + s/2 - 1``,
+``j*s + s/2``. ``read_pyramid_window`` computes it per window, from decimated reads of the window's
+whole footprint: each coarse level decodes the scene again, and overlapping windows decode their
+overlaps again (6.7 plain decodes for the plan of an 8192 px scene).
+
+``PyramidPass`` decodes the scene once, top to bottom, in strips of full-resolution rows (whole
+blocks high, and a multiple of the coarsest scale high, so that the two rows of every level row are
+in one strip):
+
+* level-0 windows are cut from the strips, which are kept only until the last level-0 window that
+  needs them has been cut;
+* each coarser level's rows are computed from the strip as it passes, with the same arithmetic as
+  ``read_pyramid_window`` (same accumulator, same order of the four terms, same rounding), and
+  appended to that level's ``LevelStore``: an array while the stores fit ``buffer_bytes`` (coarsest
+  levels first), else a temporary file (a 64k scene's levels hold a third of its pixels);
+* a window (and, for a detector with inter-layer fusion, its coarser context crops) is produced as
+  soon as the last row it needs has passed, so the first windows come after one strip, not after a
+  scan of the scene.
+
+The validity mask of a masked scene is carried the same way (a level pixel is valid when its four
+pixels are, as ``WindowReader`` does), so no coverage scan is needed first: a window without a valid
+pixel is not produced (``skipped``), and the others are masked exactly as ``WindowReader`` masks them.
+
+A thread decodes the next strip while the current one is cut and its windows run (GDAL decodes
+without the GIL); the dataset is opened with ``NUM_THREADS`` so GDAL decodes a strip's tiles in
+parallel. Peak memory: two strips, the level-0 windows' rows in flight, the in-memory level stores,
+and the GDAL block cache held at one strip.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import queue
+import tempfile
+import threading
+from collections import deque
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import rasterio
+from rasterio.windows import Window
+
+from hbdnet.pyramid import PlanWindow, context_crops, level_size
+from serving.engine.gdal_cache import CacheHold
+from serving.engine.reader import ReadItem, ReadSpec, _valid_mask, window_image
+
+DEFAULT_BUFFER_BYTES = 128 * 2**20  # level stores held in memory; the rest go to temporary files
+DEFAULT_STRIP_BYTES = 32 * 2**20  # full-resolution bytes decoded at once (at least one block row)
+
+
+@dataclass(frozen=True)
+class PassConfig:
+    """Memory settings of a pass. ``decode_threads``: GDAL's ``NUM_THREADS`` open option ("ALL_CPUS"
+    or a number) for decoding the tiles of a strip in parallel; ``temp_dir``: where level stores that
+    do not fit ``buffer_bytes`` go (default: the system's temporary folder)."""
+
+    buffer_bytes: int = DEFAULT_BUFFER_BYTES
+    strip_bytes: int = DEFAULT_STRIP_BYTES
+    decode_threads: str = "ALL_CPUS"
+    temp_dir: str | None = None
+    read_ahead: bool = True
+
+
+# --- the arithmetic of a level -------------------------------------------------------------------------
+
+def accumulator(dtype: np.dtype) -> type:
+    """The type ``read_pyramid_window`` sums four pixels in: exact for integers, float64 for floats."""
+    if np.issubdtype(dtype, np.integer):
+        return np.int32 if dtype.itemsize <= 2 else np.int64
+    return np.float64
+
+
+def level_rows(strip: np.ndarray, y0: int, s: int, height: int, width: int,
+               phase_order: bool) -> np.ndarray:
+    """The rows of level ``s`` (``height`` x ``width``) whose source rows lie in ``strip``.
+
+    ``strip`` is (C, n, W) full-resolution rows from row ``y0``, a multiple of ``s``. Returns
+    (C, m, width) in the strip's dtype, level rows ``y0 // s`` onwards. ``phase_order``: add the four
+    terms in the order of ``read_pyramid_window``'s phase reads (files without overviews) rather than
+    its strip reads, so that float sums round the same way.
+    """
+    if y0 % s:
+        raise ValueError(f"strip start {y0} is not a multiple of the scale {s}")
+    m = max(0, min(height - y0 // s, len(range(s // 2, strip.shape[1], s))))
+    lo, hi = s // 2 - 1, s // 2
+    r_lo, r_hi = strip[:, lo::s][:, :m], strip[:, hi::s][:, :m]
+    terms = {(r, c): rows[:, :, col::s][:, :, :width]
+             for r, rows in (("lo", r_lo), ("hi", r_hi)) for c, col in (("lo", lo), ("hi", hi))}
+    order = ([("hi", "hi"), ("lo", "hi"), ("hi", "lo"), ("lo", "lo")] if phase_order
+             else [("lo", "lo"), ("lo", "hi"), ("hi", "lo"), ("hi", "hi")])
+    acc = accumulator(strip.dtype)
+    total = terms[order[0]].astype(acc)
+    for key in order[1:]:
+        total += terms[key]
+    if acc is np.float64:
+        return (total / 4).astype(strip.dtype)
+    total += 2
+    total //= 4  # floor(total / 4 + 0.5): round half up, as cv2 and read_pyramid_window
+    return total.astype(strip.dtype)
+
+
+def level_valid(valid: np.ndarray, y0: int, s: int, height: int, width: int) -> np.ndarray:
+    """Validity of the level rows of ``level_rows``: all four source pixels valid."""
+    m = max(0, min(height - y0 // s, len(range(s // 2, valid.shape[0], s))))
+    lo, hi = s // 2 - 1, s // 2
+    out = valid[lo::s][:m, lo::s][:, :width] & valid[hi::s][:m, lo::s][:, :width]
+    out &= valid[lo::s][:m, hi::s][:, :width]
+    out &= valid[hi::s][:m, hi::s][:, :width]
+    return out
+
+
+def rows_needed(win: PlanWindow) -> int:
+    """Full-resolution rows that must have been decoded (from the top) before ``win`` can be cut."""
+    s = win.scale
+    if s == 1:
+        return win.row_off + win.height
+    return (win.row_off + win.height - 1) * s + s // 2 + 1
+
+
+# --- level stores ---------------------------------------------------------------------------------------
+
+class LevelStore:
+    """One level's pixels (and validity), filled row by row from the top, read by windows.
+
+    In memory, or (``path`` given) in a raw pixel-interleaved file of (rows, width, bands) that is
+    appended to and read back through a short-lived memory map, so only a window's pages are mapped.
+    """
+
+    def __init__(self, scale: int, height: int, width: int, bands: int, dtype: np.dtype, masked: bool,
+                 path: str | None = None):
+        self.scale, self.height, self.width, self.bands = scale, height, width, bands
+        self.dtype = np.dtype(dtype)
+        self.masked = masked
+        self.rows = 0  # rows filled so far
+        self.path = path
+        if path is None:
+            self._data = np.empty((bands, height, width), self.dtype)
+            self._valid = np.empty((height, width), bool) if masked else None
+        else:
+            self._file = open(path, "wb")
+            self._valid_file = open(path + ".valid", "wb") if masked else None
+
+    @staticmethod
+    def nbytes_for(height: int, width: int, bands: int, dtype: np.dtype, masked: bool) -> int:
+        return height * width * (bands * np.dtype(dtype).itemsize + (1 if masked else 0))
+
+    def append(self, data: np.ndarray, valid: np.ndarray | None) -> None:
+        """Add rows (C, m, width) below those already there."""
+        m = data.shape[1]
+        if self.path is None:
+            self._data[:, self.rows:self.rows + m] = data
+            if self._valid is not None:
+                self._valid[self.rows:self.rows + m] = valid
+        else:
+            self._file.write(np.ascontiguousarray(data.transpose(1, 2, 0)).tobytes())
+            if self._valid_file is not None:
+                self._valid_file.write(np.ascontiguousarray(valid).tobytes())
+            if self.rows + m >= self.height:  # complete: make it readable
+                self._file.close()
+                if self._valid_file is not None:
+                    self._valid_file.close()
+        self.rows += m
+
+    def window(self, win: PlanWindow) -> tuple[np.ndarray, np.ndarray | None]:
+        """(C, h, w) pixels and (h, w) validity (None for an unmasked scene) of ``win``."""
+        r0, c0, h, w = win.row_off, win.col_off, win.height, win.width
+        if r0 + h > self.rows:
+            raise RuntimeError(f"level rows up to {r0 + h} asked for, {self.rows} filled so far")
+        if self.path is None:
+            valid = self._valid[r0:r0 + h, c0:c0 + w].copy() if self._valid is not None else None
+            return self._data[:, r0:r0 + h, c0:c0 + w].copy(), valid
+        if not self._file.closed:
+            self._file.flush()
+            if self._valid_file is not None:
+                self._valid_file.flush()
+        mm = np.memmap(self.path, self.dtype, "r", shape=(self.rows, self.width, self.bands))
+        data = np.ascontiguousarray(mm[r0:r0 + h, c0:c0 + w].transpose(2, 0, 1))
+        del mm
+        valid = None
+        if self.masked:
+            mv = np.memmap(self.path + ".valid", bool, "r", shape=(self.rows, self.width))
+            valid = np.array(mv[r0:r0 + h, c0:c0 + w])
+            del mv
+        return data, valid
+
+    def close(self) -> None:
+        if self.path is None:
+            self._data = self._valid = None  # type: ignore[assignment]
+            return
+        for f in (self._file, self._valid_file):
+            if f is not None:
+                f.close()
+        for p in (self.path, self.path + ".valid"):
+            if os.path.exists(p):
+                os.remove(p)
+
+
+# --- the pass -------------------------------------------------------------------------------------------
+
+@dataclass
+class _Strip:
+    y0: int
+    data: np.ndarray  # (C, n, W) in the file's dtype
+    valid: np.ndarray | None  # (n, W)
+
+    @property
+    def y1(self) -> int:
+        return self.y0 + self.data.shape[1]
+
+
+@dataclass
+class PassStats:
+    decoded_rows: int = 0
+    strips: int = 0
+    max_rows_held: int = 0  # full-resolution rows held at once for level-0 windows
+    skipped: list[int] = field(default_factory=list)  # plan indexes of windows with no valid pixel
+    store_bytes_in_memory: int = 0
+    store_bytes_on_disk: int = 0
+
+
+class PyramidPass:
+    """The windows of ``items`` as uint8 RGB, from one decode of ``spec``'s scene (module docstring).
+
+    Iterate to get ``(item, image)`` in the order their rows complete (not plan order). ``read``
+    serves any window whose rows have passed (context crops). ``context_levels`` / ``context_size``:
+    the coarser crops a fusing detector reads around each level-0 window; a level-0 item is produced
+    only once they are readable too.
+    """
+
+    def __init__(self, spec: ReadSpec, items: Sequence[ReadItem], *, masked: bool,
+                 context_levels: int = 0, context_size: int = 1024, config: PassConfig = PassConfig()):
+        if spec.resampling != "exact":
+            raise ValueError("the one-pass reader builds the exact pyramid; use WindowReader for 'overview'")
+        self.spec, self.masked, self.config = spec, masked, config
+        self.context_levels, self.context_size = context_levels, context_size
+        self.stats = PassStats()
+        with rasterio.open(spec.uri) as ds:
+            self.height, self.width = ds.height, ds.width
+            self.dtype = np.dtype(ds.dtypes[spec.read_bands[0] - 1])
+            self._block_rows = ds.block_shapes[spec.read_bands[0] - 1][0]
+            self._file_bands = ds.count
+            self._phase_order = not any(ds.overviews(b) for b in spec.read_bands)
+        # Each item with the full-resolution rows it waits for (its own and its context crops').
+        self._queue = sorted(((self._ready_row(it), n, it) for n, it in enumerate(items)), key=lambda t: t[:2])
+        scales = {w.scale for _, _, it in self._queue for w in self._windows_of(it)} | {1}
+        self.max_scale = max(scales)
+        for s in scales:
+            if level_size(self.height, s) * s > self.height or level_size(self.width, s) * s > self.width:
+                raise ValueError(f"scale {s} is larger than the scene ({self.width} x {self.height} px)")
+        self._tmp: tempfile.TemporaryDirectory | None = None
+        self.stores = self._make_stores(sorted(s for s in scales if s > 1))
+        self._strips: deque[_Strip] = deque()
+
+    # -- planning
+
+    def _windows_of(self, item: ReadItem) -> list[PlanWindow]:
+        wins = [item.window]
+        if self.context_levels and item.window.level == 0:
+            wins += [c.window for c in context_crops(item.window, self.height, self.width,
+                                                     self.context_levels, self.context_size)]
+        return wins
+
+    def _ready_row(self, item: ReadItem) -> int:
+        return max(rows_needed(w) for w in self._windows_of(item))
+
+    def _make_stores(self, scales: list[int]) -> dict[int, LevelStore]:
+        """Coarsest levels in memory while they fit ``buffer_bytes``; the rest in temporary files."""
+        stores: dict[int, LevelStore] = {}
+        used = 0
+        c = len(self.spec.read_bands)
+        for s in sorted(scales, reverse=True):
+            h, w = level_size(self.height, s), level_size(self.width, s)
+            nbytes = LevelStore.nbytes_for(h, w, c, self.dtype, self.masked)
+            path = None
+            if used + nbytes > self.config.buffer_bytes:
+                if self._tmp is None:
+                    self._tmp = tempfile.TemporaryDirectory(prefix="hbdnet-pyramid-", dir=self.config.temp_dir)
+                path = os.path.join(self._tmp.name, f"level_{s}.raw")
+                self.stats.store_bytes_on_disk += nbytes
+            else:
+                used += nbytes
+                self.stats.store_bytes_in_memory += nbytes
+            stores[s] = LevelStore(s, h, w, c, self.dtype, self.masked, path)
+        return stores
+
+    def strip_rows(self) -> int:
+        """Rows per decoded strip: whole blocks, a multiple of the coarsest scale, about ``strip_bytes``."""
+        unit = math.lcm(self._block_rows, self.max_scale)
+        row_bytes = self.width * self._file_bands * self.dtype.itemsize
+        return unit * max(1, self.config.strip_bytes // max(1, unit * row_bytes))
+
+    # -- decoding
+
+    def _decode(self) -> Iterator[_Strip]:
+        """The scene's strips, top to bottom, with their validity for a masked scene."""
+        rows = self.strip_rows()
+        bands = list(self.spec.read_bands)
+        strip_bytes = rows * self.width * (self._file_bands * self.dtype.itemsize + 1)
+        with CacheHold(int(strip_bytes * 1.25) + 8 * 2**20), \
+                rasterio.open(self.spec.uri, NUM_THREADS=self.config.decode_threads) as ds:
+            for y0 in range(0, self.height, rows):
+                window = Window(0, y0, self.width, min(rows, self.height - y0))
+                data = ds.read(bands, window=window)
+                valid = _valid_mask(ds, bands, window=window) if self.masked else None
+                yield _Strip(y0, data, valid)
+
+    def _strips_ahead(self) -> Iterator[_Strip]:
+        """``_decode`` on a thread, one strip ahead of the consumer."""
+        if not self.config.read_ahead:
+            yield from self._decode()
+            return
+        q: queue.Queue = queue.Queue(maxsize=1)
+        stop = threading.Event()
+        done = object()
+
+        def produce() -> None:
+            try:
+                for strip in self._decode():
+                    while not stop.is_set():
+                        try:
+                            q.put(strip, timeout=0.1)
+                            break
+                        except queue.Full:
+                            continue
+                    if stop.is_set():
+                        return
+                q.put(done)
+            except BaseException as exc:  # handed to the consumer, raised there
+                q.put(exc)
+
+        thread = threading.Thread(target=produce, name="hbdnet-pass-decode", daemon=True)
+        thread.start()
+        try:
+            while (got := q.get()) is not done:
+                if isinstance(got, BaseException):
+                    raise got
+                yield got
+        finally:
+            stop.set()
+            while thread.is_alive():  # unblock a producer waiting on a full queue
+                try:
+                    q.get(timeout=0.1)
+                except queue.Empty:
+                    pass
+            thread.join()
+
+    def _take(self, strip: _Strip) -> None:
+        """Add a decoded strip: keep it for level-0 windows, add its rows to every level store."""
+        self.stats.decoded_rows += strip.data.shape[1]
+        self.stats.strips += 1
+        self._strips.append(strip)
+        held = self._strips[-1].y1 - self._strips[0].y0
+        self.stats.max_rows_held = max(self.stats.max_rows_held, held)
+        for s, store in self.stores.items():
+            rows = level_rows(strip.data, strip.y0, s, store.height, store.width, self._phase_order)
+            valid = level_valid(strip.valid, strip.y0, s, store.height, store.width) if self.masked else None
+            if rows.shape[1]:
+                store.append(rows, valid)
+
+    def _drop_strips(self, next_row0: int) -> None:
+        """Forget strips above ``next_row0``, the first row a level-0 window still to come needs."""
+        while self._strips and self._strips[0].y1 <= next_row0:
+            self._strips.popleft()
+
+    # -- windows
+
+    def window_data(self, win: PlanWindow) -> tuple[np.ndarray, np.ndarray | None]:
+        """(C, h, w) pixels in the file's dtype and (h, w) validity of ``win``, if its rows have passed."""
+        if win.scale > 1:
+            return self.stores[win.scale].window(win)
+        r0, r1, c0, c1 = win.row_off, win.row_off + win.height, win.col_off, win.col_off + win.width
+        parts = [st for st in self._strips if st.y0 < r1 and st.y1 > r0]
+        if not parts or parts[0].y0 > r0 or parts[-1].y1 < r1:
+            raise RuntimeError(f"level-0 rows {r0}..{r1} are not held (pass order)")
+        data = np.concatenate([st.data[:, max(r0, st.y0) - st.y0:min(r1, st.y1) - st.y0, c0:c1] for st in parts],
+                              axis=1)
+        valid = None
+        if self.masked:
+            valid = np.concatenate([st.valid[max(r0, st.y0) - st.y0:min(r1, st.y1) - st.y0, c0:c1]
+                                    for st in parts])
+        return data, valid
+
+    def read(self, win: PlanWindow, needs_mask: bool = True) -> np.ndarray:
+        """uint8 (3, h, w) of ``win``, as ``WindowReader.read`` gives it."""
+        data, valid = self.window_data(win)
+        return window_image(self.spec, data, valid)
+
+    def __iter__(self) -> Iterator[tuple[ReadItem, np.ndarray]]:
+        pending = deque(self._queue)
+        level0 = deque(it.window.row_off for _, _, it in self._queue if it.window.level == 0)
+        try:
+            for strip in self._strips_ahead():
+                self._take(strip)
+                while pending and pending[0][0] <= strip.y1:
+                    _, _, item = pending.popleft()
+                    data, valid = self.window_data(item.window)
+                    if item.window.level == 0:
+                        level0.popleft()
+                    if valid is not None and not valid.any():
+                        self.stats.skipped.append(item.index)
+                        continue
+                    yield item, window_image(self.spec, data, valid)
+                self._drop_strips(min(level0) if level0 else self.height)
+            if pending:
+                raise RuntimeError(f"{len(pending)} windows were not reached by the pass")
+        finally:
+            self._strips.clear()
+
+    def close(self) -> None:
+        for store in self.stores.values():
+            store.close()
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+    def __enter__(self) -> PyramidPass:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
