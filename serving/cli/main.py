@@ -18,6 +18,7 @@ SUBCOMMANDS: dict[str, str] = {
     "plan": "hbdnet.commands.plan",
     "convert": "hbdnet.commands.convert",
     "train": "hbdnet.commands.train",
+    "export": "hbdnet.commands.export",
     "eval": "serving.cli.evaluate",
     "detect": "serving.cli.detect",
     "batch": "serving.cli.batch",
