@@ -22,6 +22,7 @@ SUBCOMMANDS: dict[str, str] = {
     "eval": "serving.cli.evaluate",
     "detect": "serving.cli.detect",
     "batch": "serving.cli.batch",
+    "serve": "serving.cli.serve",
 }
 
 

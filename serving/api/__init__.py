@@ -1,0 +1,1 @@
+"""``hbdnet serve``: the job service (FastAPI). ``serving.api.app.create_app`` builds the app."""

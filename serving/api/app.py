@@ -1,0 +1,49 @@
+"""The FastAPI application of ``hbdnet serve``."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from serving.api import errors
+from serving.api.routers import jobs, ops, processes
+from serving.api.service import JobService
+from serving.api.settings import Settings
+
+log = logging.getLogger("hbdnet.serve")
+
+
+def create_app(settings: Settings, service: JobService | None = None) -> FastAPI:
+    """The app. Without ``service``, the model named by ``settings.model`` is resolved (as ``hbdnet detect``
+    does) and the job service started when the app starts; either way it is stopped when the app stops."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        svc = service
+        if svc is None:
+            from serving.cli.detect import resolve_model
+
+            svc = JobService(settings, resolve_model(settings.model, settings.device))
+        svc.start()
+        app.state.service = svc
+        log.info("hbdnet serve: model %s, data in %s", svc.model.label, settings.data_dir)
+        try:
+            yield
+        finally:
+            app.state.service = None
+            svc.stop()
+
+    app = FastAPI(title="hbdnet", version="0.1.0", lifespan=lifespan,
+                  description="Bridge detection in satellite and aerial scenes: POST a GeoTIFF, poll the job, fetch "
+                              "the bridges (GeoJSON, GeoPackage, FlatGeobuf). Also OGC API - Processes - Part 1: Core "
+                              "for the process `detect-bridges`.")
+    app.state.settings = settings
+    app.state.service = None
+    errors.install(app)
+    app.include_router(processes.router)
+    app.include_router(jobs.router)
+    app.include_router(ops.router)
+    return app

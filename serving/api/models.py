@@ -1,0 +1,186 @@
+"""The request and response bodies of the service (pydantic): the OpenAPI document at ``/docs`` is
+made from these, so they are the contract.
+
+The job documents are OGC API - Processes - Part 1: Core ``statusInfo`` documents (field names as the
+standard's ``statusInfo.yaml``: jobID, type, processID, status, message, created, started, finished,
+updated, progress, links) with the service's own extra members (``windows``, ``timings``,
+``detections``, ``format``, ``notes``), which the standard's schema allows.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+PROCESS_ID = "detect-bridges"
+JobStatus = Literal["accepted", "running", "successful", "failed", "dismissed"]
+OutputFormat = Literal["geojson", "gpkg", "fgb"]
+MEDIA_TYPES: dict[str, str] = {
+    "geojson": "application/geo+json",
+    "gpkg": "application/geopackage+sqlite3",
+    "fgb": "application/flatgeobuf",
+    "qml": "application/xml",
+}
+HREF_SCHEMES = ("http", "https", "s3")
+
+
+class Link(BaseModel):
+    href: str
+    rel: str | None = None
+    type: str | None = None
+    title: str | None = None
+    hreflang: str | None = None
+
+
+class OgcException(BaseModel):
+    """An error (RFC 7807 problem details, the OGC exception shape): every 4xx and 5xx body."""
+
+    type: str = Field(description="URI naming the kind of error")
+    title: str | None = None
+    status: int | None = None
+    detail: str | None = Field(None, description="what went wrong, in one line")
+    instance: str | None = None
+
+
+class JobOptions(BaseModel):
+    """What, besides the scene, shapes a job's output."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    model: str | None = Field(None, description="name of the model to run; the server runs one model "
+                                                "(GET / names it) and refuses another name")
+    format: OutputFormat = Field("geojson", description="format the job's result is fetched in by default; "
+                                                        "every format is written and can be fetched with ?f=")
+    score_threshold: float = Field(0.0, ge=0.0, le=1.0, description="drop bridges scoring below this")
+    bands: list[int] | None = Field(None, description="1-based bands to use as R,G,B (or one band as grey); "
+                                                      "default: the first three image bands")
+
+    @field_validator("bands")
+    @classmethod
+    def _bands(cls, v: list[int] | None) -> list[int] | None:
+        if v is not None and (len(v) not in (1, 3) or min(v) < 1):
+            raise ValueError("give 1 band or 3 bands (R,G,B), numbered from 1")
+        return v
+
+
+def check_href(href: str) -> str:
+    """``href`` if it is an http(s):// or s3:// URL with a host, else ValueError (never a local path)."""
+    parts = urlsplit(href)
+    if parts.scheme.lower() not in HREF_SCHEMES or not parts.netloc:
+        raise ValueError(f"href must be an http://, https:// or s3:// URL, got {href[:200]!r}")
+    return href
+
+
+class JobHrefRequest(JobOptions):
+    """A job on a scene the server reads from a URL (``POST /jobs`` with a JSON body)."""
+
+    href: str = Field(description="http(s):// or s3:// URL of a GeoTIFF (or another raster GDAL reads)")
+
+    @field_validator("href")
+    @classmethod
+    def _href(cls, v: str) -> str:
+        return check_href(v)
+
+
+class WindowProgress(BaseModel):
+    done: int
+    total: int
+
+
+class StatusInfo(BaseModel):
+    """A job's status (OGC ``statusInfo``) with the service's extras."""
+
+    jobID: str
+    type: Literal["process"] = "process"
+    processID: str = PROCESS_ID
+    status: JobStatus
+    message: str | None = Field(None, description="why a failed job failed, or what a job is doing")
+    created: str | None = None
+    started: str | None = None
+    finished: str | None = None
+    updated: str | None = None
+    progress: int | None = Field(None, ge=0, le=100, description="percent of the windows done")
+    links: list[Link] = []
+    windows: WindowProgress | None = Field(None, description="windows done of the windows planned")
+    timings: dict[str, float] | None = Field(None, description="seconds: queued, run (and its parts), total")
+    detections: int | None = Field(None, description="bridges found (successful jobs)")
+    format: OutputFormat | None = Field(None, description="the result's default format")
+    notes: list[str] | None = Field(None, description="warnings about the scene")
+
+
+class JobList(BaseModel):
+    """``GET /jobs``: a page of jobs, newest first (OGC ``jobList``)."""
+
+    jobs: list[StatusInfo]
+    links: list[Link]
+    numberMatched: int | None = Field(None, description="jobs in all pages")
+
+
+class LandingPage(BaseModel):
+    title: str | None = None
+    description: str | None = None
+    links: list[Link]
+
+
+class ConfClasses(BaseModel):
+    conformsTo: list[str]
+
+
+class ProcessSummary(BaseModel):
+    id: str
+    version: str
+    title: str | None = None
+    description: str | None = None
+    keywords: list[str] | None = None
+    jobControlOptions: list[Literal["sync-execute", "async-execute", "dismiss"]] | None = None
+    outputTransmission: list[Literal["value", "reference"]] | None = None
+    links: list[Link] | None = None
+
+
+class ProcessList(BaseModel):
+    processes: list[ProcessSummary]
+    links: list[Link]
+
+
+class InputDescription(BaseModel):
+    title: str | None = None
+    description: str | None = None
+    minOccurs: int | None = None
+    maxOccurs: int | Literal["unbounded"] | None = None
+    schema_: dict[str, Any] = Field(alias="schema")
+
+    model_config = ConfigDict(populate_by_name=True)
+
+
+class OutputDescription(BaseModel):
+    title: str | None = None
+    description: str | None = None
+    schema_: dict[str, Any] = Field(alias="schema")
+
+    model_config = ConfigDict(populate_by_name=True)
+
+
+class Process(ProcessSummary):
+    inputs: dict[str, InputDescription]
+    outputs: dict[str, OutputDescription]
+
+
+class Format(BaseModel):
+    mediaType: str | None = None
+
+
+class OutputRequest(BaseModel):
+    format: Format | None = None
+    transmissionMode: Literal["value", "reference"] | None = None
+
+
+class Execute(BaseModel):
+    """``POST /processes/detect-bridges/execution`` (OGC ``execute``). ``inputs.image`` is the scene:
+    ``{"href": URL}`` (http(s) or s3) or the URL as a string; ``inputs.score_threshold`` and
+    ``inputs.bands`` as for ``POST /jobs``; the result's format from ``outputs.bridges.format.mediaType``."""
+
+    inputs: dict[str, Any]
+    outputs: dict[str, OutputRequest] | None = None
+    response: Literal["raw", "document"] | None = None

@@ -1,0 +1,118 @@
+"""``/jobs``: submit a scene, follow the job, fetch its results, dismiss it."""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import FileResponse, JSONResponse
+
+from serving.api import submit
+from serving.api.deps import base_url, get_job, get_service, require_api_key, status_info
+from serving.api.errors import OGC_EXCEPTIONS, ApiError
+from serving.api.models import MEDIA_TYPES, JobHrefRequest, JobList, JobOptions, Link, OgcException, StatusInfo
+from serving.api.service import JobService
+from serving.api.store import JobRecord
+
+router = APIRouter(tags=["jobs"], dependencies=[Depends(require_api_key)])
+
+_ERRORS = {code: {"model": OgcException} for code in (401, 404, 413, 415, 422, 429)}
+_UPLOAD_FORM = {
+    "type": "object",
+    "required": ["file"],
+    "properties": {
+        "file": {"type": "string", "format": "binary", "description": "the scene: a GeoTIFF (or PNG, JPEG, JPEG 2000)"},
+        **{k: v for k, v in JobOptions.model_json_schema()["properties"].items() if k != "bands"},
+        "bands": {"type": "string", "description": "1-based bands as R,G,B, e.g. 3,2,1 (or one band)",
+                  "example": "1,2,3"},
+    },
+}
+_POST_BODY = {
+    "requestBody": {
+        "required": True,
+        "description": "The scene, streamed to disk as it arrives, or a URL the server reads it from. The options "
+                       "may also be given as query parameters.",
+        "content": {
+            "multipart/form-data": {"schema": _UPLOAD_FORM},
+            "application/json": {"schema": JobHrefRequest.model_json_schema(ref_template="#/components/schemas/{model}")},
+            "image/tiff": {"schema": {"type": "string", "format": "binary"}},
+        },
+    }
+}
+
+
+def _created(job: JobRecord, request: Request) -> JSONResponse:
+    doc = status_info(job, request)
+    return JSONResponse(doc.model_dump(mode="json", exclude_none=True), status_code=202,
+                        headers={"Location": f"{base_url(request)}/jobs/{job.id}"})
+
+
+@router.post("/jobs", status_code=202, response_model=StatusInfo, response_model_exclude_none=True,
+             openapi_extra=_POST_BODY, summary="Submit a scene",
+             responses={202: {"description": "accepted; Location names the job", "model": StatusInfo}, **_ERRORS})
+async def create_job(request: Request, service: JobService = Depends(get_service)) -> JSONResponse:
+    """Submit a scene for bridge detection: a file upload (``multipart/form-data`` with a ``file`` part, or
+    the raw body as ``image/tiff``) or a JSON body ``{"href": "https://…"}``. The scene is opened before the
+    job is accepted; answers 202 with the job's status and a ``Location`` header."""
+    job = await submit.accept_request(request, service)
+    return _created(job, request)
+
+
+@router.get("/jobs", response_model=JobList, response_model_exclude_none=True, summary="List jobs",
+            responses={401: {"model": OgcException}})
+def list_jobs(request: Request, limit: int = Query(20, ge=1, le=1000), offset: int = Query(0, ge=0),
+              service: JobService = Depends(get_service)) -> JobList:
+    """Jobs, newest first, ``limit`` per page; ``links`` has ``next`` and ``prev`` pages."""
+    jobs, total = service.store.page(limit, offset)
+    base = f"{base_url(request)}/jobs"
+    links = [Link(href=f"{base}?limit={limit}&offset={offset}", rel="self", type="application/json")]
+    if offset + limit < total:
+        links.append(Link(href=f"{base}?limit={limit}&offset={offset + limit}", rel="next", type="application/json"))
+    if offset > 0:
+        links.append(Link(href=f"{base}?limit={limit}&offset={max(0, offset - limit)}", rel="prev",
+                          type="application/json"))
+    return JobList(jobs=[status_info(j, request) for j in jobs], links=links, numberMatched=total)
+
+
+@router.get("/jobs/{job_id}", response_model=StatusInfo, response_model_exclude_none=True, summary="A job's status",
+            responses={401: {"model": OgcException}, 404: {"model": OgcException}})
+def get_status(request: Request, job: JobRecord = Depends(get_job)) -> StatusInfo:
+    """Status, progress (windows done of total, percent), timings, the reason of a failure, links to results."""
+    return status_info(job, request)
+
+
+@router.get("/jobs/{job_id}/results", summary="A successful job's bridges",
+            responses={200: {"description": "the bridges", "content": {t: {} for t in MEDIA_TYPES.values()}},
+                       401: {"model": OgcException}, 404: {"model": OgcException}})
+def get_results(job: JobRecord = Depends(get_job), f: Literal["geojson", "gpkg", "fgb", "qml"] | None = Query(
+        None, description="geojson (default: the job's format), gpkg (QGIS style inside), fgb, or qml (the "
+                          "QGIS style for the fgb)"), service: JobService = Depends(get_service)) -> FileResponse:
+    fmt = f or job.options.get("format", "geojson")
+    if job.status != "successful":
+        what = {"accepted": "is waiting to run", "running": "is running", "dismissed": "was dismissed",
+                "failed": f"failed: {job.message}"}[job.status]
+        raise ApiError(404, f"job {job.id} has no results: it {what}", type_=OGC_EXCEPTIONS + "result-not-ready")
+    path = service.result_path(job.id, fmt)
+    if not path.is_file():
+        reason = " (the scene has no CRS, and GeoJSON is WGS84: ask for f=gpkg or f=fgb)" if fmt == "geojson" else ""
+        raise ApiError(404, f"job {job.id} has no {fmt} result{reason}")
+    return FileResponse(path, media_type=MEDIA_TYPES[fmt], filename=f"{_stem(job)}_bridges.{fmt}")
+
+
+@router.delete("/jobs/{job_id}", response_model=StatusInfo, response_model_exclude_none=True, summary="Dismiss a job",
+               responses={401: {"model": OgcException}, 404: {"model": OgcException}})
+def dismiss_job(request: Request, job: JobRecord = Depends(get_job),
+                service: JobService = Depends(get_service)) -> StatusInfo:
+    """A queued job never starts, a running one stops (no further window is computed), and the job's files
+    are deleted. The job stays listed as ``dismissed``."""
+    done = service.dismiss(job.id)
+    assert done is not None
+    return status_info(done, request)
+
+
+def _stem(job: JobRecord) -> str:
+    """A safe file name stem from the scene's name (a label, never a path here)."""
+    name = job.options.get("filename") or job.source.rstrip("/").rsplit("/", 1)[-1] or "scene"
+    stem = name.rsplit(".", 1)[0] if "." in name else name
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", stem)[:80] or "scene"

@@ -1,0 +1,337 @@
+"""Running jobs: one model, one long-lived pool, one dispatcher thread, records in a ``JobStore``.
+
+The model is loaded once when the service starts (``make_pool``: the engine's Ray actors, or the
+in-process pool with ``workers=0``) and the pool stays up between jobs. A dispatcher thread takes
+accepted jobs oldest first and runs each through the pool with the batch code's steps
+(``open_for_output`` plans the scene, ``pool.run`` streams its windows with a progress callback and
+a cancel hook, ``finish_scene`` merges, ``write_detections`` writes), so the HTTP side only reads
+records and never waits for a job.
+
+Restart. Every accepted job is a committed row before its 202 is sent. At start, jobs found
+``running`` (the server was killed while they ran) are queued again and run from the start, once:
+a job interrupted a second time is failed with the reason "interrupted". Queued jobs run in order;
+results on disk are served as before.
+
+Cancel. ``dismiss`` marks the job dismissed at once; a queued job then never starts, and a running
+one stops at the pool's next check (no further window is dispatched; see ``serving.engine.workers``),
+after which its folder is deleted. A job that runs past ``job_timeout_s`` is stopped the same way and
+failed with the reason.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from serving.api.settings import Settings
+from serving.api.store import FINAL, JobRecord, JobStore, SqliteJobStore, now
+from serving.batch.runner import DetectOptions, ModelRef, open_for_output, plan_notes
+from serving.engine.pipeline import finish_scene
+from serving.engine.scene import SceneError
+from serving.engine.workers import Cancelled, InProcessPool, PoolConfig, RayPool, make_pool
+from serving.outputs.geo_output import OutputError, write_detections
+
+log = logging.getLogger("hbdnet.serve")
+
+FORMATS = ("geojson", "gpkg", "fgb")
+INPUT_NAME = "input"
+RESULT_STEM = "bridges"
+INTERRUPTED = ("interrupted: the server stopped twice while this job ran; submit it again, and tell the "
+               "operator if it happens again")
+
+
+class QueueFull(Exception):
+    pass
+
+
+class Metrics:
+    def __init__(self, service: JobService):
+        self.registry = CollectorRegistry()
+        self.jobs = Gauge("hbdnet_jobs", "Jobs by state", ["state"], registry=self.registry)
+        self.queue = Gauge("hbdnet_queue_length", "Jobs accepted and waiting to run", registry=self.registry)
+        self.windows = Counter("hbdnet_windows_processed", "Windows run through the model", registry=self.registry)
+        self.window_seconds = Histogram("hbdnet_window_seconds", "Seconds per window (wall time of a job's "
+                                        "windows divided by their number, per progress step)",
+                                        buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+                                        registry=self.registry)
+        self.job_seconds = Histogram("hbdnet_job_seconds", "Seconds from start to end of finished jobs",
+                                     buckets=(1, 5, 15, 60, 300, 900, 3600, 14400), registry=self.registry)
+        self._service = service
+
+    def refresh(self) -> None:
+        counts = self._service.store.counts()
+        for state, n in counts.items():
+            self.jobs.labels(state).set(n)
+        self.queue.set(counts.get("accepted", 0))
+
+
+class JobService:
+    """The jobs of one server: submission, the dispatcher, dismissal, recovery at start."""
+
+    def __init__(self, settings: Settings, model: ModelRef, *, store: JobStore | None = None,
+                 pool_factory: Callable[[], InProcessPool | RayPool] | None = None):
+        self.settings = settings
+        self.model = model
+        settings.jobs_dir.mkdir(parents=True, exist_ok=True)
+        self.store: JobStore = store if store is not None else SqliteJobStore(settings.db_path)
+        self._pool_factory = pool_factory or (lambda: make_pool(model.spec, self._pool_config()))
+        self.pool: InProcessPool | RayPool | None = None
+        self.metrics = Metrics(self)
+        self._lock = threading.RLock()  # status transitions and the queue-length check
+        self._wake = threading.Condition(self._lock)
+        self._cancel: dict[str, threading.Event] = {}
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.current: str | None = None
+
+    def _pool_config(self) -> PoolConfig:
+        given = {} if self.settings.read_threads is None else {"read_threads": self.settings.read_threads}
+        return PoolConfig(workers=self.settings.workers, ray_address=self.settings.ray_address, **given)
+
+    # -- life cycle -------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Start the workers (the model is loaded here, once), recover jobs, start the dispatcher."""
+        self.recover()
+        self.pool = self._pool_factory()
+        self._thread = threading.Thread(target=self._dispatch, name="hbdnet-jobs", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop the dispatcher (a running job goes back to the queue) and close the pool."""
+        self._stopping.set()
+        with self._wake:
+            self._wake.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout=60)
+        if self.pool is not None:
+            self.pool.close()
+            self.pool = None
+        self.store.close()
+
+    def recover(self) -> None:
+        for job in self.store.with_status("running"):
+            if job.attempts >= 2:
+                self._finish_failed(job.id, INTERRUPTED)
+                log.warning("job %s interrupted twice: failed", job.id)
+            else:
+                self.store.update(job.id, status="accepted", windows_done=0, message="queued again after a restart")
+                log.warning("job %s was running when the server stopped: queued again", job.id)
+
+    def ready(self) -> dict[str, bool]:
+        return {"model": self.model is not None, "workers": self.pool is not None and self._thread is not None
+                and self._thread.is_alive(), "store": self.store.writable() and _writable(self.settings.jobs_dir)}
+
+    # -- files ---------------------------------------------------------------------------------
+    def job_dir(self, job_id: str) -> Path:
+        return self.settings.jobs_dir / str(uuid.UUID(job_id))  # a uuid, never the client's string
+
+    def input_path(self, job_id: str) -> Path:
+        return self.job_dir(job_id) / INPUT_NAME
+
+    def result_path(self, job_id: str, fmt: str) -> Path:
+        if fmt not in (*FORMATS, "qml"):
+            raise ValueError(fmt)
+        return self.job_dir(job_id) / f"{RESULT_STEM}.{fmt}"
+
+    @staticmethod
+    def new_id() -> str:
+        return str(uuid.uuid4())
+
+    # -- submission ----------------------------------------------------------------------------
+    def queue_length(self) -> int:
+        return self.store.counts().get("accepted", 0)
+
+    def check_queue(self) -> None:
+        if self.queue_length() >= self.settings.max_queue:
+            raise QueueFull()
+
+    def submit(self, job_id: str, source: str, options: dict[str, Any], *, sync: bool = False) -> JobRecord:
+        """Record an accepted job (raises QueueFull past ``max_queue``) and wake the dispatcher."""
+        with self._wake:
+            self.check_queue()
+            t = now()
+            job = JobRecord(id=job_id, status="accepted", source=source, options=options, created=t, updated=t,
+                            sync=sync)
+            self.store.create(job)
+            self._wake.notify_all()
+        return job
+
+    def dismiss(self, job_id: str) -> JobRecord | None:
+        """Dismiss a job: queued, it never starts; running, it stops; its files (upload, results) are
+        deleted. The record stays, as ``dismissed``."""
+        with self._lock:
+            job = self.store.get(job_id)
+            if job is None:
+                return None
+            if job.status != "dismissed":  # a finished job's results are deleted with it
+                job = self.store.update(job_id, status="dismissed", finished=job.finished or now(),
+                                        message="dismissed by the client")
+                ev = self._cancel.get(job_id)
+                if ev is not None:
+                    ev.set()
+        if self.current == job_id:  # the dispatcher drops the scene at the pool's next check
+            deadline = time.monotonic() + 10
+            while self.current == job_id and time.monotonic() < deadline:
+                time.sleep(0.02)
+        shutil.rmtree(self.job_dir(job_id), ignore_errors=True)
+        return job
+
+    # -- running -------------------------------------------------------------------------------
+    def _next(self) -> JobRecord | None:
+        with self._wake:
+            while not self._stopping.is_set():
+                queued = self.store.with_status("accepted")
+                if queued:
+                    job = queued[0]
+                    self._cancel[job.id] = threading.Event()
+                    self.current = job.id
+                    return self.store.update(job.id, status="running", started=now(), attempts=job.attempts + 1,
+                                             windows_done=0, message=None)
+                self._wake.wait(timeout=1.0)
+        return None
+
+    def _dispatch(self) -> None:
+        while not self._stopping.is_set():
+            job = self._next()
+            if job is None:
+                return
+            try:
+                self._run(job)
+            except Exception:  # never let one job stop the dispatcher
+                log.exception("job %s: unexpected error", job.id)
+                self._finish_failed(job.id, "internal error while running the job (see the server log)")
+            finally:
+                with self._lock:
+                    self._cancel.pop(job.id, None)
+                    self.current = None
+
+    def _run(self, job: JobRecord) -> None:
+        ev = self._cancel[job.id]
+        opts = job.options
+        folder = self.job_dir(job.id)
+        uri = str(self.input_path(job.id)) if job.source == "upload" else job.source
+        label = opts.get("filename") or job.source
+        options = DetectOptions(score_thr=float(opts.get("score_threshold", 0.0)),
+                                bands=tuple(opts["bands"]) if opts.get("bands") else None,
+                                **_max_pixels(self.settings.max_pixels))
+        fmt = opts.get("format", "geojson")
+        t0 = time.perf_counter()
+        deadline = time.monotonic() + self.settings.job_timeout_s
+        queued_s = _seconds_between(job.created, job.started)
+        timed_out = threading.Event()
+
+        def cancel() -> bool:
+            if time.monotonic() > deadline:
+                timed_out.set()
+            return ev.is_set() or self._stopping.is_set() or timed_out.is_set()
+
+        last = {"t": time.perf_counter(), "done": 0, "saved": 0.0}
+
+        def progress(done: int, total: int) -> None:
+            t = time.perf_counter()
+            step = done - last["done"]
+            if step > 0:
+                self.metrics.windows.inc(step)
+                self.metrics.window_seconds.observe((t - last["t"]) / step)
+            last.update(t=t, done=done)
+            if t - last["saved"] >= 0.2 or done == total:  # the record, at most 5 times a second
+                last["saved"] = t
+                self.store.update(job.id, windows_done=done, windows_total=total)
+
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            prepared = open_for_output(uri, self.result_path(job.id, fmt), self.model, options)
+            notes = plan_notes(prepared)
+            self.store.update(job.id, windows_total=len(prepared.plan.items), notes=notes)
+            t_run = time.perf_counter()
+            run = self.pool.run(prepared.plan.spec, prepared.plan.items, progress, cancel=cancel)  # type: ignore[union-attr]
+            stream_s = time.perf_counter() - t_run
+            result = finish_scene(prepared, run, options.merge_config)
+            keep = result.scores >= options.score_thr
+            written = []
+            for f in FORMATS:
+                if f == "geojson" and result.scene.crs is None:
+                    continue  # GeoJSON is WGS84; a scene without CRS has gpkg and fgb only
+                write_detections(self.result_path(job.id, f), result.boxes[keep], result.scores[keep],
+                                 result.labels[keep], result.levels[keep], transform=result.scene.transform,
+                                 crs=result.scene.crs, scene=label, model=self.model.label,
+                                 class_names=self.model.class_names)
+                written.append(f)
+        except Cancelled:
+            self._stopped(job, timed_out.is_set(), last["done"])
+            return
+        except (SceneError, OutputError) as exc:
+            self._finish_failed(job.id, _user_line(exc, uri, str(folder), label))
+            return
+        except Exception as exc:
+            log.exception("job %s failed", job.id)
+            self._finish_failed(job.id, f"detection failed: {type(exc).__name__}: "
+                                        f"{_user_line(exc, uri, str(folder), label)}")
+            return
+        total_s = time.perf_counter() - t0
+        timings = {k: round(v, 3) for k, v in result.timings.items() if k in ("open", "plan", "merge", "read", "detect")}
+        timings.update(queued=round(queued_s, 3), stream=round(stream_s, 3), run=round(total_s, 3))
+        with self._lock:
+            current = self.store.get(job.id)
+            if current is None or current.status == "dismissed":
+                shutil.rmtree(folder, ignore_errors=True)
+                return
+            self.store.update(job.id, status="successful", finished=now(), windows_done=len(prepared.plan.items),
+                              detections=int(keep.sum()), timings=timings, message=None)
+        self.metrics.job_seconds.observe(total_s)
+        self.input_path(job.id).unlink(missing_ok=True)  # the results are what is kept
+
+    def _stopped(self, job: JobRecord, timed_out: bool, done: int) -> None:
+        with self._lock:
+            current = self.store.get(job.id)
+            if current is None:
+                return
+            if current.status == "dismissed":
+                shutil.rmtree(self.job_dir(job.id), ignore_errors=True)
+            elif timed_out:
+                self._finish_failed(job.id, f"the job ran longer than the limit of {self.settings.job_timeout_s:g} s "
+                                            f"({done} of {current.windows_total} windows done)")
+            else:  # the server is stopping: the job runs again at the next start, not counted as an attempt
+                self.store.update(job.id, status="accepted", attempts=max(0, current.attempts - 1), windows_done=0,
+                                  message="queued again: the server stopped while the job ran")
+
+    def _finish_failed(self, job_id: str, message: str) -> None:
+        with self._lock:
+            current = self.store.get(job_id)
+            if current is not None and current.status not in FINAL:
+                self.store.update(job_id, status="failed", finished=now(), message=message)
+
+
+def _max_pixels(n: int) -> dict[str, int]:
+    """``DetectOptions(max_pixels=)`` where this version of the batch code has it."""
+    import dataclasses
+
+    return {"max_pixels": n} if "max_pixels" in {f.name for f in dataclasses.fields(DetectOptions)} else {}
+
+
+def _user_line(exc: BaseException, uri: str, folder: str, label: str) -> str:
+    text = (str(exc).strip() or type(exc).__name__).splitlines()[0]
+    return text.replace(uri, label).replace(folder + "/", "").replace(folder, "job")
+
+
+def _seconds_between(a: str | None, b: str | None) -> float:
+    import datetime as dt
+
+    if not a or not b:
+        return 0.0
+    parse = lambda s: dt.datetime.fromisoformat(s.replace("Z", "+00:00"))  # noqa: E731
+    return (parse(b) - parse(a)).total_seconds()
+
+
+def _writable(folder: Path) -> bool:
+    import os
+
+    return folder.is_dir() and os.access(folder, os.W_OK | os.X_OK)
