@@ -55,7 +55,7 @@ from serving.engine.pipeline import (PreparedScene, RunEstimate, finish_scene, p
                                      prepare_scene)
 from serving.outputs.geo_output import OutputError, check_output_path, write_detections
 from serving.batch.inputs import SceneInput, short_hash
-from serving.merge.methods import MergeConfig
+from serving.merge.config import MergeConfig
 from serving.engine.reader import PyramidResampling, select_bands
 from serving.engine.scene import (DEFAULT_MAX_PIXELS, SceneError, SceneInfo, check_scene_size, open_scene,
                                   scene_reference)

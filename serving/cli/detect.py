@@ -49,15 +49,6 @@ def _looks_like_path(arg: str) -> bool:
             or not _NAME.fullmatch(arg) or Path(arg).exists())
 
 
-def resolve_device(device: str) -> str:
-    """``auto`` -> ``cuda`` when this process sees a GPU, else ``cpu``."""
-    if device != "auto":
-        return device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 def check_device(device: str, ray_address: str | None = None) -> None:
     """``CliError`` (code 2) for ``cuda`` / ``cuda:N`` on a machine whose GPUs do not include it,
     before any work. Not checked when joining a Ray cluster: its GPUs are not this machine's."""
@@ -121,7 +112,7 @@ def resolve_model(arg: str | None, device: str = "auto"):
             raise CliError(f"unknown model name {arg!r} (bundled models: {known}); "
                            "pass --model PATH to use an hbdnet checkpoint")
         name, path = arg, bundled[arg]
-    spec = DetectorSpec(kind="model", path=str(path), device=resolve_device(device))
+    spec = DetectorSpec(kind="model", path=str(path), device=device)
     try:
         return model_ref(spec, name=name)
     except CheckpointError as exc:

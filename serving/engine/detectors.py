@@ -35,7 +35,9 @@ class DetectorSpec:
     * ``"perfect"``: ``serving.testing.simulate.PerfectDetector`` over ``ground_truth`` ((N, 5) le90 boxes in
       scene pixels): a test double that returns the visible parts of those boxes in each window.
     * ``"model"``: an HBD-Net checkpoint at ``path`` on ``device``, loaded by
-      ``hbdnet.inference.load_window_detector``.
+      ``hbdnet.inference.load_window_detector``. ``device="auto"`` is resolved by the process that
+      builds the detector (``resolve_device``), so each Ray actor uses the GPU it was given, and a
+      CPU-only driver that joins a GPU cluster does not decide for the cluster.
     """
 
     kind: DetectorKind = "noop"
@@ -69,6 +71,20 @@ class PerfectWindowDetector:
         return [(d.boxes, d.scores, d.labels) for d in results]
 
 
+def resolve_device(device: str) -> str:
+    """``auto`` -> ``cuda`` when this process sees a GPU, else ``cpu``; other values as they are."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def uses_gpu(spec: DetectorSpec) -> bool:
+    """Whether the detector runs on a GPU where one is available: a model not pinned to the CPU."""
+    return spec.kind == "model" and spec.device != "cpu"
+
+
 def build_detector(spec: DetectorSpec) -> WindowDetector:
     """Build the detector ``spec`` describes. Imports are lazy: a noop worker never imports torch."""
     if spec.kind == "noop":
@@ -82,5 +98,5 @@ def build_detector(spec: DetectorSpec) -> WindowDetector:
             raise ValueError("DetectorSpec(kind='model') needs a checkpoint path")
         from hbdnet.inference import load_window_detector
 
-        return load_window_detector(spec.path, spec.device)
+        return load_window_detector(spec.path, resolve_device(spec.device))
     raise ValueError(f"unknown detector kind {spec.kind!r}; expected 'noop', 'perfect' or 'model'")

@@ -21,7 +21,7 @@ from typing import TypeVar
 import numpy as np
 
 from serving.engine.detectors import DetectorSpec
-from serving.merge.methods import MergeConfig, merge
+from serving.merge.config import MergeConfig
 from serving.engine.reader import PyramidResampling, ScenePlan, plan_scene, select_bands
 from serving.engine.scene import DEFAULT_MAX_PIXELS, SceneInfo, check_scene_size, open_scene
 from serving.engine.valid_area import keep_on_valid_pixels
@@ -48,7 +48,6 @@ class SceneResult:
     timings: dict[str, float] = field(default_factory=dict)
     windows: int = 0  # windows in the plan
     skipped: int = 0  # windows left out because they hold no valid pixel
-    resubmitted: int = 0  # tasks re-run after a worker died
     dropped: int = 0  # merged boxes dropped: centre outside the scene or on an invalid pixel
     clipped: int = 0  # merged boxes cut to the scene where they overhung it
     window_detections: list[WindowDetections] = field(default_factory=list)
@@ -164,22 +163,28 @@ def finish_scene(prepared: PreparedScene, run: PoolRun, merge_config: MergeConfi
     boxes that overhang the scene are clipped to it (``serving.engine.valid_area``)."""
     timings = dict(prepared.timings)
     t = time.perf_counter()
-    merged = merge(run.detections, merge_config if merge_config is not None else MergeConfig())
-    kept = keep_on_valid_pixels(merged.boxes, prepared.info, prepared.plan.spec, prepared.plan.coverage)
+    if any(len(d.scores) for d in run.detections):
+        from serving.merge.methods import merge  # torch: imported only when there is something to merge
+
+        merged = merge(run.detections, merge_config if merge_config is not None else MergeConfig())
+        boxes, scores, labels, levels = merged.boxes, merged.scores, merged.labels, merged.levels
+    else:
+        boxes = np.zeros((0, 5), np.float64)
+        scores, labels, levels = np.zeros(0, np.float64), np.zeros(0, np.int64), np.zeros(0, np.int64)
+    kept = keep_on_valid_pixels(boxes, prepared.info, prepared.plan.spec, prepared.plan.coverage)
     timings["merge"] = time.perf_counter() - t
     timings["read"] = run.read_s
     timings["detect"] = run.detect_s
     timings["total"] = time.perf_counter() - prepared.t_start
     return SceneResult(
         boxes=kept.boxes,
-        scores=merged.scores[kept.keep],
-        labels=merged.labels[kept.keep],
-        levels=merged.levels[kept.keep],
+        scores=scores[kept.keep],
+        labels=labels[kept.keep],
+        levels=levels[kept.keep],
         scene=prepared.info,
         timings=timings,
         windows=len(prepared.plan.plan),
         skipped=len(prepared.plan.skipped),
-        resubmitted=run.resubmitted,
         dropped=int((~kept.keep).sum()),
         clipped=kept.clipped,
         window_detections=run.detections,

@@ -5,11 +5,18 @@ stretch, GDAL cache) and a short run of plan windows of one level and one row. E
 scene itself, keeps it open across tasks, reads its windows and runs batched inference. The same
 ``WindowWorker`` class does this in-process (``workers=0``) and inside every Ray actor.
 
-Ray pool: one actor per GPU (``num_gpus=1``) when the cluster has GPUs, else ``workers`` CPU actors
-(default one actor holding every CPU for torch's threads; n actors share the CPUs). At most ``tasks_in_flight`` tasks per actor are
-outstanding (backpressure: windows are read only as fast as the detector consumes them). When an
-actor dies its tasks are re-submitted, and the actor is replaced. Results are keyed by plan index and
-returned in plan order, so they do not depend on the number of workers or on scheduling.
+Where the windows run (``make_pool``): in this process, with read-ahead threads, unless Ray pays for
+itself: when the detector can use GPUs and this machine has some, when ``workers`` asks for actors,
+or when ``ray_address`` joins a cluster. On a machine without a GPU Ray would only add its processes
+(about 0.8 GB) and seconds of start-up for no speed-up, so the default there is in-process.
+
+Ray pool: one actor per GPU (``num_gpus=1``) when the cluster has GPUs and the detector can use them,
+else ``workers`` CPU actors (default one actor holding every CPU for torch's threads; n actors share
+the CPUs). At most ``tasks_in_flight`` tasks per actor are outstanding (backpressure: windows are read
+only as fast as the detector consumes them). An actor that dies is restarted by Ray and its tasks are
+retried there (``max_restarts`` / ``max_task_retries``, from ``max_attempts``); a task that raises is
+not retried: it fails its scene. Results are keyed by plan index and returned in plan order, so they
+do not depend on the number of workers or on scheduling.
 
 Many scenes (``run_many``): the same dispatch loop streams the tasks of up to ``open_scenes`` scenes
 through the same actors, so that the actors work on the next scene while the caller plans it and
@@ -40,7 +47,7 @@ import numpy as np
 
 from hbdnet.data.raster import DEFAULT_MAX_CHUNK_BYTES
 from hbdnet.pyramid import PlanWindow, context_crops
-from serving.engine.detectors import DetectorSpec, WindowDetector, build_detector
+from serving.engine.detectors import DetectorSpec, WindowDetector, build_detector, resolve_device, uses_gpu
 from serving.engine.reader import ReadItem, ReadSpec, WindowReader
 from serving.engine.window_detections import WindowDetections
 
@@ -58,8 +65,8 @@ class Cancelled(Exception):
 class PoolConfig:
     """How windows are spread over workers.
 
-    ``workers``: None = one actor per GPU, or one CPU actor with all cores; 0 = in this process, no Ray;
-    n > 0 = n actors. ``ray_address`` joins an existing cluster ("auto" or "host:port"); None starts a
+    ``workers``: None = one actor per GPU where the detector can use this machine's GPUs, else in this
+    process; 0 = in this process, no Ray; n > 0 = n actors. ``ray_address`` joins an existing cluster ("auto" or "host:port"); None starts a
     local runtime (unless one is already running in this process).
     """
 
@@ -74,7 +81,7 @@ class PoolConfig:
     task_windows: int = 8  # windows per task (a task never spans two rows of windows or two levels)
     tasks_in_flight: int = 2  # per actor
     open_scenes: int = 2  # scenes whose tasks may be in flight at once (run_many), and readers kept per worker
-    max_attempts: int = 3  # per task, counting actor deaths
+    max_attempts: int = 3  # per task, counting actor deaths (Ray's max_task_retries = max_attempts - 1)
     start_timeout_s: float = 300.0  # actors not up by then: the cluster lacks the resources asked for
 
 
@@ -104,8 +111,6 @@ class PoolRun:
     detections: list[WindowDetections]
     read_s: float = 0.0
     detect_s: float = 0.0
-    resubmitted: int = 0
-    actors_replaced: int = 0
     started: float = 0.0
     finished: float = 0.0
 
@@ -231,7 +236,8 @@ class WindowWorker:
     def __init__(self, detector_spec: DetectorSpec, batch_size: int | None = None, readers: int = 2,
                  read_threads: int = 2):
         self.detector = build_detector(detector_spec)
-        self.batch_size = batch_size or (2 if detector_spec.device.startswith("cuda") else 1)
+        on_gpu = uses_gpu(detector_spec) and resolve_device(detector_spec.device).startswith("cuda")
+        self.batch_size = batch_size or (2 if on_gpu else 1)
         self.readers = max(1, readers)
         self.read_threads = max(1, read_threads)
         self._readers: OrderedDict[ReadSpec, ReaderSet] = OrderedDict()
@@ -267,7 +273,7 @@ class _SceneState:
         # few expensive tasks start early and the scene does not end with one actor busy on the top
         # level while the others idle. Within a level the plan's row order is kept (stable sort).
         tasks = sorted(make_tasks(job.items, task_windows), key=lambda t: -t[0].window.level)
-        self.pending: deque[tuple[WindowTask, int]] = deque((WindowTask(job.spec, t), 0) for t in tasks)
+        self.pending: deque[WindowTask] = deque(WindowTask(job.spec, t) for t in tasks)
         self.outstanding = 0  # tasks submitted and not yet back
         self.results: dict[int, WindowDetections] = {}
         self.run = PoolRun([])
@@ -332,7 +338,7 @@ class InProcessPool:
         for job in jobs:
             scene = _SceneState(job, self.config.task_windows)
             while scene.pending and scene.error is None and not scene.cancelled():
-                task, _ = scene.pending.popleft()
+                task = scene.pending.popleft()
                 try:
                     scene.add(self._worker.run(task), len(task.items))
                 except Exception as exc:  # this scene fails; the caller decides about the others
@@ -349,6 +355,11 @@ class InProcessPool:
         self.close()
 
 
+class _QuietTokenNotice(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Token authentication is enabled" not in record.getMessage()
+
+
 def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> bool:
     """Connect to Ray: join ``address`` if given, else start a local runtime. True if this call started it.
 
@@ -360,6 +371,8 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> bool:
     if ray.is_initialized():
         return False
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    # Ray announces on every local start that token authentication is on; it stays on, unannounced.
+    logging.getLogger("ray._private.authentication.authentication_token_setup").addFilter(_QuietTokenNotice())
     kwargs: dict[str, object]
     if address is not None:
         kwargs = {"address": address}
@@ -385,7 +398,7 @@ class RayPool:
         self._started_ray = ensure_ray(config.ray_address, local_cpus)
         resources = ray.cluster_resources()
         gpus = int(resources.get("GPU", 0))
-        if gpus:
+        if gpus and uses_gpu(detector_spec):
             n = config.workers or gpus
             options = {"num_gpus": 1, "num_cpus": 1}
         else:
@@ -395,7 +408,8 @@ class RayPool:
             cpus = max(1, int(ray.available_resources().get("CPU", 1)))  # other pools may hold some
             n = config.workers or 1
             options = {"num_cpus": max(1, cpus // n)}
-        self._actor_class = ray.remote(**options)(WindowWorker)
+        retries = max(0, config.max_attempts - 1)
+        self._actor_class = ray.remote(**options, max_restarts=retries, max_task_retries=retries)(WindowWorker)
         self.actors = [self._new_actor() for _ in range(n)]
         # Wait for the actors to be up, so that start-up time is not counted as streaming time, and so
         # that asking for more workers than the cluster can place fails here instead of hanging.
@@ -431,7 +445,7 @@ class RayPool:
         more = True
         open_scenes: list[_SceneState] = []
         load = [0] * len(self.actors)
-        in_flight: dict[ray.ObjectRef, tuple[int, object, _SceneState, WindowTask, int]] = {}
+        in_flight: dict[ray.ObjectRef, tuple[int, _SceneState, WindowTask]] = {}
         while open_scenes or more:
             while more and len(open_scenes) < max(1, cfg.open_scenes) and not any(s.pending for s in open_scenes):
                 job = next(jobs, None)
@@ -442,9 +456,8 @@ class RayPool:
             for scene in open_scenes:  # oldest scene first: its result is what the caller waits for
                 while scene.pending and min(load) < max(1, cfg.tasks_in_flight) and not scene.cancelled():
                     slot = load.index(min(load))
-                    task, attempt = scene.pending.popleft()
-                    actor = self.actors[slot]
-                    in_flight[actor.run.remote(task)] = (slot, actor, scene, task, attempt)
+                    task = scene.pending.popleft()
+                    in_flight[self.actors[slot].run.remote(task)] = (slot, scene, task)
                     load[slot] += 1
                     scene.outstanding += 1
             finished = [s for s in open_scenes if s.finished]
@@ -458,41 +471,20 @@ class RayPool:
                 continue
             ready, _ = ray.wait(list(in_flight), num_returns=1)
             for ref in ready:
-                slot, actor, scene, task, attempt = in_flight.pop(ref)
+                slot, scene, task = in_flight.pop(ref)
                 load[slot] -= 1
                 scene.outstanding -= 1
                 try:
                     res: TaskResult = ray.get(ref)
-                except RayActorError as exc:
-                    self._replace(slot, actor, exc, scene.run)
-                    if scene.error is not None:
-                        continue
-                    if attempt + 1 >= cfg.max_attempts:
-                        scene.fail(RuntimeError(f"task of {len(task.items)} windows failed {cfg.max_attempts} "
-                                                f"times (workers dying): {exc}"))
-                    else:
-                        scene.pending.appendleft((task, attempt + 1))
-                        scene.run.resubmitted += 1
+                except RayActorError as exc:  # Ray restarted the actor and retried the task max_attempts times
+                    scene.fail(RuntimeError(f"task of {len(task.items)} windows failed {cfg.max_attempts} "
+                                            f"times (workers dying): {exc}"))
                     continue
                 except Exception as exc:  # the task raised (a read or detector error): its scene fails
                     scene.fail(exc)
                     continue
                 if scene.error is None and not scene.cancelled():
                     scene.add(res, len(task.items))
-
-    def _replace(self, slot: int, actor: object, exc: Exception, run: PoolRun) -> None:
-        """Replace the actor in ``slot`` if ``actor`` is still the one there (its first failure seen)."""
-        import ray
-
-        if self.actors[slot] is not actor:
-            return
-        log.warning("worker %d died (%s); replacing it and re-submitting its tasks", slot, type(exc).__name__)
-        try:
-            ray.kill(actor, no_restart=True)
-        except ValueError:  # not an actor handle any more; nothing left to stop
-            pass
-        self.actors[slot] = self._new_actor()
-        run.actors_replaced += 1
 
     def worker_pids(self) -> list[int]:
         import ray
@@ -516,6 +508,19 @@ class RayPool:
 
 
 def make_pool(detector_spec: DetectorSpec, config: PoolConfig) -> InProcessPool | RayPool:
-    if config.workers == 0:
+    """The pool that pays on this machine (see the module docstring): Ray only for GPUs, for actors
+    asked for, or to join a cluster."""
+    if config.workers == 0 or (config.workers is None and config.ray_address is None
+                               and not local_gpus(detector_spec)):
         return InProcessPool(detector_spec, config)
     return RayPool(detector_spec, config)
+
+
+def local_gpus(detector_spec: DetectorSpec) -> int:
+    """The GPUs of this machine that the detector would use (0 for detectors that never use one,
+    which are decided without importing torch)."""
+    if not uses_gpu(detector_spec):
+        return 0
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
