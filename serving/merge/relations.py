@@ -1,59 +1,110 @@
-"""Which detections are parts of one bridge: the pair relations of the holistic merge's fusion pass.
+"""Which detections are parts of one bridge: the pair relations of the holistic merge's grouping.
 
-See :mod:`serving.merge.methods` for the rules. Everything here works on ``(N, 5)`` le90 boxes in scene
-pixels and on index pairs ``(longer, shorter)``.
+See :mod:`serving.merge.methods` for the rules. Everything here works on :class:`Evidence` (``(N, 5)``
+le90 boxes in scene pixels with their level-aware uncertainties and the cut or real state of their
+ends, for window detections or for fused groups alike) and on index pairs ``(longer, shorter)``.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
 from serving.merge.config import MergeConfig
-from serving.merge.pairs import points_in_boxes, size_class
+from serving.merge.fuse import end_cuts
+from serving.merge.pairs import N_CLASSES, points_in_boxes, size_class
 
 
-def cut_margin(boxes: np.ndarray, scales: np.ndarray, config: MergeConfig) -> np.ndarray:
-    """How close (scene pixels) a box's end may be to its window's border and still count as cut
-    there: ``cut_margin`` level pixels, plus the uncertainty of the end (``end_tol`` of the length)."""
-    return config.cut_margin * scales + config.end_tol * boxes[:, 2]
+@dataclass(frozen=True)
+class Evidence:
+    """What the fusion pass knows of each box (a window detection, or a group fused from some).
+
+    ``boxes`` ``(N, 5)`` le90 scene pixels; ``sigma`` ``(N,)`` the uncertainty of its edges across the
+    deck in scene pixels (``edge_error`` pixels of its level; of its finest level for a group);
+    ``end_sigma`` ``(N, 2)`` that of its ``-u`` and ``+u`` ends; ``cut`` ``(N, 2)`` whether each of those
+    ends is a cut by a window border (or not known to be the bridge's end); ``touching`` ``(N,)``
+    whether the box may touch its window's border at all; ``labels`` ``(N,)``.
+    """
+
+    boxes: np.ndarray
+    sigma: np.ndarray
+    end_sigma: np.ndarray
+    cut: np.ndarray
+    touching: np.ndarray
+    labels: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.boxes)
 
 
-def neighbour_pairs(
-    boxes: np.ndarray, scales: np.ndarray, labels: np.ndarray, touching: np.ndarray, config: MergeConfig
-) -> tuple[np.ndarray, np.ndarray]:
+def detection_evidence(
+    boxes: np.ndarray, levels: np.ndarray, labels: np.ndarray, bounds: np.ndarray | None, config: MergeConfig
+) -> Evidence:
+    """Evidence of window detections: sigmas from their level, cuts from their window's border.
+
+    An end is a cut when one of its two corners lies within ``cut_margin`` pixels of its level from
+    the border of the window it came from, or beyond it; without window bounds no end is known to be
+    real, so all are cuts.
+    """
+    scales = np.exp2(levels.astype(np.float64))
+    sigma = config.edge_error * scales
+    end_sigma = np.repeat((sigma + config.end_frac * boxes[:, 2])[:, None], 2, axis=1)
+    if bounds is None:
+        cut = np.ones((len(boxes), 2), dtype=bool)
+        return Evidence(boxes, sigma, end_sigma, cut, cut[:, 0], labels)
+    lo, hi, touching = end_cuts(boxes, np.cos(boxes[:, 4]), np.sin(boxes[:, 4]), bounds, config.cut_margin * scales)
+    return Evidence(boxes, sigma, end_sigma, np.stack([lo, hi], axis=1), touching, labels)
+
+
+def neighbour_pairs(ev: Evidence, config: MergeConfig) -> tuple[np.ndarray, np.ndarray]:
     """Pairs ``(longer, shorter)`` that may continue one another or form a stub (see relations).
 
-    Found by two look-ups of points in grown boxes, each a superset of its relation:
+    Found by look-ups of points in grown boxes, each a superset of its relation:
 
-    * continuations: an end of the shorter box lies in the longer one grown by the gap and lateral
-      tolerances, with a width (size class) and direction (10-degree bin) like the longer one's;
-    * stubs: the centre of the shorter box, one that may touch its window's border (``touching``),
-      lies near an end of the longer one, with a length of about the longer one's width.
-
-    The width tolerance is taken in the longer box's level pixels: a partner from a much coarser
-    level may be farther off, but it is then also far longer than those pixels and rarely the shorter.
+    * continuations: an end of the shorter box lies in the longer one grown by the end and lateral
+      tolerances, with a width (size class) and direction (angle bin) like the longer one's. The
+      tolerances depend on the partner's sigma, so there is one look-up per partner sigma (per level);
+    * stubs: the centre of the shorter box, one that may touch its window's border, lies near an
+      end of the longer one, with a length of about the longer one's width.
     """
+    boxes = ev.boxes
     cx, cy, w, h, t = (boxes[:, k] for k in range(5))
     n = len(boxes)
     cos, sin = np.cos(t), np.sin(t)
     ux, uy = cos * w / 2, sin * w / 2
-
-    # Continuations: |h_S - h_L| <= width_tol * max(h) + slack, so h_S <= widest; angles within tol.
-    wt, slack = config.width_tol, scales
-    widest = (h + slack) / (1 - wt)
-    spread = math.sin(math.radians(config.angle_tol_deg)) * widest / 2 + slack
-    margin = (config.gap_tol * h + spread, np.maximum(config.lateral_tol * widest + spread - h / 2, 0.0))
-    # Point classes (direction bin, width class); each box asks for its own and the adjacent bins.
+    wt = config.width_tol
     n_bins, bin_of = angle_bins(t, config.angle_tol_deg)
-    n_w = int(size_class(widest).max()) + 1
-    lo_w, hi_w = size_class((1 - wt) * h - slack), size_class(widest)
     bins = (bin_of[:, None] + (np.array([-1, 0, 1]) if n_bins >= 3 else np.array([0]))) % n_bins
-    ranges = np.stack([bins * n_w + lo_w[:, None], bins * n_w + hi_w[:, None]], axis=2)
     ends = np.concatenate([np.stack([cx - ux, cy - uy], 1), np.stack([cx + ux, cy + uy], 1)])
     owner = np.concatenate([np.arange(n), np.arange(n)])
-    cont_l, cont_p = points_in_boxes(boxes, margin, ranges, ends, (bin_of * n_w + size_class(h))[owner])
+    n_w = N_CLASSES
+    point_class = (bin_of * n_w + size_class(h))[owner]
+    longer, shorter = [], []
+    # One look-up per partner sigma (level); the coarse ones, with few boxes, share one look-up at
+    # the largest of their sigmas (a superset of their pairs).
+    sigmas = np.unique(ev.sigma)
+    buckets = [sigmas[:1], sigmas[1:2], sigmas[2:]]
+    for bucket in buckets:
+        if not len(bucket):
+            continue
+        sig = bucket.max()
+        mine = np.flatnonzero(np.isin(ev.sigma[owner], bucket))
+        # Only boxes at least as long as the shortest partner of this sigma can be the longer one.
+        box = np.flatnonzero(w >= w[owner[mine]].min())
+        pair_sigma = ev.sigma[box] + sig
+        hb, wb = h[box], w[box]
+        slack = 2 * pair_sigma
+        widest = (hb + slack) / (1 - wt)
+        spread = math.sin(math.radians(config.angle_tol_deg)) * widest / 2  # the partner's turn
+        # One end of the shorter box lies inside the longer one, or within the largest gap allowed.
+        margin = (config.end_k * pair_sigma + spread, np.maximum(config.lateral_k * pair_sigma + spread - hb / 2, 0.0))
+        lo_w, hi_w = size_class((1 - wt) * hb - slack), size_class(widest)
+        ranges = np.stack([bins[box] * n_w + lo_w[:, None], bins[box] * n_w + hi_w[:, None]], axis=2)
+        b, p = points_in_boxes(boxes[box], margin, ranges, ends[mine], point_class[mine])
+        longer.append(box[b])
+        shorter.append(owner[mine[p]])
 
     # Stubs: stub_min * h_L <= w_S <= stub_ratio * h_L, centre within stub_ratio * h_L of an end.
     reach = config.stub_ratio * h
@@ -62,23 +113,31 @@ def neighbour_pairs(
         [np.stack([cx - ux, cy - uy, zero, zero, t], 1), np.stack([cx + ux, cy + uy, zero, zero, t], 1)]
     )
     stub_ranges = np.stack([size_class(config.stub_min * h), size_class(reach)], axis=1)[:, None, :]
-    stub_margin = (np.maximum(reach, (config.gap_tol + config.stub_ratio / 2) * h), config.lateral_tol * h)
-    candidates = np.flatnonzero(touching)
+    stub_margin = (np.maximum(reach, (config.stub_min + config.stub_ratio / 2) * h), config.stub_lateral * h)
+    candidates = np.flatnonzero(ev.touching)
     stub_b, stub_p = points_in_boxes(
         end_boxes,
         (np.concatenate([stub_margin[0]] * 2), np.concatenate([stub_margin[1]] * 2)),
         np.concatenate([stub_ranges, stub_ranges]),
         boxes[candidates, :2], size_class(w[candidates]),
     )
-    stub_p = candidates[stub_p]
+    longer.append(stub_b % n)
+    shorter.append(candidates[stub_p])
+    return ordered_pairs(np.concatenate(longer), np.concatenate(shorter), w, ev.labels, config)
 
-    longer = np.concatenate([cont_l, stub_b % n])
-    shorter = np.concatenate([owner[cont_p], stub_p])
-    keep = (shorter != longer) & ((w[shorter] < w[longer]) | ((w[shorter] == w[longer]) & (shorter > longer)))
+
+def ordered_pairs(
+    a: np.ndarray, b: np.ndarray, length: np.ndarray, labels: np.ndarray, config: MergeConfig
+) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct pairs of different items as ``(longer, shorter)`` (ties: the lower index first), of
+    one label unless class-agnostic."""
+    n = len(length)
+    longer = np.where((length[a] > length[b]) | ((length[a] == length[b]) & (a < b)), a, b)
+    shorter = a + b - longer
+    keep = longer != shorter
     if not config.class_agnostic:
         keep &= labels[shorter] == labels[longer]
-    # A pair can be found through both ends of the shorter box, and by both look-ups.
-    key = np.sort(longer[keep] * n + shorter[keep])
+    key = np.sort(longer[keep] * n + shorter[keep])  # sorting beats np.unique's hashing here
     key = key[np.r_[True, key[1:] != key[:-1]]] if len(key) else key
     return key // n, key % n
 
@@ -92,20 +151,44 @@ def angle_bins(theta: np.ndarray, tol_deg: float) -> tuple[int, np.ndarray]:
     return n_bins, np.minimum((frac * n_bins).astype(np.int64), n_bins - 1)
 
 
-def relations(
-    boxes: np.ndarray,
-    scales: np.ndarray,
-    cut: tuple[np.ndarray, np.ndarray],
-    touching: np.ndarray,
-    li: np.ndarray,
-    si: np.ndarray,
-    config: MergeConfig,
-) -> tuple[np.ndarray, np.ndarray]:
-    """For pairs of a longer box ``li`` and a shorter box ``si``: ``continues`` (the two continue one
-    another, module doc, pass 1) and ``stub`` (the shorter one is a stub on the longer one's deck).
-    ``cut`` says for every box whether its ``-u`` and ``+u`` ends may be cuts by its window's border
-    (not known to be real ends), ``touching`` whether the box may touch that border."""
-    L, S = boxes[li], boxes[si]
+@dataclass(frozen=True)
+class PairRelations:
+    """Relations of pairs ``(longer, shorter)``: ``continues`` (parts of one bridge, module doc of
+    :mod:`serving.merge.methods`), ``precise`` (the link is fine enough to tell twin decks apart),
+    ``stub`` (the shorter is a stub on the longer one's deck), ``residual`` (lateral offset over its
+    tolerance: how well the two agree), ``overlap`` (length of their common interval along the
+    longer one's axis, 0 for a gap)."""
+
+    continues: np.ndarray
+    precise: np.ndarray
+    stub: np.ndarray
+    residual: np.ndarray
+    overlap: np.ndarray
+
+
+def relations(ev: Evidence, li: np.ndarray, si: np.ndarray, config: MergeConfig) -> PairRelations:
+    """The relations of pairs of a longer box ``li`` and a shorter box ``si`` (see :class:`PairRelations`).
+
+    Pairs that can hold no relation (directions too far apart, and no stub) are answered without
+    computing the rest: most neighbour pairs of a dense scene are such."""
+    t_l, t_s = ev.boxes[li, 4], ev.boxes[si, 4]
+    delta = np.abs(np.remainder(t_s - t_l + math.pi / 2, math.pi) - math.pi / 2)
+    maybe = (delta <= math.radians(config.angle_tol_deg)) | (
+        ev.touching[si] & (ev.boxes[si, 2] <= config.stub_ratio * ev.boxes[li, 3]))
+    n = len(li)
+    out = PairRelations(np.zeros(n, dtype=bool), np.zeros(n, dtype=bool), np.zeros(n, dtype=bool),
+                        np.full(n, np.inf), np.zeros(n))
+    sub = np.flatnonzero(maybe)
+    if len(sub):
+        part = _relations(ev, li[sub], si[sub], config)
+        for name in ("continues", "precise", "stub", "residual", "overlap"):
+            getattr(out, name)[sub] = getattr(part, name)
+    return out
+
+
+def _relations(ev: Evidence, li: np.ndarray, si: np.ndarray, config: MergeConfig) -> PairRelations:
+    L, S = ev.boxes[li], ev.boxes[si]
+    sig_l, sig_s = ev.sigma[li], ev.sigma[si]
     delta = np.remainder(S[:, 4] - L[:, 4] + math.pi / 2, math.pi) - math.pi / 2  # in [-pi/2, pi/2)
     cd, sd = np.abs(np.cos(delta)), np.abs(np.sin(delta))
     cos_l, sin_l = np.cos(L[:, 4]), np.sin(L[:, 4])
@@ -113,9 +196,10 @@ def relations(
     along = dx * cos_l + dy * sin_l
     across = -dx * sin_l + dy * cos_l
     half_s = (S[:, 2] * cd + S[:, 3] * sd) / 2  # half extent of S along L's axis
-    lo = np.maximum(along - half_s, -L[:, 2] / 2)
-    hi = np.minimum(along + half_s, L[:, 2] / 2)
-    width = np.maximum(S[:, 3], L[:, 3])
+    s_lo, s_hi = along - half_s, along + half_s
+    l_hi = L[:, 2] / 2
+    l_lo = -l_hi
+    lo, hi = np.maximum(s_lo, l_lo), np.minimum(s_hi, l_hi)
 
     # A piece about as long as the other's deck is wide, cut off by a window border near a bridge's
     # end, has no meaningful direction: it is judged by where it lies, not by its angle, and it may
@@ -124,38 +208,61 @@ def relations(
     short = S[:, 2] <= config.stub_ratio * L[:, 3]
     stub = (
         short
-        & touching[si]  # a piece cut off by its window's border
-        & (L[:, 2] >= 2 * S[:, 2])  # of a box with a direction: clearly longer than the piece
+        & ev.touching[si]
+        & (sig_l <= sig_s)  # judged by the other box's geometry: one at least as precise
+        & (L[:, 2] >= 2 * S[:, 2])
         & (S[:, 2] >= config.stub_min * L[:, 3])
-        & (np.abs(along) >= L[:, 2] / 2 - config.stub_ratio * L[:, 3])  # near an end of L
-        & (lo - hi <= config.gap_tol * L[:, 3])
-        & (np.abs(across) <= config.lateral_tol * L[:, 3])
+        & (np.abs(along) >= l_hi - config.stub_ratio * L[:, 3])  # near an end of L
+        & (lo - hi <= config.stub_min * L[:, 3])
+        & (np.abs(across) <= config.stub_lateral * L[:, 3])
     )
-    aligned = np.abs(delta) <= math.radians(config.angle_tol_deg)
+
+    # Direction: each box's angle is uncertain by about 2 k sigma / length (its ends move sideways).
+    k = config.lateral_k
+    angle_tol = np.minimum(
+        math.radians(config.angle_base_deg)
+        + np.arctan(2 * k * sig_l / np.maximum(L[:, 2], 1e-9))
+        + np.arctan(2 * k * sig_s / np.maximum(S[:, 2], 1e-9)),
+        math.radians(config.angle_tol_deg),
+    )
+    aligned = np.abs(delta) <= angle_tol
     # Offset of S's centre line from L's at both ends of their common interval (of the gap when they
     # do not overlap): the largest offset over the interval, since it changes linearly along it.
     slope = np.tan(np.where(aligned, delta, 0.0))
     lateral = np.maximum(np.abs(across + (lo - along) * slope), np.abs(across + (hi - along) * slope))
-    # Parts of one bridge have about one width; each box's width is uncertain by half a pixel of its
-    # level (rounding).
-    similar = np.abs(S[:, 3] - L[:, 3]) <= config.width_tol * width + (scales[si] + scales[li]) / 2
-    gap_ok = lo - hi <= config.gap_tol * np.minimum(S[:, 3], L[:, 3])
-    # Two boxes that meet end to end, each with a real (not cut) end at the meeting, are two bridges:
-    # a bridge does not go on past its own end. "Meet" allows an overlap of a width, or of the
-    # uncertainty of the ends (end_tol of the mean length). Fragments of one bridge from
-    # neighbouring windows meet with cut ends, and overlap by the window overlap: 200 level pixels,
-    # at least 14 % of a fragment (a window's diagonal is 1448 px).
-    beyond_hi = along + half_s > L[:, 2] / 2
-    beyond_lo = along - half_s < -L[:, 2] / 2
-    meet = hi - lo <= np.maximum(width, config.end_tol * (S[:, 2] + L[:, 2]) / 2)
-    end_to_end = (beyond_hi ^ beyond_lo) & meet
-    same_way = np.cos(S[:, 4] - L[:, 4]) > 0  # S's +u end points along L's +u
-    l_cut = np.where(beyond_hi, cut[1][li], cut[0][li])
-    # S's end facing L is its low end (in L's frame) when S sticks out past L's high end.
-    s_cut = np.where(beyond_hi == same_way, cut[0][si], cut[1][si])
-    ends_meet = end_to_end & ~l_cut & ~s_cut
-    continues = ~short & aligned & similar & gap_ok & ~ends_meet & (lateral <= config.lateral_tol * width)
-    return continues, stub
+    lateral_tol = k * (sig_l + sig_s)
+    similar = np.abs(S[:, 3] - L[:, 3]) <= config.width_tol * np.maximum(S[:, 3], L[:, 3]) + 2 * (sig_l + sig_s)
+
+    # Ends: S's end on L's +u side is its +u end when the two point the same way.
+    same_way = np.cos(S[:, 4] - L[:, 4]) > 0
+    s_at_hi = np.where(same_way, 1, 0)
+    s_at_lo = 1 - s_at_hi
+    cut_l, cut_s = ev.cut[li], ev.cut[si]
+    s_cut_hi = np.take_along_axis(cut_s, s_at_hi[:, None], 1)[:, 0]
+    s_cut_lo = np.take_along_axis(cut_s, s_at_lo[:, None], 1)[:, 0]
+    tol_hi = config.end_k * (ev.end_sigma[li, 1] + np.take_along_axis(ev.end_sigma[si], s_at_hi[:, None], 1)[:, 0])
+    tol_lo = config.end_k * (ev.end_sigma[li, 0] + np.take_along_axis(ev.end_sigma[si], s_at_lo[:, None], 1)[:, 0])
+    # A real end bounds the bridge: neither box goes on past a real end of the other by more than
+    # the ends' uncertainty, and a gap is allowed only between two cut ends, as wide as the boxes'
+    # level uncertainty (fragments of one bridge from neighbouring windows overlap). So two boxes
+    # with real ends facing each other across a gap are two bridges, whatever the gap. Two aligned
+    # boxes that overlap along the deck by more than the ends' uncertainty are one deck whatever
+    # their ends say: two bridges in a row do not overlap, and a detector's end a little off its
+    # window's border (more than the cut margin) must not make two bridges of one.
+    overlap = hi - lo
+    extent = (
+        (overlap > np.maximum(tol_hi, tol_lo))
+        | ((cut_l[:, 1] | (s_hi <= l_hi + tol_hi))
+           & (cut_l[:, 0] | (s_lo >= l_lo - tol_lo))
+           & (s_cut_hi | (l_hi <= s_hi + tol_hi))
+           & (s_cut_lo | (l_lo >= s_lo - tol_lo)))
+    ) & (-overlap <= config.end_k * (sig_l + sig_s))
+    continues = ~short & aligned & similar & extent & (lateral <= lateral_tol)
+    # Two decks side by side are (h1 + h2) / 2 + gap apart; a link whose tolerance could reach across
+    # that, from both sides at once, cannot tell them apart. Nor can a link between boxes of unequal
+    # precision: the coarser one only attaches to its best partner (see methods).
+    precise = (sig_l == sig_s) & (2 * lateral_tol <= np.maximum(S[:, 3], L[:, 3]) + config.twin_gap)
+    return PairRelations(continues, precise, stub, lateral / np.maximum(lateral_tol, 1e-9), np.maximum(overlap, 0.0))
 
 
 def attach_stub_groups(

@@ -12,25 +12,40 @@ from serving.merge.pairs import PAIR_CHUNK, chunk_slices, points_in_boxes, point
 
 
 def suppress(
-    boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, config: MergeConfig
+    boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, config: MergeConfig,
+    tier: np.ndarray | None = None, tiebreak: np.ndarray | None = None, piece: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Greedy NMS by IoU or containment; kept indices in descending score order.
+    """Greedy NMS by IoU or containment; kept indices in rank order: ascending ``tier`` (default all
+    0), then descending score, then descending ``tiebreak`` (a box never suppresses one of a lower
+    tier, nor one that ranks above it).
 
     Either relation needs more than half of the lower-ranked box inside the other, hence its centre
     inside it (a convex box cut through its centre leaves half of a centrally symmetric one on each
     side), and a lower-ranked box at least half as long as the other is wide: a detection that short
-    is not a piece of that bridge, and is left alone.
+    is not a piece of that bridge, and is left alone, unless it is a ``piece`` (a detection that
+    touches its window's border: the end of a bridge cut off by the window may be that short).
     """
     n = len(scores)
-    order = np.lexsort((np.arange(n), -scores))
+    tier = np.zeros(n, dtype=np.int64) if tier is None else np.asarray(tier)
+    tiebreak = np.zeros(n) if tiebreak is None else np.asarray(tiebreak)
+    order = np.lexsort((np.arange(n), -tiebreak, -scores, tier))
     rank = np.empty(n, dtype=np.int64)
     rank[order] = np.arange(n)
     w, h = boxes[:, 2], boxes[:, 3]
     # A box with a fraction f of itself inside another is at most about diagonal / f long.
     reach = np.hypot(w, h) / min(config.contain_iof, config.duplicate_iou)
+    zero = (np.zeros(n), np.zeros(n))
     ranges = np.stack([size_class(0.5 * h), size_class(reach) + 1], axis=1)[:, None, :]
-    top, low = points_in_boxes(boxes, (np.zeros(n), np.zeros(n)), ranges, boxes[:, :2], size_class(w))
-    keep = (rank[low] > rank[top]) & (w[low] >= 0.5 * h[top])
+    top, low = points_in_boxes(boxes, zero, ranges, boxes[:, :2], size_class(w))
+    keep = w[low] >= 0.5 * h[top]
+    if piece is not None and np.any(piece):
+        pieces = np.flatnonzero(piece)
+        short = np.stack([np.zeros(n, dtype=np.int64), size_class(0.5 * h)], axis=1)[:, None, :]
+        pt, pl = points_in_boxes(boxes, zero, short, boxes[pieces, :2], size_class(w[pieces]))
+        pl = pieces[pl]
+        top, low = np.concatenate([top[keep], pt]), np.concatenate([low[keep], pl])
+        keep = np.ones(len(top), dtype=bool)
+    keep &= rank[low] > rank[top]
     if not config.class_agnostic:
         keep &= labels[low] == labels[top]
     top, low = top[keep], low[keep]

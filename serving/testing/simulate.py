@@ -4,8 +4,16 @@ Used to test and time the merge without a model: :func:`synthetic_scene` scatter
 oriented bridges over a scene; :class:`PerfectDetector` returns, for one :class:`PlanWindow`, exactly
 the parts of those bridges a window of that level shows (so long bridges come back in fragments at
 fine levels and whole at coarse ones, and small bridges vanish at coarse levels, as with a real
-detector); :func:`score_against_truth` measures recall and fragmentation of merged boxes;
-:func:`time_merge` times the merge on a realistic 100,000-detection load.
+detector); :func:`score_against_truth` measures recall, fragmentation and wrong merges of merged
+boxes; :func:`time_merge` times the merge on a realistic 100,000-detection load.
+
+The independent check of the merge (issue 12) has its own detector and scenes: :class:`CheckDetector`
+returns the visible part of every true bridge in every window of every level as a rectangle *along
+the bridge*, each edge jittered by up to ``+-jitter_px`` pixels of that level, with constant, noisy,
+coarse-higher or coarse-lower scores; :func:`check_scene` is the 12,000 x 8,000 px scene with 100
+bridges of 50 to 6,000 px; :func:`near_miss_scene` lays out the pairs that a merge must keep apart
+(parallel decks 5, 10 and 30 px apart, crossings, a short bridge beside a long one, bridges in a row
+10, 20 and 40 px apart) at several angles.
 """
 
 from __future__ import annotations
@@ -189,6 +197,183 @@ class PerfectDetector:
         return np.where(tie[:, None], own, rects), c1 - c0
 
 
+ScoreMode = Literal["constant", "noisy", "coarse_higher", "coarse_lower"]
+
+
+@dataclass
+class CheckDetector:
+    """The independent check's detector: each true bridge's visible part in a window, as a rectangle
+    along the bridge, jittered in the level's pixels.
+
+    For a window of level ``k`` (scale ``s = 2**k``) every bridge is mapped to level pixels and
+    clipped to the window; a visible part is reported as the rectangle along the bridge's own
+    direction that holds it (extents along and across the bridge's axis), dropped when shorter than
+    ``min_length`` or narrower than ``min_width`` level pixels or when it shows less than
+    ``min_deck_fraction`` of the deck's width. Then each of the rectangle's four edges moves by
+    ``U(-jitter_px, jitter_px)`` level pixels (``jitter_px`` = 2: +-2 px at level 0, +-32 scene px at
+    level 4), and its direction turns so that its two ends move sideways by up to ``jitter_px`` against
+    each other. Unlike :class:`PerfectDetector`, a part's rectangle never takes another direction than
+    the bridge, and the error does not grow with the box's size.
+
+    ``scores``: ``"constant"`` 0.9 everywhere; ``"noisy"`` ``N(0.7, 0.15)`` independent of everything;
+    ``"coarse_higher"`` ``0.5 + 0.1 k`` and ``"coarse_lower"`` ``0.9 - 0.1 k`` (plus ``N(0, 0.01)``), so a
+    coarse box outranks (or ranks below) the fine boxes of its own bridge. Randomness is seeded per
+    window. Also a ``WindowDetector`` (``detect``) for the engine, which ignores the pixels.
+    """
+
+    truth: np.ndarray
+    jitter_px: float = 2.0
+    scores: ScoreMode = "constant"
+    seed: int = 0
+    min_length: float = 12.0
+    min_width: float = 2.0
+    min_deck_fraction: float = 0.5
+    name: str = "check"
+    _levels: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=dict, repr=False)
+
+    def _level(self, scale: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        if scale not in self._levels:
+            boxes = np.asarray(self.truth, dtype=np.float64).reshape(-1, 5).copy()
+            boxes[:, :4] /= scale
+            self._levels[scale] = (boxes, _polygons(boxes), _hulls(boxes))
+        return self._levels[scale]
+
+    def __call__(self, window: PlanWindow) -> WindowDetections:
+        level_truth, polys, hulls = self._level(window.scale)
+        x0, y0 = window.col_off, window.row_off
+        x1, y1 = x0 + window.width, y0 + window.height
+        cand = np.flatnonzero((hulls[:, 0] < x1) & (hulls[:, 2] > x0) & (hulls[:, 1] < y1) & (hulls[:, 3] > y0))
+        visible = shapely.intersection(polys[cand], shapely.box(x0, y0, x1, y1))
+        ok = (shapely.area(visible) > 0) & (shapely.get_type_id(visible) == 3)
+        cand, visible = cand[ok], visible[ok]
+        t = level_truth[cand]
+        rng = np.random.default_rng([self.seed, window.level, window.row_off, window.col_off])
+        if len(cand):
+            coords, index = shapely.get_coordinates(visible, return_index=True)
+            c, s = np.cos(t[index, 4]), np.sin(t[index, 4])
+            along = coords[:, 0] * c + coords[:, 1] * s
+            across = -coords[:, 0] * s + coords[:, 1] * c
+            a0, a1 = _group_extent(along, index, len(cand))
+            c0, c1 = _group_extent(across, index, len(cand))
+        else:
+            a0 = a1 = c0 = c1 = np.zeros(0)
+        keep = ((a1 - a0 >= self.min_length) & (c1 - c0 >= self.min_width)
+                & (c1 - c0 >= self.min_deck_fraction * t[:, 3]))
+        a0, a1, c0, c1, t = a0[keep], a1[keep], c0[keep], c1[keep], t[keep]
+        n, j = len(t), self.jitter_px
+        a0, a1 = a0 + rng.uniform(-j, j, n), a1 + rng.uniform(-j, j, n)
+        c0, c1 = c0 + rng.uniform(-j, j, n), c1 + rng.uniform(-j, j, n)
+        length, width = np.maximum(a1 - a0, 1.0), np.maximum(c1 - c0, 1.0)
+        theta = t[:, 4] + np.arctan(rng.uniform(-j, j, n) / length)
+        am, cm = (a0 + a1) / 2, (c0 + c1) / 2
+        c, s = np.cos(t[:, 4]), np.sin(t[:, 4])
+        boxes = np.stack([am * c - cm * s - x0, am * s + cm * c - y0, length, width, theta], axis=1)
+        boxes = regularize_le90(torch.from_numpy(boxes.reshape(-1, 5))).numpy()
+        if self.scores == "constant":
+            scores = np.full(n, 0.9)
+        elif self.scores == "noisy":
+            scores = rng.normal(0.7, 0.15, n)
+        elif self.scores == "coarse_higher":
+            scores = 0.5 + 0.1 * window.level + rng.normal(0, 0.01, n)
+        elif self.scores == "coarse_lower":
+            scores = 0.9 - 0.1 * window.level + rng.normal(0, 0.01, n)
+        else:
+            raise ValueError(f"unknown score mode {self.scores!r}")
+        return WindowDetections(window, boxes, np.clip(scores, 0.05, 0.999), np.zeros(n, dtype=np.int64))
+
+    def detect(self, images: list[np.ndarray], windows: list[PlanWindow]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """The engine's ``WindowDetector`` interface (pixels ignored)."""
+        results = [self(w) for w in windows]
+        return [(d.boxes, d.scores, d.labels) for d in results]
+
+
+def _group_extent(values: np.ndarray, index: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    lo, hi = np.full(n, np.inf), np.full(n, -np.inf)
+    np.minimum.at(lo, index, values)
+    np.maximum.at(hi, index, values)
+    return lo, hi
+
+
+def check_scene(height: int = 8000, width: int = 12000, n_bridges: int = 100,
+                length_range: tuple[float, float] = (50.0, 6000.0), seed: int = 0) -> SyntheticScene:
+    """The independent check's scene: 12,000 x 8,000 px, 100 bridges 50 to 6,000 px long (log-uniform),
+    8 to 60 px wide, at random angles, none touching another (see :func:`synthetic_scene`)."""
+    return synthetic_scene(height, width, n_bridges=n_bridges, length_range=length_range, seed=seed, tries=500)
+
+
+NEAR_MISS_CASES = (
+    "parallel_5", "parallel_10", "parallel_30", "collinear_10", "collinear_20", "collinear_40",
+    "crossing_30", "crossing_90", "short_beside_long",
+)
+
+
+@dataclass(frozen=True)
+class NearMissScene:
+    """Pairs of bridges a merge must keep apart: ``scene.boxes`` holds pair ``p`` at rows ``2p, 2p + 1``;
+    ``cases[p]`` names the pair (one of :data:`NEAR_MISS_CASES`), ``angles[p]`` its direction in degrees."""
+
+    scene: SyntheticScene
+    cases: tuple[str, ...]
+    angles: tuple[float, ...]
+
+
+def near_miss_pair(case: str, centre: tuple[float, float], theta: float, length: float = 1500.0,
+                   deck: float = 16.0) -> np.ndarray:
+    """The two bridges ``(2, 5)`` of one near-miss ``case`` around ``centre``, the first along ``theta``.
+
+    ``parallel_G``: two decks ``length`` long side by side, ``G`` px between their edges (the second
+    one ``deck + 4`` wide); ``collinear_G``: two bridges in a row (``0.55`` and ``0.4 length``), ``G`` px
+    between their ends; ``crossing_A``: a second bridge ``0.6 length`` long crossing the first's middle at
+    ``A`` degrees; ``short_beside_long``: a 100 px bridge beside the middle of the first, 10 px away.
+    """
+    u, n = np.array([math.cos(theta), math.sin(theta)]), np.array([-math.sin(theta), math.cos(theta)])
+    c = np.asarray(centre, dtype=np.float64)
+    kind, _, arg = case.rpartition("_")
+    if case == "short_beside_long":
+        kind, arg = "short", "10"
+    gap = float(arg)
+    if kind == "parallel":
+        w2 = deck + 4
+        off = (deck + w2) / 2 + gap
+        a, b = c - n * off / 2, c + n * off / 2
+        return np.array([[*a, length, deck, theta], [*b, length, w2, theta]])
+    if kind == "collinear":
+        l1, l2 = 0.55 * length, 0.4 * length
+        a = c - u * (gap / 2 + l1 / 2)
+        b = c + u * (gap / 2 + l2 / 2)
+        return np.array([[*a, l1, deck, theta], [*b, l2, deck, theta]])
+    if kind == "crossing":
+        return np.array([[*c, length, deck, theta], [*c, 0.6 * length, deck + 4, theta + math.radians(gap)]])
+    if kind == "short":
+        b = c + u * 0.1 * length + n * ((deck + deck) / 2 + gap)
+        return np.array([[*c, length, deck, theta], [*b, 100.0, deck, theta]])
+    raise ValueError(f"unknown near-miss case {case!r}")
+
+
+def near_miss_scene(cases: tuple[str, ...] = NEAR_MISS_CASES, angles: tuple[float, ...] = (0.0, 17.0, 45.0, 73.0),
+                    length: tuple[float, float] = (700.0, 1900.0), cell: float = 2200.0,
+                    deck: tuple[float, float] = (8.0, 40.0), seed: int = 0) -> NearMissScene:
+    """Every ``case`` at every angle (degrees, plus a random offset under 1 degree so that no pair lies
+    exactly along the pixel grid), one pair per ``cell x cell`` square of a scene laid out row by row;
+    pair centres are moved by up to a tenth of a cell so that ends and window borders fall anywhere.
+    Each pair draws its ``length`` and ``deck`` width log-uniformly from the given ranges."""
+    rng = np.random.default_rng(seed)
+    combos = [(c, a) for c in cases for a in angles]
+    cols = math.ceil(math.sqrt(len(combos)))
+    rows = math.ceil(len(combos) / cols)
+    boxes = []
+    for k, (case, angle) in enumerate(combos):
+        centre = ((k % cols + 0.5) * cell + rng.uniform(-0.1, 0.1) * cell,
+                  (k // cols + 0.5) * cell + rng.uniform(-0.1, 0.1) * cell)
+        theta = math.radians(angle + rng.uniform(0.05, 0.95))
+        pair_length = math.exp(rng.uniform(*np.log(length)))
+        pair_deck = math.exp(rng.uniform(*np.log(deck)))
+        boxes.append(near_miss_pair(case, centre, theta, pair_length, pair_deck))
+    truth = regularize_le90(torch.from_numpy(np.concatenate(boxes))).numpy()
+    scene = SyntheticScene(int(rows * cell), int(cols * cell), truth)
+    return NearMissScene(scene, tuple(c for c, _ in combos), tuple(a for _, a in combos))
+
+
 def jitter_boxes(boxes: np.ndarray, jitter: float, rng: np.random.Generator) -> np.ndarray:
     """Perturb le90 boxes in their own frame (see :class:`PerfectDetector`)."""
     cx, cy, w, h, t = (boxes[:, k] for k in range(5))
@@ -220,9 +405,12 @@ class TruthScore:
     ``recall``: fraction of true bridges matched one-to-one (VOC-style, boxes taken in score order,
     each to the unmatched bridge it overlaps most) at rotated IoU >= the threshold.
     ``fragmentation``: fraction of true bridges with more than one output box lying mostly inside
-    them (IoF of the box in the bridge >= ``frag_iof``): a fragment of a bridge has a small IoU with it
-    but lies inside it, so IoF counts fragments and duplicates alike.
-    ``unmatched``: output boxes matched to no bridge (fragments, duplicates, false positives).
+    them (IoF of the box in the bridge >= ``frag_iof``: a fragment of a bridge has a small IoU with it
+    but lies inside it, so IoF counts fragments and duplicates alike), or found only as a fragment
+    (such a box, and no match).
+    ``merged``: output boxes that hold at least ``merge_cover`` of each of two or more bridges (a
+    wrong merge of bridges). ``unmatched``: output boxes matched to no bridge (fragments,
+    duplicates, false positives). ``matched`` ``(n_truth,)``: which bridges were matched.
     """
 
     recall: float
@@ -230,24 +418,31 @@ class TruthScore:
     n_truth: int
     n_output: int
     unmatched: int
+    merged: int = 0
+    matched: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool), repr=False, compare=False)
+    merged_truth: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool), repr=False, compare=False)
 
     def __str__(self) -> str:
         return (
-            f"recall {self.recall:.4f}, fragmentation {self.fragmentation:.4f}, "
+            f"recall {self.recall:.4f}, fragmentation {self.fragmentation:.4f}, {self.merged} wrong merges, "
             f"{self.n_output} boxes for {self.n_truth} bridges, {self.unmatched} unmatched"
         )
 
 
 def score_against_truth(
-    boxes: np.ndarray, scores: np.ndarray, truth: np.ndarray, iou_thr: float = 0.5, frag_iof: float = 0.5
+    boxes: np.ndarray, scores: np.ndarray, truth: np.ndarray, iou_thr: float = 0.5, frag_iof: float = 0.5,
+    merge_cover: float = 0.5,
 ) -> TruthScore:
-    """Recall and fragmentation of output ``boxes`` against ``truth`` (see :class:`TruthScore`).
+    """Recall, fragmentation and wrong merges of output ``boxes`` against ``truth`` (see :class:`TruthScore`).
 
     Meant for test-sized inputs: it holds dense ``(truth, output)`` matrices.
     """
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 5)
+    truth = np.asarray(truth, dtype=np.float64).reshape(-1, 5)
     n_t, n_o = len(truth), len(boxes)
     iou = np.zeros((n_t, n_o))
     iof = np.zeros((n_t, n_o))  # of the output box inside the bridge
+    cover = np.zeros((n_t, n_o))  # of the bridge inside the output box
     ht, ho = _hulls(truth), _hulls(boxes)
     ti, oi = np.nonzero(
         (ht[:, None, 0] < ho[None, :, 2]) & (ht[:, None, 2] > ho[None, :, 0])
@@ -260,20 +455,34 @@ def score_against_truth(
         inter = f * boxes[oi, 2] * boxes[oi, 3]
         iof[ti, oi] = f
         iou[ti, oi] = inter / (boxes[oi, 2] * boxes[oi, 3] + truth[ti, 2] * truth[ti, 3] - inter)
+        cover[ti, oi] = inter / (truth[ti, 2] * truth[ti, 3])
     taken = np.zeros(n_t, dtype=bool)
-    for o in np.argsort(-scores, kind="stable"):
+    for o in np.argsort(-np.asarray(scores), kind="stable"):
         col = np.where(taken, -1.0, iou[:, o])
         t = int(np.argmax(col)) if n_t else -1
         if t >= 0 and col[t] >= iou_thr:
             taken[t] = True
-    fragmented = (iof >= frag_iof).sum(axis=1) > 1
+    inside = (iof >= frag_iof).sum(axis=1)
+    fragmented = (inside > 1) | ((inside >= 1) & ~taken)
+    covering = cover >= merge_cover
+    merging = covering.sum(axis=0) >= 2
     return TruthScore(
         recall=float(taken.mean()) if n_t else 1.0,
         fragmentation=float(fragmented.mean()) if n_t else 0.0,
         n_truth=n_t,
         n_output=n_o,
         unmatched=n_o - int(taken.sum()),
+        merged=int(merging.sum()),
+        matched=taken,
+        merged_truth=covering[:, merging].any(axis=1) if n_o else np.zeros(n_t, dtype=bool),
     )
+
+
+def pairs_kept(score: TruthScore) -> np.ndarray:
+    """For a :class:`NearMissScene` (pair ``p`` at rows ``2p, 2p + 1``): whether each pair came out as
+    two correct boxes (both bridges matched at the IoU threshold, neither in a box holding both)."""
+    ok = score.matched & ~score.merged_truth
+    return ok[0::2] & ok[1::2]
 
 
 def benchmark_detections(

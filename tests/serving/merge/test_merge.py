@@ -230,7 +230,8 @@ def test_duplicates_are_suppressed_like_nms():
     out = merge(scene_dets([sq1, sq2], scores=[0.7, 0.9]))
     assert len(out) == 1
     np.testing.assert_allclose(out.boxes[0], sq2)
-    # Side by side, 0.6 widths apart: not a duplicate (IoU 1/4), not one bridge (lateral_tol 0.5).
+    # Side by side, 0.6 widths apart: not a duplicate (IoU 1/4), not one bridge (24 px across, beyond
+    # the 5 px two full-resolution boxes may disagree by).
     out = merge(scene_dets([a, [1000 - 24 * math.sin(0.2), 1000 + 24 * math.cos(0.2), 300, 40, 0.2]]))
     assert len(out) == 2
 
