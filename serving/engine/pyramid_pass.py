@@ -47,10 +47,11 @@ from rasterio.windows import Window
 
 from hbdnet.pyramid import PlanWindow, context_crops, level_size
 from serving.engine.gdal_cache import CacheHold
+from serving.engine.scene import describe
 from serving.engine.reader import ReadItem, ReadSpec, _valid_mask, window_image
 
 DEFAULT_BUFFER_BYTES = 128 * 2**20  # level stores held in memory; the rest go to temporary files
-DEFAULT_STRIP_BYTES = 32 * 2**20  # full-resolution bytes decoded at once (at least one block row)
+DEFAULT_STRIP_BYTES = 8 * 2**20  # full-resolution bytes decoded at once (at least one block row)
 
 
 @dataclass(frozen=True)
@@ -80,27 +81,33 @@ def level_rows(strip: np.ndarray, y0: int, s: int, height: int, width: int,
     """The rows of level ``s`` (``height`` x ``width``) whose source rows lie in ``strip``.
 
     ``strip`` is (C, n, W) full-resolution rows from row ``y0``, a multiple of ``s``. Returns
-    (C, m, width) in the strip's dtype, level rows ``y0 // s`` onwards. ``phase_order``: add the four
-    terms in the order of ``read_pyramid_window``'s phase reads (files without overviews) rather than
-    its strip reads, so that float sums round the same way.
+    (C, m, width) in the strip's dtype, level rows ``y0 // s`` onwards, equal to what
+    ``read_pyramid_window`` computes. Integer sums are exact, so they are formed in the fastest order
+    (the row pair first, over whole contiguous rows; uint8 in uint16). Float sums are formed in the
+    reference's order, so that they round the same way: ``phase_order`` for its phase reads (files
+    without overviews), else its strip reads.
     """
     if y0 % s:
         raise ValueError(f"strip start {y0} is not a multiple of the scale {s}")
     m = max(0, min(height - y0 // s, len(range(s // 2, strip.shape[1], s))))
     lo, hi = s // 2 - 1, s // 2
     r_lo, r_hi = strip[:, lo::s][:, :m], strip[:, hi::s][:, :m]
+    if np.issubdtype(strip.dtype, np.integer):
+        acc = np.uint16 if strip.dtype == np.uint8 else accumulator(strip.dtype)
+        pair = np.add(r_lo, r_hi, dtype=acc)
+        total = np.add(pair[:, :, lo::s][:, :, :width], pair[:, :, hi::s][:, :, :width])
+        total += 2
+        out = np.empty(total.shape, strip.dtype)
+        # floor(total / 4 + 0.5), as cv2; an arithmetic shift floors negative sums too.
+        return np.right_shift(total, 2, out=out, casting="unsafe")
     terms = {(r, c): rows[:, :, col::s][:, :, :width]
              for r, rows in (("lo", r_lo), ("hi", r_hi)) for c, col in (("lo", lo), ("hi", hi))}
     order = ([("hi", "hi"), ("lo", "hi"), ("hi", "lo"), ("lo", "lo")] if phase_order
              else [("lo", "lo"), ("lo", "hi"), ("hi", "lo"), ("hi", "hi")])
-    acc = accumulator(strip.dtype)
-    total = terms[order[0]].astype(acc)
+    total = terms[order[0]].astype(np.float64)
     for key in order[1:]:
         total += terms[key]
-    if acc is np.float64:
-        return (total / 4).astype(strip.dtype)
-    total += 2
-    total //= 4  # floor(total / 4 + 0.5): round half up, as cv2 and read_pyramid_window
+    total /= 4
     return total.astype(strip.dtype)
 
 
@@ -127,8 +134,9 @@ def rows_needed(win: PlanWindow) -> int:
 class LevelStore:
     """One level's pixels (and validity), filled row by row from the top, read by windows.
 
-    In memory, or (``path`` given) in a raw pixel-interleaved file of (rows, width, bands) that is
-    appended to and read back through a short-lived memory map, so only a window's pages are mapped.
+    In memory, or (``path`` given) in raw temporary files, one per band (rows, width) and one for the
+    validity, appended to and read back through short-lived memory maps, so only a window's pages are
+    ever mapped.
     """
 
     def __init__(self, scale: int, height: int, width: int, bands: int, dtype: np.dtype, masked: bool,
@@ -142,8 +150,8 @@ class LevelStore:
             self._data = np.empty((bands, height, width), self.dtype)
             self._valid = np.empty((height, width), bool) if masked else None
         else:
-            self._file = open(path, "wb")
-            self._valid_file = open(path + ".valid", "wb") if masked else None
+            self._paths = [f"{path}.b{b}" for b in range(bands)] + ([f"{path}.valid"] if masked else [])
+            self._files = [open(p, "wb") for p in self._paths]
 
     @staticmethod
     def nbytes_for(height: int, width: int, bands: int, dtype: np.dtype, masked: bool) -> int:
@@ -157,14 +165,16 @@ class LevelStore:
             if self._valid is not None:
                 self._valid[self.rows:self.rows + m] = valid
         else:
-            self._file.write(np.ascontiguousarray(data.transpose(1, 2, 0)).tobytes())
-            if self._valid_file is not None:
-                self._valid_file.write(np.ascontiguousarray(valid).tobytes())
-            if self.rows + m >= self.height:  # complete: make it readable
-                self._file.close()
-                if self._valid_file is not None:
-                    self._valid_file.close()
+            for f, rows in zip(self._files, [*data, *([valid] if self.masked else [])]):
+                f.write(np.ascontiguousarray(rows).data)
         self.rows += m
+
+    def _map(self, path: str, dtype: np.dtype, r0: int, h: int, c0: int, w: int) -> np.ndarray:
+        mm = np.memmap(path, dtype, "r", shape=(self.rows, self.width))
+        try:
+            return np.array(mm[r0:r0 + h, c0:c0 + w])
+        finally:
+            del mm
 
     def window(self, win: PlanWindow) -> tuple[np.ndarray, np.ndarray | None]:
         """(C, h, w) pixels and (h, w) validity (None for an unmasked scene) of ``win``."""
@@ -174,28 +184,18 @@ class LevelStore:
         if self.path is None:
             valid = self._valid[r0:r0 + h, c0:c0 + w].copy() if self._valid is not None else None
             return self._data[:, r0:r0 + h, c0:c0 + w].copy(), valid
-        if not self._file.closed:
-            self._file.flush()
-            if self._valid_file is not None:
-                self._valid_file.flush()
-        mm = np.memmap(self.path, self.dtype, "r", shape=(self.rows, self.width, self.bands))
-        data = np.ascontiguousarray(mm[r0:r0 + h, c0:c0 + w].transpose(2, 0, 1))
-        del mm
-        valid = None
-        if self.masked:
-            mv = np.memmap(self.path + ".valid", bool, "r", shape=(self.rows, self.width))
-            valid = np.array(mv[r0:r0 + h, c0:c0 + w])
-            del mv
+        for f in self._files:
+            f.flush()
+        data = np.stack([self._map(p, self.dtype, r0, h, c0, w) for p in self._paths[:self.bands]])
+        valid = self._map(self._paths[-1], np.dtype(bool), r0, h, c0, w) if self.masked else None
         return data, valid
 
     def close(self) -> None:
         if self.path is None:
             self._data = self._valid = None  # type: ignore[assignment]
             return
-        for f in (self._file, self._valid_file):
-            if f is not None:
-                f.close()
-        for p in (self.path, self.path + ".valid"):
+        for f, p in zip(self._files, self._paths):
+            f.close()
             if os.path.exists(p):
                 os.remove(p)
 
@@ -226,17 +226,18 @@ class PassStats:
 class PyramidPass:
     """The windows of ``items`` as uint8 RGB, from one decode of ``spec``'s scene (module docstring).
 
+    ``masked`` (default: from the file, as ``SceneInfo.masked``): carry validity masks.
     Iterate to get ``(item, image)`` in the order their rows complete (not plan order). ``read``
     serves any window whose rows have passed (context crops). ``context_levels`` / ``context_size``:
     the coarser crops a fusing detector reads around each level-0 window; a level-0 item is produced
     only once they are readable too.
     """
 
-    def __init__(self, spec: ReadSpec, items: Sequence[ReadItem], *, masked: bool,
+    def __init__(self, spec: ReadSpec, items: Sequence[ReadItem], *, masked: bool | None = None,
                  context_levels: int = 0, context_size: int = 1024, config: PassConfig = PassConfig()):
         if spec.resampling != "exact":
             raise ValueError("the one-pass reader builds the exact pyramid; use WindowReader for 'overview'")
-        self.spec, self.masked, self.config = spec, masked, config
+        self.spec, self.config = spec, config
         self.context_levels, self.context_size = context_levels, context_size
         self.stats = PassStats()
         with rasterio.open(spec.uri) as ds:
@@ -245,6 +246,7 @@ class PyramidPass:
             self._block_rows = ds.block_shapes[spec.read_bands[0] - 1][0]
             self._file_bands = ds.count
             self._phase_order = not any(ds.overviews(b) for b in spec.read_bands)
+            self.masked = describe(ds, spec.uri).masked if masked is None else masked
         # Each item with the full-resolution rows it waits for (its own and its context crops').
         self._queue = sorted(((self._ready_row(it), n, it) for n, it in enumerate(items)), key=lambda t: t[:2])
         scales = {w.scale for _, _, it in self._queue for w in self._windows_of(it)} | {1}
@@ -300,8 +302,10 @@ class PyramidPass:
         """The scene's strips, top to bottom, with their validity for a masked scene."""
         rows = self.strip_rows()
         bands = list(self.spec.read_bands)
-        strip_bytes = rows * self.width * (self._file_bands * self.dtype.itemsize + 1)
-        with CacheHold(int(strip_bytes * 1.25) + 8 * 2**20), \
+        # Every block is decoded once, in one read: the cache need only hold a block row (all of the
+        # file's bands and a mask), not the scene (GDAL's default cache is 5 % of the machine's RAM).
+        block_row_bytes = self._block_rows * self.width * (self._file_bands * self.dtype.itemsize + 1)
+        with CacheHold(int(block_row_bytes * 1.1) + 8 * 2**20), \
                 rasterio.open(self.spec.uri, NUM_THREADS=self.config.decode_threads) as ds:
             for y0 in range(0, self.height, rows):
                 window = Window(0, y0, self.width, min(rows, self.height - y0))

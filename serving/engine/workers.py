@@ -83,6 +83,9 @@ class PoolConfig:
     open_scenes: int = 2  # scenes whose tasks may be in flight at once (run_many), and readers kept per worker
     max_attempts: int = 3  # per task, counting actor deaths (Ray's max_task_retries = max_attempts - 1)
     start_timeout_s: float = 300.0  # actors not up by then: the cluster lacks the resources asked for
+    # In-process pool, exact pyramid: every level from one decode of the scene
+    # (``serving.engine.pass_worker``) instead of one exact read per window (6-7 decodes).
+    one_pass: bool = True
 
 
 @dataclass(frozen=True)
@@ -337,6 +340,10 @@ class InProcessPool:
         """Each scene in turn (nothing runs beside this process, so there is nothing to overlap)."""
         for job in jobs:
             scene = _SceneState(job, self.config.task_windows)
+            if self.config.one_pass and job.spec.resampling == "exact":
+                from serving.engine.pass_worker import run_scene_in_one_pass  # it imports this module
+
+                run_scene_in_one_pass(self._worker, scene)
             while scene.pending and scene.error is None and not scene.cancelled():
                 task = scene.pending.popleft()
                 try:

@@ -11,7 +11,7 @@ from hbdnet.data.raster import read_pyramid_window
 from hbdnet.pyramid import PlanWindow, context_crops
 from serving.engine import pyramid_pass as pass_module
 from serving.engine.pyramid_pass import PassConfig, PyramidPass, level_rows
-from serving.engine.reader import WindowReader, plan_scene
+from serving.engine.reader import ReadItem, WindowReader, plan_scene
 from serving.engine.scene import open_scene
 
 WINDOW, OVERLAP = 256, 40
@@ -96,7 +96,7 @@ def test_rgba_alpha_with_empty_windows_skipped_like_the_coverage_plan(geotiff):
     plan = plan_scene(info, window=WINDOW, overlap=OVERLAP)
     assert plan.skipped
     # Without a coverage scan (every window planned) the pass itself skips exactly the empty ones.
-    unscanned = [type(plan.items[0])(i, w, True) for i, w in enumerate(plan.plan)]
+    unscanned = [ReadItem(i, w, True) for i, w in enumerate(plan.plan)]
     with PyramidPass(plan.spec, unscanned, masked=True, context_size=WINDOW) as p:
         produced = [item.index for item, _ in p]
     assert sorted(p.stats.skipped) == plan.skipped

@@ -1,0 +1,102 @@
+"""A worker's detector fed by one ``PyramidPass`` over a scene, instead of one exact read per window.
+
+The in-process pool (``workers=0``) runs each scene this way: the scene is decoded once, and windows
+reach the detector as soon as the rows they need have been decoded, in batches of one level (a
+batch is flushed when it is full, and every partial batch at the end). Results are keyed by plan
+index, as from the per-window path, so the merge sees the same detections in the same order.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Sequence
+
+import numpy as np
+
+from hbdnet.pyramid import PlanWindow
+from serving.engine.detectors import WindowDetector
+from serving.engine.pyramid_pass import PassConfig, PyramidPass
+from serving.engine.reader import ReadItem, ReadSpec
+from serving.engine.window_detections import WindowDetections
+from serving.engine.workers import TaskResult, WindowWorker, _SceneState, read_contexts
+
+
+def _detect(detector: WindowDetector, one_pass: PyramidPass, batch: list[tuple[ReadItem, np.ndarray]],
+            result: TaskResult) -> None:
+    """Run the detector on a batch of one level's windows, adding to ``result``."""
+    items = [it for it, _ in batch]
+    windows: list[PlanWindow] = [it.window for it in items]
+    t0 = time.perf_counter()
+    contexts = read_contexts(one_pass, detector, windows)  # type: ignore[arg-type]
+    t1 = time.perf_counter()
+    images = [img for _, img in batch]
+    outputs = (detector.detect(images, windows) if contexts is None
+               else detector.detect(images, windows, contexts=contexts))  # type: ignore[call-arg]
+    t2 = time.perf_counter()
+    if len(outputs) != len(batch):
+        raise RuntimeError(f"detector {detector.name} returned {len(outputs)} results for {len(batch)} windows")
+    for it, (boxes, scores, labels) in zip(items, outputs):
+        result.detections.append((it.index, WindowDetections(it.window, boxes, scores, labels)))
+    result.read_s += t1 - t0
+    result.detect_s += t2 - t1
+
+
+def pass_results(detector: WindowDetector, spec: ReadSpec, items: Sequence[ReadItem], batch_size: int,
+                 config: PassConfig = PassConfig(),
+                 cancel: Callable[[], bool] | None = None) -> Iterator[tuple[TaskResult, int]]:
+    """``(result, windows)`` per detector batch: ``windows`` counts the batch and the windows the pass
+    skipped since the last batch (no valid pixel), so that progress reaches the total.
+
+    ``cancel`` is asked before each batch; when it answers True the pass stops (its files removed).
+    """
+    one_pass = PyramidPass(spec, items, context_levels=getattr(detector, "context_levels", 0),
+                           context_size=getattr(detector, "context_size", 1024), config=config)
+    with one_pass:
+        batches: dict[int, list[tuple[ReadItem, np.ndarray]]] = {}  # level -> windows waiting
+        reported_skips = 0
+        result = TaskResult([], started=time.time())
+        produced = iter(one_pass)
+        while True:
+            t = time.perf_counter()
+            got = next(produced, None)
+            result.read_s += time.perf_counter() - t
+            full = []
+            if got is not None:
+                item, image = got
+                batch = batches.setdefault(item.window.level, [])
+                batch.append((item, image))
+                if len(batch) >= batch_size:
+                    full.append(batches.pop(item.window.level))
+            else:
+                full = list(batches.values())
+                batches.clear()
+            for batch in full:
+                if cancel is not None and cancel():
+                    return
+                _detect(detector, one_pass, batch, result)
+                skips = len(one_pass.stats.skipped) - reported_skips
+                reported_skips += skips
+                result.finished = time.time()
+                yield result, len(batch) + skips
+                result = TaskResult([], started=time.time())
+            if got is None:
+                break
+        skips = len(one_pass.stats.skipped) - reported_skips
+        if skips:
+            result.finished = time.time()
+            yield result, skips
+
+
+def run_scene_in_one_pass(worker: WindowWorker, scene: _SceneState, config: PassConfig = PassConfig()) -> None:
+    """Every window of ``scene`` through ``worker``'s detector from one pass (``InProcessPool``).
+
+    The scene's per-task queue is not used; an error fails the scene alone, as in the task loop.
+    """
+    job = scene.job
+    scene.pending.clear()
+    try:
+        for result, windows in pass_results(worker.detector, job.spec, job.items, worker.batch_size, config,
+                                            cancel=scene.cancelled):
+            scene.add(result, windows)
+    except Exception as exc:  # this scene fails; the caller decides about the others
+        scene.fail(exc)

@@ -1,0 +1,121 @@
+"""The in-process pool on the one-pass reader gives the detector the same pixels as the per-window reads."""
+
+from __future__ import annotations
+
+import zlib
+
+import numpy as np
+import pytest
+from rasterio.enums import ColorInterp
+
+from hbdnet.pyramid import PlanWindow
+from serving.engine.detectors import DetectorSpec
+from serving.engine.pass_worker import pass_results
+from serving.engine.reader import ReadItem, WindowReader, plan_scene
+from serving.engine.scene import open_scene
+from serving.engine.workers import Cancelled, InProcessPool, PoolConfig
+
+WINDOW, OVERLAP = 256, 40
+
+
+def texture(c: int, h: int, w: int, dtype=np.uint8, seed: int = 0, high: int = 256) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w]
+    base = (xx * 0.37 + yy * 0.21)[None] + np.arange(c)[:, None, None] * 17
+    return ((base + rng.integers(0, 97, (c, h, w))) % high).astype(dtype)
+
+
+def checksum(image: np.ndarray) -> float:
+    return float(zlib.crc32(np.ascontiguousarray(image).tobytes()) % 100_003)
+
+
+class ChecksumDetector:
+    """One box per window whose score is a checksum of the window's pixels (and of its context crops):
+    equal detections mean the detector saw equal pixels."""
+
+    name = "checksum"
+
+    def __init__(self, context_levels: int = 0, context_size: int = WINDOW):
+        self.context_levels, self.context_size = context_levels, context_size
+        self.calls: list[int] = []
+
+    def detect(self, images, windows: list[PlanWindow], contexts=None):
+        self.calls.append(len(images))
+        out = []
+        for i, (img, win) in enumerate(zip(images, windows)):
+            score = checksum(img) + sum(checksum(c) for c, _ in (contexts[i] if contexts else []))
+            box = np.array([[win.width / 2, win.height / 2, 10.0, 5.0, 0.0]], np.float32)
+            out.append((box, np.array([score], np.float32), np.zeros(1, np.int64)))
+        return out
+
+
+def run_pool(path: str, one_pass: bool, detector: ChecksumDetector, batch_size: int = 1, **plan_kw):
+    plan = plan_scene(open_scene(path), window=WINDOW, overlap=OVERLAP, **plan_kw)
+    with InProcessPool(DetectorSpec("noop"), PoolConfig(workers=0, one_pass=one_pass, batch_size=batch_size)) as pool:
+        pool._worker.detector = detector
+        seen: list[tuple[int, int]] = []
+        run = pool.run(plan.spec, plan.items, progress=lambda d, t: seen.append((d, t)))
+    return plan, run, seen
+
+
+def same_detections(a, b) -> None:
+    assert [d.window for d in a] == [d.window for d in b]
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x.scores, y.scores)
+        np.testing.assert_array_equal(x.boxes, y.boxes)
+
+
+@pytest.mark.parametrize("batch_size", [1, 3])
+def test_one_pass_pool_equals_the_per_window_pool_on_a_masked_uint16_scene(geotiff, monkeypatch, batch_size):
+    data = texture(3, 1200, 1500, np.uint16, seed=7, high=3000)
+    data[:, :, :600] = 0  # nodata: the left windows are empty and skipped
+    path = str(geotiff("u16.tif", data, nodata=0))
+    plan, by_window, _ = run_pool(path, False, ChecksumDetector(), batch_size)
+    detector = ChecksumDetector()
+    per_window_reads: list[PlanWindow] = []
+    read = WindowReader.read
+    monkeypatch.setattr(WindowReader, "read", lambda self, w, m=False: per_window_reads.append(w) or read(self, w, m))
+    plan, by_pass, progress = run_pool(path, True, detector, batch_size)
+    assert per_window_reads == []  # the pool read through the pass, not window by window
+    assert plan.skipped and len(by_pass.detections) == len(plan.items)
+    same_detections(by_pass.detections, by_window.detections)
+    assert max(detector.calls) == batch_size  # windows batched, one level per batch
+    assert progress[-1] == (len(plan.items), len(plan.items))
+
+
+def test_context_crops_reach_a_fusing_detector_unchanged(geotiff):
+    path = str(geotiff("rgb.tif", texture(3, 1300, 1400, seed=8), block=128))
+    _, by_window, _ = run_pool(path, False, ChecksumDetector(context_levels=2))
+    _, by_pass, _ = run_pool(path, True, ChecksumDetector(context_levels=2))
+    same_detections(by_pass.detections, by_window.detections)
+
+
+def test_empty_windows_found_by_the_pass_count_in_the_progress(geotiff):
+    """Planned without a coverage scan, the windows with no valid pixel are found in the pass."""
+    rgb = texture(3, 1200, 1300, seed=9)
+    alpha = np.full((1, 1200, 1300), 255, np.uint8)
+    alpha[:, :700] = 0
+    path = str(geotiff("a.tif", np.concatenate([rgb, alpha]),
+                       colorinterp=[ColorInterp.red, ColorInterp.green, ColorInterp.blue, ColorInterp.alpha]))
+    scanned = plan_scene(open_scene(path), window=WINDOW, overlap=OVERLAP)
+    items = [ReadItem(i, w, True) for i, w in enumerate(scanned.plan)]
+    detector = ChecksumDetector()
+    done = 0
+    for result, windows in pass_results(detector, scanned.spec, items, 2):
+        done += windows
+        assert len(result.detections) <= 2
+    assert done == len(items) and sum(detector.calls) == len(scanned.items)
+
+
+def test_cancel_stops_the_pass_and_a_decode_error_fails_the_scene(geotiff, tmp_path):
+    path = str(geotiff("c.tif", texture(3, 1200, 1200, seed=10)))
+    plan = plan_scene(open_scene(path), window=WINDOW, overlap=OVERLAP)
+    detector = ChecksumDetector()
+    with InProcessPool(DetectorSpec("noop"), PoolConfig(workers=0)) as pool:
+        pool._worker.detector = detector
+        with pytest.raises(Cancelled):
+            pool.run(plan.spec, plan.items, cancel=lambda: sum(detector.calls) >= 5)
+        assert sum(detector.calls) == 5
+        broken = type(plan.spec)(str(tmp_path / "gone.tif"), *list(plan.spec.__dict__.values())[1:])
+        with pytest.raises(Exception, match="gone.tif"):
+            pool.run(broken, plan.items)
