@@ -41,6 +41,7 @@ class StageConfig:
     # Synthetic coarse-level windows per epoch: real bridge crops pasted at several scales into
     # mosaics of real backgrounds (hbdnet.data.synthetic), for the detector of ``levels[0]``.
     synthetic: int = 0
+    synthetic_size: int | None = None  # their side in px (default: the model's window)
 
     def __post_init__(self) -> None:
         if not self.levels:

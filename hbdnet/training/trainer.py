@@ -166,7 +166,8 @@ def make_dataset(cfg: ExperimentConfig, images: list[DotaImage], stage: StageCon
     windows = WindowDataset(images, data_levels, wcfg) if data_levels else None
     synthetic = None
     if stage.synthetic:
-        scfg = SyntheticConfig(size=mcfg.window, level=stage.levels[0], iof_thr=cfg.data.iof_thr,
+        scfg = SyntheticConfig(size=min(stage.synthetic_size or mcfg.window, mcfg.window), level=stage.levels[0],
+                               iof_thr=cfg.data.iof_thr,
                                min_length=max(stage.min_length, 2.0))
         synthetic = SyntheticScenes(images, stage.synthetic, scfg)
     aug = cfg.data.augment

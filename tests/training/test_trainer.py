@@ -97,13 +97,20 @@ def test_resume_equals_an_uninterrupted_run(tiny_dota, tiny_experiment, tmp_path
     reference = _stage_state(straight / "local" / "latest.pth")
     assert reference[0]["iteration"] == stop and reference[0]["epoch"] == 1 and reference[0]["batch"] == 2
 
+    def resume(cfg, work, first):
+        """Resume to ``stop``; the resumed run must do only the iterations left (not start over)."""
+        done = []
+        train(cfg, tiny_dota, work, stages=["local"], max_iters=stop, progress=False,
+              on_iteration=lambda trainer, it: done.append(it))
+        assert done == list(range(first, stop + 1))
+        _assert_same_state(_stage_state(work / "local" / "latest.pth"), reference)
+
     # 1. --max-iters, then the same command without a smaller limit
     work = tmp_path / "maxiters"
     train(cfg, tiny_dota, work, stages=["local"], max_iters=3, progress=False)
     assert read_checkpoint(work / "local" / "latest.pth")["training"]["iteration"] == 3
     assert not (work / "local" / "final.pth").exists()
-    train(cfg, tiny_dota, work, stages=["local"], max_iters=stop, progress=False)
-    _assert_same_state(_stage_state(work / "local" / "latest.pth"), reference)
+    resume(cfg, work, 4)
 
     # 2. Ctrl-C: the iteration finishes, latest.pth is written, TrainingInterrupted is raised
     work = tmp_path / "ctrlc"
@@ -116,8 +123,7 @@ def test_resume_equals_an_uninterrupted_run(tiny_dota, tiny_experiment, tmp_path
         train(cfg, tiny_dota, work, stages=["local"], progress=False, on_iteration=press_ctrl_c)
     assert info.value.iteration == 4
     assert read_checkpoint(work / "local" / "latest.pth")["training"]["iteration"] == 4
-    train(cfg, tiny_dota, work, stages=["local"], max_iters=stop, progress=False)
-    _assert_same_state(_stage_state(work / "local" / "latest.pth"), reference)
+    resume(cfg, work, 5)
 
     # 3. killed: only the periodic checkpoint (every 2 iterations) is there
     work = tmp_path / "killed"
@@ -130,8 +136,7 @@ def test_resume_equals_an_uninterrupted_run(tiny_dota, tiny_experiment, tmp_path
     with pytest.raises(RuntimeError, match="power cut"):
         train(periodic, tiny_dota, work, stages=["local"], progress=False, on_iteration=crash)
     assert read_checkpoint(work / "local" / "latest.pth")["training"]["iteration"] == 4
-    train(periodic, tiny_dota, work, stages=["local"], max_iters=stop, progress=False)
-    _assert_same_state(_stage_state(work / "local" / "latest.pth"), reference)
+    resume(periodic, work, 5)
 
 
 def test_coarse_stage_starts_from_the_local_detector(tiny_dota, tiny_experiment, tmp_path):
