@@ -47,7 +47,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="job database, uploads and results (default ./hbdnet-data)")
     p.add_argument("--workers", type=_workers, default=None, metavar="N",
                    help="0 runs the model in the server process without Ray; N starts N Ray workers "
-                        "(default: one per GPU, or one CPU worker using every core)")
+                        "(default: as hbdnet detect, Ray only where it pays)")
     p.add_argument("--read-threads", type=_read_threads, default=None, metavar="N",
                    help="threads reading windows ahead in each worker (default 2)")
     p.add_argument("--ray-address", metavar="ADDR", help="join this Ray cluster ('auto' or host:port)")
