@@ -26,7 +26,8 @@ from serving.engine.reader import PyramidResampling, ScenePlan, plan_scene, sele
 from serving.engine.scene import DEFAULT_MAX_PIXELS, SceneInfo, check_scene_size, open_scene
 from serving.engine.valid_area import keep_on_valid_pixels
 from serving.engine.window_detections import WindowDetections
-from serving.engine.workers import InProcessPool, PoolConfig, PoolRun, Progress, RayPool, make_pool
+from serving.engine.workers import (InProcessPool, PoolConfig, PoolRun, Progress, RayPool, make_pool,
+                                    reads_in_one_pass)
 
 
 @dataclass
@@ -66,9 +67,10 @@ class PreparedScene:
 
 def prepare_scene(scene: str | SceneInfo, *, bands: Sequence[int] | None = None, window: int = 1024,
                   overlap: int = 200, resampling: PyramidResampling = "exact",
-                  max_pixels: int = DEFAULT_MAX_PIXELS) -> PreparedScene:
+                  max_pixels: int = DEFAULT_MAX_PIXELS, coverage_scan: bool = True) -> PreparedScene:
     """Open the scene (unless given opened), check its size (``check_scene_size``: ``SceneError`` for a
-    scene under 32 px a side or over ``max_pixels``) and plan its windows (band stretch and coverage scans).
+    scene under 32 px a side or over ``max_pixels``) and plan its windows (band stretch and coverage scans;
+    ``coverage_scan=False`` for a pool that finds empty windows in its one pass, ``reads_in_one_pass``).
 
     Nothing is warned here (``prepared.plan.warnings`` holds it), so a scene may be planned on a
     thread beside the one that runs the workers."""
@@ -76,7 +78,8 @@ def prepare_scene(scene: str | SceneInfo, *, bands: Sequence[int] | None = None,
     info = open_scene(scene) if isinstance(scene, str) else scene
     check_scene_size(info, max_pixels)
     t = time.perf_counter()
-    scene_plan = plan_scene(info, bands=bands, window=window, overlap=overlap, resampling=resampling)
+    scene_plan = plan_scene(info, bands=bands, window=window, overlap=overlap, resampling=resampling,
+                            coverage_scan=coverage_scan)
     return PreparedScene(info, scene_plan, t_start,
                          {"open": t - t_start, "plan": time.perf_counter() - t})
 
@@ -184,7 +187,7 @@ def finish_scene(prepared: PreparedScene, run: PoolRun, merge_config: MergeConfi
         scene=prepared.info,
         timings=timings,
         windows=len(prepared.plan.plan),
-        skipped=len(prepared.plan.skipped),
+        skipped=len(prepared.plan.skipped) + run.skipped,
         dropped=int((~kept.keep).sum()),
         clipped=kept.clipped,
         window_detections=run.detections,
@@ -220,14 +223,17 @@ def detect_scene(
     check_scene_size(info, max_pixels)  # and a scene too small or too large
     opened = time.perf_counter() - t_start
 
+    config = PoolConfig(workers=workers, ray_address=ray_address, batch_size=batch_size)
+
     def plan() -> PreparedScene:
+        # A pool that reads in one pass finds the empty windows itself: no coverage scan before it starts.
+        one_pass = reads_in_one_pass(pool if pool is not None else (detector_spec, config), resampling)
         return prepare_scene(info, bands=bands, window=window, overlap=overlap, resampling=resampling,
-                             max_pixels=max_pixels)
+                             max_pixels=max_pixels, coverage_scan=not one_pass)
 
     own_pool = pool is None
     if pool is None:
-        prepared, pool, startup = plan_beside_workers(plan, lambda: make_pool(
-            detector_spec, PoolConfig(workers=workers, ray_address=ray_address, batch_size=batch_size)))
+        prepared, pool, startup = plan_beside_workers(plan, lambda: make_pool(detector_spec, config))
     else:
         prepared, startup = plan(), 0.0
     prepared.t_start = t_start

@@ -22,7 +22,8 @@ in one strip):
 
 The validity mask of a masked scene is carried the same way (a level pixel is valid when its four
 pixels are, as ``WindowReader`` does), so no coverage scan is needed first: a window without a valid
-pixel is not produced (``skipped``), and the others are masked exactly as ``WindowReader`` masks them.
+pixel (GDAL's mask, and for floating-point bands a finite value, ``reader.window_image``'s rule) is
+not produced (``stats.skipped``), and the others are masked exactly as ``WindowReader`` masks them.
 
 A thread decodes the next strip while the current one is cut and its windows run (GDAL decodes
 without the GIL); the dataset is opened with ``NUM_THREADS`` so GDAL decodes a strip's tiles in
@@ -389,6 +390,14 @@ class PyramidPass:
                                     for st in parts])
         return data, valid
 
+    def _any_valid(self, data: np.ndarray, valid: np.ndarray | None) -> bool:
+        """Whether the window has a valid pixel, by ``window_image``'s rule (a pixel whose selected
+        floating-point bands are all NaN or infinite is invalid, as nodata is)."""
+        if self.spec.finite_only and data.dtype.kind == "f":
+            finite = np.isfinite(data).any(axis=0)
+            valid = finite if valid is None else valid & finite
+        return valid is None or bool(valid.any())
+
     def read(self, win: PlanWindow, needs_mask: bool = True) -> np.ndarray:
         """uint8 (3, h, w) of ``win``, as ``WindowReader.read`` gives it."""
         data, valid = self.window_data(win)
@@ -405,7 +414,7 @@ class PyramidPass:
                     data, valid = self.window_data(item.window)
                     if item.window.level == 0:
                         level0.popleft()
-                    if valid is not None and not valid.any():
+                    if not self._any_valid(data, valid):
                         self.stats.skipped.append(item.index)
                         continue
                     yield item, window_image(self.spec, data, valid)

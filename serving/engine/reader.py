@@ -233,11 +233,14 @@ def valid_at(info: SceneInfo, spec: ReadSpec, coverage: CoverageMap | None, cols
 
     The coverage grid answers for cells that are all valid or all invalid; the pixels in mixed cells
     are read one by one (the mask, and the values of floating-point bands)."""
-    if coverage is None or not len(cols):
+    if not len(cols) or (coverage is None and not (info.masked or spec.finite_only)):
         return np.ones(len(cols), dtype=bool)
-    r, c = rows // coverage.cell, cols // coverage.cell
-    valid = coverage.all_valid[r, c].copy()
-    unsure = np.flatnonzero(coverage.any_valid[r, c] & ~valid)
+    if coverage is None:  # planned without a coverage scan: read every pixel asked about
+        valid, unsure = np.zeros(len(cols), dtype=bool), np.arange(len(cols))
+    else:
+        r, c = rows // coverage.cell, cols // coverage.cell
+        valid = coverage.all_valid[r, c].copy()
+        unsure = np.flatnonzero(coverage.any_valid[r, c] & ~valid)
     if unsure.size:
         bands = list(spec.read_bands)
         with CacheHold(spec.cache_mb * 2**20), rasterio.open(info.uri) as ds:
@@ -318,8 +321,13 @@ def scan_scene(ds: rasterio.io.DatasetReader, read_bands: Sequence[int], *, stre
 
 def prepare_read(info: SceneInfo, *, bands: Sequence[int] | None = None, window: int = 1024,
                  resampling: PyramidResampling = "exact", percentiles: tuple[float, float] = (2.0, 98.0),
-                 cache_mb: int | None = None) -> tuple[ReadSpec, CoverageMap | None]:
-    """The per-scene read description (bands, stretch, cache) and, for masked scenes, its coverage."""
+                 cache_mb: int | None = None, coverage_scan: bool = True) -> tuple[ReadSpec, CoverageMap | None]:
+    """The per-scene read description (bands, stretch, cache) and, for masked scenes, its coverage.
+
+    The stretch comes from a sample of the scene's blocks (``serving.engine.stretch_sample``).
+    ``coverage_scan=False`` skips the coverage scan (it reads the whole mask): for a reader that finds
+    the windows without a valid pixel itself (``serving.engine.pyramid_pass``).
+    """
     if resampling not in ("exact", "overview"):
         raise ValueError(f"resampling must be 'exact' or 'overview', got {resampling!r}")
     rgb_bands = select_bands(info, bands)
@@ -329,27 +337,37 @@ def prepare_read(info: SceneInfo, *, bands: Sequence[int] | None = None, window:
     needs_stretch = any(info.dtypes[b - 1] != "uint8" for b in read_bands)
     finite_only = has_float_bands(info, read_bands)
     masked = info.masked or finite_only
-    stretch, coverage = None, None
-    if needs_stretch or masked:
+    stretch, cover = None, None
+    scan_coverage = masked and coverage_scan
+    if needs_stretch or scan_coverage:
+        from serving.engine.stretch_sample import sample_stretch  # it imports this module
+
         with CacheHold(cache * 2**20), rasterio.open(info.uri) as ds:
-            stretch, coverage = scan_scene(ds, read_bands, stretch=needs_stretch, masked=masked,
-                                           percentiles=percentiles, finite_only=finite_only)
+            if needs_stretch:
+                stretch = sample_stretch(ds, read_bands, masked=masked, finite_only=finite_only,
+                                         percentiles=percentiles)
+            if scan_coverage:
+                _, cover = scan_scene(ds, read_bands, stretch=False, masked=True, finite_only=finite_only)
     spec = ReadSpec(info.uri, read_bands, rgb, stretch, resampling, cache, finite_only)  # type: ignore[arg-type]
-    return spec, coverage
+    return spec, cover
 
 
 def plan_scene(info: SceneInfo, *, bands: Sequence[int] | None = None, window: int = 1024,
                overlap: int = 200, resampling: PyramidResampling = "exact",
-               percentiles: tuple[float, float] = (2.0, 98.0), cache_mb: int | None = None) -> ScenePlan:
-    """The pyramid plan of a scene and the reads it needs, with empty windows left out."""
+               percentiles: tuple[float, float] = (2.0, 98.0), cache_mb: int | None = None,
+               coverage_scan: bool = True) -> ScenePlan:
+    """The pyramid plan of a scene and the reads it needs, with empty windows left out (unless
+    ``coverage_scan=False``: every window planned, see ``prepare_read``)."""
     spec, coverage = prepare_read(info, bands=bands, window=window, resampling=resampling,
-                                  percentiles=percentiles, cache_mb=cache_mb)
+                                  percentiles=percentiles, cache_mb=cache_mb, coverage_scan=coverage_scan)
     # The top level must fit one window, whatever the window size (1024 in the authors' setting).
     plan = plan_pyramid(info.height, info.width, window=window, overlap=overlap, max_side=window)
     items: list[ReadItem] = []
     skipped: list[int] = []
     for i, win in enumerate(plan):
-        state = coverage.classify(win) if coverage is not None else Coverage.FULL
+        # Without a coverage map a masked scene's windows may all be partial.
+        state = coverage.classify(win) if coverage is not None else (
+            Coverage.PARTIAL if info.masked else Coverage.FULL)
         if state is Coverage.EMPTY:
             skipped.append(i)
         else:

@@ -87,7 +87,7 @@ def keep_on_valid_pixels(boxes: np.ndarray, info: SceneInfo, spec: ReadSpec,
     cx, cy = boxes[:, 0], boxes[:, 1]
     keep = (cx >= 0) & (cx < info.width) & (cy >= 0) & (cy < info.height)
     idx = np.flatnonzero(keep)
-    if idx.size and coverage is not None:
+    if idx.size:  # valid_at reads the pixels of a masked scene planned without a coverage map
         cols = np.floor(cx[idx]).astype(np.int64)
         rows = np.floor(cy[idx]).astype(np.int64)
         keep[idx] = valid_at(info, spec, coverage, cols, rows)

@@ -116,6 +116,7 @@ class PoolRun:
     detect_s: float = 0.0
     started: float = 0.0
     finished: float = 0.0
+    skipped: int = 0  # windows found without a valid pixel while reading (one-pass reads), not run
 
 
 @dataclass
@@ -514,13 +515,28 @@ class RayPool:
         self.close()
 
 
+def runs_in_process(detector_spec: DetectorSpec, config: PoolConfig) -> bool:
+    """Whether ``make_pool`` gives the in-process pool (see the module docstring)."""
+    return config.workers == 0 or (config.workers is None and config.ray_address is None
+                                   and not local_gpus(detector_spec))
+
+
 def make_pool(detector_spec: DetectorSpec, config: PoolConfig) -> InProcessPool | RayPool:
     """The pool that pays on this machine (see the module docstring): Ray only for GPUs, for actors
     asked for, or to join a cluster."""
-    if config.workers == 0 or (config.workers is None and config.ray_address is None
-                               and not local_gpus(detector_spec)):
+    if runs_in_process(detector_spec, config):
         return InProcessPool(detector_spec, config)
     return RayPool(detector_spec, config)
+
+
+def reads_in_one_pass(pool: InProcessPool | RayPool | tuple[DetectorSpec, PoolConfig], resampling: str) -> bool:
+    """Whether ``pool`` (or the one ``make_pool`` gives for ``(detector_spec, config)``) reads a scene's
+    exact pyramid in one pass (``serving.engine.pass_worker``), finding its empty windows itself."""
+    if resampling != "exact":
+        return False
+    if isinstance(pool, tuple):
+        return runs_in_process(*pool) and pool[1].one_pass
+    return isinstance(pool, InProcessPool) and pool.config.one_pass
 
 
 def local_gpus(detector_spec: DetectorSpec) -> int:

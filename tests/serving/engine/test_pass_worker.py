@@ -119,3 +119,27 @@ def test_cancel_stops_the_pass_and_a_decode_error_fails_the_scene(geotiff, tmp_p
         broken = type(plan.spec)(str(tmp_path / "gone.tif"), *list(plan.spec.__dict__.values())[1:])
         with pytest.raises(Exception, match="gone.tif"):
             pool.run(broken, plan.items)
+
+
+def test_in_process_detect_scene_plans_without_a_coverage_scan_and_still_drops_boxes_on_nodata(geotiff,
+                                                                                                monkeypatch):
+    import serving.engine.reader as reader_module
+    from serving.engine.pipeline import detect_scene
+
+    data = np.full((3, 1000, 1200), 50, np.uint8)
+    data[:, :, :600] = 0  # nodata
+    truth = np.array([[300.0, 500.0, 200.0, 12.0, 0.3],  # in the nodata half
+                      [900.0, 500.0, 200.0, 12.0, -0.4]])
+    path = str(geotiff("half.tif", data, nodata=0))
+    scans: list[bool] = []
+    scan = reader_module.scan_scene
+    monkeypatch.setattr(reader_module, "scan_scene", lambda *a, **k: scans.append(k["masked"]) or scan(*a, **k))
+    with pytest.warns(UserWarning, match="13 of 42 windows have no valid pixel"):
+        result = detect_scene(path, DetectorSpec("perfect", ground_truth=truth), workers=0, window=WINDOW,
+                              overlap=OVERLAP)
+    assert scans == []  # no pass over the mask before the first window
+    scanned = plan_scene(open_scene(path), window=WINDOW, overlap=OVERLAP)
+    assert scans == [True] and result.skipped == len(scanned.skipped) == 13
+    assert len(result.window_detections) == result.windows - result.skipped
+    # the first bridge comes back from coarse windows, and is dropped for its centre on nodata
+    assert len(result.boxes) == 1 and abs(result.boxes[0, 0] - 900) < 5
