@@ -101,3 +101,25 @@ def test_a_job_interrupted_twice_is_failed_with_the_reason(tmp_path, tiny_checkp
     assert once.status == "accepted" and once.message == "queued again after a restart"
     assert twice.status == "failed" and twice.message == INTERRUPTED and twice.message.startswith("interrupted")
     service.store.close()
+
+
+def test_a_server_stopped_mid_job_queues_the_job_again(serve, client, scene_file, wait_job, tmp_path):
+    """A graceful stop (SIGTERM, Ctrl-C) ends the running job at the pool's next check and leaves it
+    queued, not counted as an attempt; the next start runs it."""
+    from serving.api.store import SqliteJobStore
+
+    server = serve()
+    r = client.post(f"{server.url}/jobs", files={"file": ("big.tif", scene_file("big.tif", 1500, 1500).read_bytes())})
+    doc = wait_job(client, r.headers["location"], statuses=("running",))
+    while (doc.get("windows") or {}).get("done", 0) == 0:
+        time.sleep(0.05)
+        doc = client.get(r.headers["location"]).json()
+    t = time.perf_counter()
+    server.stop()
+    assert time.perf_counter() - t < 20
+    store = SqliteJobStore(tmp_path / "data" / "jobs.sqlite3")
+    job = store.get(doc["jobID"])
+    store.close()
+    assert job.status == "accepted" and job.attempts == 0 and "server stopped" in job.message
+    again = serve()
+    assert wait_job(client, f"{again.url}/jobs/{doc['jobID']}")["status"] == "successful"

@@ -1,0 +1,30 @@
+"""``hbdnet serve`` argument and setup errors stop before the server listens."""
+
+from __future__ import annotations
+
+import pytest
+
+from serving.cli.main import main
+from serving.cli.serve import _size
+
+
+def test_bad_model_is_an_error_before_listening(tmp_path, capsys):
+    assert main(["serve", "--model", str(tmp_path / "nope.pth"), "--data-dir", str(tmp_path / "d")]) == 2
+    assert "model file not found" in capsys.readouterr().err
+    not_a_model = tmp_path / "x.pth"
+    not_a_model.write_bytes(b"garbage")
+    assert main(["serve", "--model", str(not_a_model), "--data-dir", str(tmp_path / "d")]) == 2
+
+
+@pytest.mark.parametrize("text,value", [("4G", 4 * 2**30), ("512M", 512 * 2**20), ("100k", 102400), ("1000", 1000),
+                                        ("1.5GiB", int(1.5 * 2**30))])
+def test_sizes(text, value):
+    assert _size(text) == value
+
+
+@pytest.mark.parametrize("args", [["--max-upload", "lots"], ["--max-queue", "0"], ["--workers", "-1"],
+                                  ["--job-timeout", "-5"]])
+def test_bad_options_are_usage_errors(args, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["serve", *args])
+    assert exc.value.code == 2
