@@ -9,7 +9,6 @@ index, as from the per-window path, so the merge sees the same detections in the
 from __future__ import annotations
 
 import time
-import warnings
 from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
@@ -17,7 +16,7 @@ import numpy as np
 from hbdnet.pyramid import PlanWindow
 from serving.engine.detectors import WindowDetector
 from serving.engine.pyramid_pass import PassConfig, PyramidPass
-from serving.engine.reader import EmptySceneWarning, EmptyWindowsWarning, ReadItem, ReadSpec
+from serving.engine.reader import ReadItem, ReadSpec
 from serving.engine.window_detections import WindowDetections
 from serving.engine.workers import TaskResult, WindowWorker, _SceneState, read_contexts
 
@@ -91,7 +90,8 @@ def pass_results(detector: WindowDetector, spec: ReadSpec, items: Sequence[ReadI
 def run_scene_in_one_pass(worker: WindowWorker, scene: _SceneState, config: PassConfig = PassConfig()) -> None:
     """Every window of ``scene`` through ``worker``'s detector from one pass (``InProcessPool``).
 
-    The scene's per-task queue is not used; an error fails the scene alone, as in the task loop.
+    The scene's per-task queue is not used; an error fails the scene alone, as in the task loop. The
+    windows the pass found without a valid pixel are counted in ``PoolRun.skipped``.
     """
     job = scene.job
     scene.pending.clear()
@@ -107,15 +107,3 @@ def run_scene_in_one_pass(worker: WindowWorker, scene: _SceneState, config: Pass
         return
     if scene.error is None:
         scene.run.skipped = windows_done - run
-        warn_empty(job.spec.uri, scene.run.skipped, len(job.items))
-
-
-def warn_empty(uri: str, skipped: int, total: int) -> None:
-    """The planner's notices (``reader.plan_scene``) for empty windows the pass found instead."""
-    if total and skipped == total:
-        warnings.warn(EmptySceneWarning(
-            f"{uri} has no valid pixel (all nodata, masked or NaN): no window to run, no detection"), stacklevel=4)
-    elif skipped:
-        warnings.warn(EmptyWindowsWarning(
-            f"{uri}: {skipped} of {total} windows have no valid pixel (nodata, masked or NaN) and are not run"),
-            stacklevel=4)

@@ -22,7 +22,7 @@ import numpy as np
 
 from serving.engine.detectors import DetectorSpec
 from serving.merge.config import MergeConfig
-from serving.engine.reader import PyramidResampling, ScenePlan, plan_scene, select_bands
+from serving.engine.reader import PyramidResampling, ScenePlan, empty_windows_notice, plan_scene, select_bands
 from serving.engine.scene import DEFAULT_MAX_PIXELS, SceneInfo, check_scene_size, open_scene
 from serving.engine.valid_area import keep_on_valid_pixels
 from serving.engine.window_detections import WindowDetections
@@ -247,4 +247,6 @@ def detect_scene(
     finally:
         if own_pool:
             pool.close()
+    if run.skipped:  # windows a one-pass read found empty (planned without a coverage scan)
+        warnings.warn(empty_windows_notice(info.uri, run.skipped, len(prepared.plan.items)), stacklevel=2)
     return finish_scene(prepared, run, merge_config)

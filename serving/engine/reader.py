@@ -352,6 +352,15 @@ def prepare_read(info: SceneInfo, *, bands: Sequence[int] | None = None, window:
     return spec, cover
 
 
+def empty_windows_notice(uri: str, skipped: int, total: int) -> Warning:
+    """The notice for ``skipped`` of ``total`` windows without a valid pixel (all: the scene has none)."""
+    if skipped >= total:
+        return EmptySceneWarning(f"{uri} has no valid pixel (all nodata, masked or NaN): no window to run, "
+                                 "no detection")
+    return EmptyWindowsWarning(f"{uri}: {skipped} of {total} windows have no valid pixel (nodata, masked or "
+                               "NaN) and are not run")
+
+
 def plan_scene(info: SceneInfo, *, bands: Sequence[int] | None = None, window: int = 1024,
                overlap: int = 200, resampling: PyramidResampling = "exact",
                percentiles: tuple[float, float] = (2.0, 98.0), cache_mb: int | None = None,
@@ -374,18 +383,12 @@ def plan_scene(info: SceneInfo, *, bands: Sequence[int] | None = None, window: i
             # A scene masked by NaN alone has nothing in GDAL's mask: window_image tests the values.
             items.append(ReadItem(i, win, needs_mask=state is Coverage.PARTIAL and info.masked))
     notices: list[Warning] = []
-    if not items:
-        notices.append(EmptySceneWarning(
-            f"{info.uri} has no valid pixel (all nodata, masked or NaN): no window to run, no detection"))
-    else:
-        if skipped:
-            notices.append(EmptyWindowsWarning(
-                f"{info.uri}: {len(skipped)} of {len(plan)} windows have no valid pixel (nodata, masked or "
-                "NaN) and are not run"))
-        if info.striped:
-            notices.append(StripedSceneWarning(
-                f"{info.uri} is striped (blocks {info.block_shapes[0]}), not tiled: reading row by row of "
-                "windows; a tiled GeoTIFF / COG reads faster"))
+    if not items or skipped:
+        notices.append(empty_windows_notice(info.uri, len(skipped), len(plan)))
+    if items and info.striped:
+        notices.append(StripedSceneWarning(
+            f"{info.uri} is striped (blocks {info.block_shapes[0]}), not tiled: reading row by row of "
+            "windows; a tiled GeoTIFF / COG reads faster"))
     return ScenePlan(spec, plan, items, skipped, tuple(notices), coverage)
 
 
