@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hbdnet.checkpoint import load_model
+from hbdnet.checkpoint import load_model, resolve_model_path
 from hbdnet.models.hbdnet import HBDNet
 from hbdnet.pyramid import PlanWindow
 
@@ -24,13 +24,20 @@ class HBDNetWindowDetector:
     Images are uint8 RGB ``(3, h, w)`` arrays; results are le90 boxes in window pixels.
     """
 
-    def __init__(self, model: HBDNet, name: str, device: torch.device):
+    def __init__(self, model: HBDNet, name: str, device: torch.device, meta: dict | None = None):
         self.model = model
         self.name = name
         self.device = device
+        self.meta = dict(meta or {})
         # A model with inter-layer fusion needs the coarser crops around each level-0 window.
         self.context_levels = model.cfg.iff_context_levels if model.fusion is not None else 0
         self.context_size = model.cfg.window
+
+    @property
+    def default_score_thr(self) -> float | None:
+        """The operating point stored with the weights (``hbdnet export --score-thr``), if any."""
+        value = self.meta.get("score_thr")
+        return None if value is None else float(value)
 
     @torch.inference_mode()
     def detect(
@@ -100,6 +107,8 @@ def resolve_device(device: str | torch.device) -> torch.device:
 
 
 def load_window_detector(path: str | Path, device: str | torch.device = "cpu") -> HBDNetWindowDetector:
+    """The detector of a model file (``.pth`` or ``.safetensors``) or of a bundled model's name."""
     dev = resolve_device(device)
+    path = resolve_model_path(path)
     model, meta = load_model(path, dev)
-    return HBDNetWindowDetector(model, str(meta.get("name", Path(path).stem)), dev)
+    return HBDNetWindowDetector(model, str(meta.get("name", Path(path).stem)), dev, meta)

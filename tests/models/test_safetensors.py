@@ -156,3 +156,14 @@ def test_light_model_loads_without_reading_imagenet_weights(tmp_path, monkeypatc
     w = model.local_detector.backbone.state_dict()
     for k, v in loaded.local_detector.backbone.state_dict().items():
         torch.testing.assert_close(v, w[k], rtol=1e-3, atol=1e-3)
+
+
+def test_window_detector_from_a_bundled_name_carries_the_operating_point(tiny_model, tmp_path, monkeypatch):
+    from hbdnet.inference import load_window_detector
+
+    monkeypatch.setattr(checkpoint, "WEIGHTS_DIR", tmp_path)
+    save_safetensors(tmp_path / "default.safetensors", tiny_model, meta={"name": "tiny"}, score_thr=0.3)
+    det = load_window_detector("default")
+    assert det.name == "tiny" and det.default_score_thr == 0.3
+    save_checkpoint(tmp_path / "plain.pth", tiny_model)
+    assert load_window_detector(tmp_path / "plain.pth").default_score_thr is None

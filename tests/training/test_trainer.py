@@ -232,3 +232,25 @@ def test_train_cli_errors(tiny_experiment, tmp_path, capsys):
     cfg.write_text(yaml.safe_dump(to_dict(tiny_experiment())))
     assert main(["train", "--config", str(cfg), "--data", str(tmp_path / "nothing")]) == 2
     assert "data folder not found" in capsys.readouterr().err
+
+
+def test_global_stage_learns_from_local_windows_and_synthetic_ones(tiny_dota, tiny_experiment, tmp_path):
+    from dataclasses import replace
+
+    from hbdnet.data.dota import load_dota_folder
+    from hbdnet.training.trainer import make_dataset
+
+    cfg = _augmented(tiny_experiment())
+    coarse = replace(cfg.stages[1], data_levels=[0, 1], synthetic=3, synthetic_size=96)
+    cfg = replace(cfg, stages=[cfg.stages[0], coarse])
+    data = make_dataset(cfg, load_dota_folder(tiny_dota), coarse)
+    assert len(data) == data.num_windows + 3
+    levels = {data[i].meta["level"] for i in range(len(data))}
+    assert levels == {0, 1}  # level-0 windows, and the synthetic ones stand for level 1
+    assert all(data[i].meta["detector_level"] == 1 for i in range(len(data)))  # all for the global detector
+    synthetic = data[len(data) - 1]
+    assert synthetic.meta["synthetic"] and synthetic.image.shape[-1] <= 96
+    work = tmp_path / "run"
+    train(cfg, tiny_dota, work, max_iters=2, progress=False)
+    log = [json.loads(line) for line in (work / "log.jsonl").read_text().splitlines()]
+    assert [e["iter"] for e in log if e["stage"] == "coarse"] == [1, 2]
