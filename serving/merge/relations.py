@@ -65,7 +65,8 @@ def neighbour_pairs(ev: Evidence, config: MergeConfig) -> tuple[np.ndarray, np.n
 
     * continuations: an end of the shorter box lies in the longer one grown by the end and lateral
       tolerances, with a width (size class) and direction (angle bin) like the longer one's. The
-      tolerances depend on the partner's sigma, so there is one look-up per partner sigma (per level);
+      tolerances depend on the partner's sigma, so the partners are looked up in groups of levels,
+      each with the margins of its largest sigma;
     * stubs: the centre of the shorter box, one that may touch its window's border, lies near an
       end of the longer one, with a length of about the longer one's width.
     """
@@ -82,10 +83,12 @@ def neighbour_pairs(ev: Evidence, config: MergeConfig) -> tuple[np.ndarray, np.n
     n_w = N_CLASSES
     point_class = (bin_of * n_w + size_class(h))[owner]
     longer, shorter = [], []
-    # One look-up per partner sigma (level); the coarse ones, with few boxes, share one look-up at
-    # the largest of their sigmas (a superset of their pairs).
+    # One look-up per group of partner sigmas (levels), each at the largest sigma of its group (a
+    # superset of the group's pairs): the two finest levels, then the coarse ones, with few boxes.
+    # Two look-ups cost less than one per level (each reads every box) or one for all (margins of
+    # the coarsest level around every box).
     sigmas = np.unique(ev.sigma)
-    buckets = [sigmas[:1], sigmas[1:2], sigmas[2:]]
+    buckets = [sigmas[:2], sigmas[2:]]
     for bucket in buckets:
         if not len(bucket):
             continue

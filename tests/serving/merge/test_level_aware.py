@@ -126,6 +126,24 @@ def test_parallel_decks_with_one_wide_coarse_box_over_both_stay_apart(gap, angle
     assert one_to_one(out.boxes, truth), out.boxes
 
 
+@pytest.mark.parametrize("gap", [10.0, 20.0, 40.0])
+@pytest.mark.parametrize("angle", [0.3, 31.0, 88.0])
+def test_bridges_in_a_row_with_one_coarse_box_over_both_stay_apart(gap, angle):
+    # A coarse level that cannot see the gap reports one box over both bridges (with the best score).
+    # It may join one of them, but a coarse end refines nothing a fine real end shows.
+    theta = math.radians(angle)
+    truth = near_miss_pair(f"collinear_{gap:g}", (5000.0, 4000.0), theta, 1800.0, 16.0)
+    dets = detect_scene(SyntheticScene(8000, 10000, truth), CheckDetector(truth, seed=3, scores="coarse_higher"))
+    u = np.array([math.cos(theta), math.sin(theta)])
+    start, end = truth[0, :2] - u * truth[0, 2] / 2, truth[1, :2] + u * truth[1, 2] / 2
+    centre, length = (start + end) / 2 / 16, np.linalg.norm(end - start) / 16
+    coarse = PlanWindow(4, 16, 0, 0, 625, 500)
+    extra = to_scene([WindowDetections(coarse, np.array([[*centre, length, 1.0, theta]]), np.array([0.99]),
+                                       np.array([0]))])
+    out = merge(_concat(dets, extra))
+    assert one_to_one(out.boxes, truth, thr=0.8), out.boxes
+
+
 def _concat(a: SceneDetections, b: SceneDetections) -> SceneDetections:
     return SceneDetections(*(np.concatenate([getattr(a, k), getattr(b, k)]) for k in
                              ("boxes", "scores", "labels", "levels", "window_bounds")))
