@@ -8,6 +8,7 @@ index, as from the per-window path, so the merge sees the same detections in the
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Iterator, Sequence
 
@@ -51,11 +52,12 @@ def pass_results(detector: WindowDetector, spec: ReadSpec, items: Sequence[ReadI
     """
     one_pass = PyramidPass(spec, items, context_levels=getattr(detector, "context_levels", 0),
                            context_size=getattr(detector, "context_size", 1024), config=config)
-    with one_pass:
+    produced = iter(one_pass)
+    # Closing ``produced`` first stops the pass's decoding thread; then the pass removes its files.
+    with one_pass, contextlib.closing(produced):
         batches: dict[int, list[tuple[ReadItem, np.ndarray]]] = {}  # level -> windows waiting
         reported_skips = 0
         result = TaskResult([], started=time.time())
-        produced = iter(one_pass)
         while True:
             t = time.perf_counter()
             got = next(produced, None)
@@ -87,13 +89,14 @@ def pass_results(detector: WindowDetector, spec: ReadSpec, items: Sequence[ReadI
             yield result, skips
 
 
-def run_scene_in_one_pass(worker: WindowWorker, scene: _SceneState, config: PassConfig = PassConfig()) -> None:
+def run_scene_in_one_pass(worker: WindowWorker, scene: _SceneState, buffer_bytes: int | None = None) -> None:
     """Every window of ``scene`` through ``worker``'s detector from one pass (``InProcessPool``).
 
     The scene's per-task queue is not used; an error fails the scene alone, as in the task loop. The
     windows the pass found without a valid pixel are counted in ``PoolRun.skipped``.
     """
     job = scene.job
+    config = PassConfig() if buffer_bytes is None else PassConfig(buffer_bytes=buffer_bytes)
     scene.pending.clear()
     windows_done = run = 0
     try:

@@ -48,6 +48,7 @@ import numpy as np
 from hbdnet.data.raster import DEFAULT_MAX_CHUNK_BYTES
 from hbdnet.pyramid import PlanWindow, context_crops
 from serving.engine.detectors import DetectorSpec, WindowDetector, build_detector, resolve_device, uses_gpu
+from serving.engine.pyramid_pass import DEFAULT_BUFFER_BYTES
 from serving.engine.reader import ReadItem, ReadSpec, WindowReader
 from serving.engine.window_detections import WindowDetections
 
@@ -86,6 +87,8 @@ class PoolConfig:
     # In-process pool, exact pyramid: every level from one decode of the scene
     # (``serving.engine.pass_worker``) instead of one exact read per window (6-7 decodes).
     one_pass: bool = True
+    # Coarse levels of a one-pass read held in memory up to this; the rest in temporary files (TMPDIR).
+    pass_buffer_bytes: int = DEFAULT_BUFFER_BYTES
 
 
 @dataclass(frozen=True)
@@ -344,7 +347,7 @@ class InProcessPool:
             if self.config.one_pass and job.spec.resampling == "exact":
                 from serving.engine.pass_worker import run_scene_in_one_pass  # it imports this module
 
-                run_scene_in_one_pass(self._worker, scene)
+                run_scene_in_one_pass(self._worker, scene, self.config.pass_buffer_bytes)
             while scene.pending and scene.error is None and not scene.cancelled():
                 task = scene.pending.popleft()
                 try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import zlib
 
 import numpy as np
@@ -116,6 +117,7 @@ def test_cancel_stops_the_pass_and_a_decode_error_fails_the_scene(geotiff, tmp_p
         with pytest.raises(Cancelled):
             pool.run(plan.spec, plan.items, cancel=lambda: sum(detector.calls) >= 5)
         assert sum(detector.calls) == 5
+        assert not [t for t in threading.enumerate() if t.name == "hbdnet-pass-decode"]  # decoding stopped
         broken = type(plan.spec)(str(tmp_path / "gone.tif"), *list(plan.spec.__dict__.values())[1:])
         with pytest.raises(Exception, match="gone.tif"):
             pool.run(broken, plan.items)
@@ -143,3 +145,26 @@ def test_in_process_detect_scene_plans_without_a_coverage_scan_and_still_drops_b
     assert len(result.window_detections) == result.windows - result.skipped
     # the first bridge comes back from coarse windows, and is dropped for its centre on nodata
     assert len(result.boxes) == 1 and abs(result.boxes[0, 0] - 900) < 5
+
+
+def test_the_pool_passes_its_buffer_setting_to_the_pass(geotiff, monkeypatch):
+    from serving.engine import pyramid_pass
+
+    path = str(geotiff("b.tif", texture(3, 1100, 1300, seed=11)))
+    plan = plan_scene(open_scene(path), window=WINDOW, overlap=OVERLAP)
+    spilled: list[bool] = []
+    init = pyramid_pass.LevelStore.__init__
+
+
+    def recording_init(self, scale, height, width, bands, dtype, masked, path=None):
+        spilled.append(path is not None)
+        init(self, scale, height, width, bands, dtype, masked, path)
+
+    monkeypatch.setattr(pyramid_pass.LevelStore, "__init__", recording_init)
+    runs = []
+    for buffer in (0, 2**30):
+        with InProcessPool(DetectorSpec("noop"), PoolConfig(workers=0, pass_buffer_bytes=buffer)) as pool:
+            pool._worker.detector = ChecksumDetector()
+            runs.append(pool.run(plan.spec, plan.items))
+    assert spilled == [True] * 3 + [False] * 3  # levels 1-3 in files, then in memory
+    same_detections(runs[0].detections, runs[1].detections)
