@@ -285,7 +285,9 @@ def _group_evidence(
     if len(idx):
         fg = _fuse_members(ev, scores, levels, bounds, group, idx, config)
         gi = np.unique(group[idx])
-        boxes[gi], sigma[gi], end_sigma[gi], cut[gi] = fg.boxes, fg.sigma, fg.end_sigma, fg.cut
+        # Without window bounds a fused end is no more known to be real than its members' ends.
+        boxes[gi], sigma[gi], end_sigma[gi] = fg.boxes, fg.sigma, fg.end_sigma
+        cut[gi] = True if bounds is None else fg.cut
         labels[gi] = _best_labels(scores[idx], ev.labels[idx], np.unique(group[idx], return_inverse=True)[1], len(gi))
     touching = cut.any(axis=1)
     return Evidence(boxes, sigma, end_sigma, cut, touching, labels)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -281,7 +282,9 @@ class CheckDetector:
             raise ValueError(f"unknown score mode {self.scores!r}")
         return WindowDetections(window, boxes, np.clip(scores, 0.05, 0.999), np.zeros(n, dtype=np.int64))
 
-    def detect(self, images: list[np.ndarray], windows: list[PlanWindow]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    def detect(
+        self, images: list[np.ndarray], windows: list[PlanWindow]
+    ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """The engine's ``WindowDetector`` interface (pixels ignored)."""
         results = [self(w) for w in windows]
         return [(d.boxes, d.scores, d.labels) for d in results]
@@ -392,8 +395,11 @@ def jitter_boxes(boxes: np.ndarray, jitter: float, rng: np.random.Generator) -> 
     return regularize_le90(torch.from_numpy(out)).numpy()
 
 
-def detect_scene(scene: SyntheticScene, detector: PerfectDetector, **plan_kwargs: int) -> SceneDetections:
-    """Run ``detector`` over every window of the scene's full pyramid plan; scene-pixel detections."""
+def detect_scene(
+    scene: SyntheticScene, detector: Callable[[PlanWindow], WindowDetections], **plan_kwargs: int
+) -> SceneDetections:
+    """Run ``detector`` (a :class:`PerfectDetector` or :class:`CheckDetector`) over every window of the
+    scene's full pyramid plan; scene-pixel detections."""
     plan = plan_pyramid(scene.height, scene.width, **plan_kwargs)
     return to_scene([detector(w) for w in plan])
 
