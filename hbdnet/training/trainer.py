@@ -184,6 +184,12 @@ def make_dataset(cfg: ExperimentConfig, images: list[DotaImage], stage: StageCon
     return TrainingSet(windows, synthetic, transform, seed=cfg.train.seed, route=route)
 
 
+def _ignore_sigint(worker_id: int) -> None:
+    """DataLoader workers leave Ctrl-C to the main process, which saves and stops (a worker that died
+    of it would make the main process fail instead)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def _format_seconds(seconds: float) -> str:
     seconds = max(0, int(round(seconds)))
     h, rem = divmod(seconds, 3600)
@@ -381,7 +387,8 @@ class Trainer:
         # which would otherwise move the global RNG (the model's samplers) differently on resume.
         loader = DataLoader(dataset, batch_size=bs, sampler=sampler, collate_fn=collate_windows,
                             num_workers=cfg.data.num_workers, persistent_workers=False,
-                            generator=torch.Generator().manual_seed(cfg.train.seed))
+                            generator=torch.Generator().manual_seed(cfg.train.seed),
+                            worker_init_fn=_ignore_sigint if cfg.data.num_workers else None)
         log_path = self.work_dir / "log.jsonl"
         n_syn = len(dataset.synthetic) if dataset.synthetic is not None else 0
         limit = total if self.max_iters is None else min(total, self.max_iters)
