@@ -7,15 +7,16 @@ written once into ``--cache-dir``), then, each in a fresh subprocess so that eac
 (``VmHWM``, the process's high-water mark: Python, numpy, GDAL and the reads):
 
 * ``decode``: one plain decode of every pixel, block row by block row, GDAL single-threaded;
-* ``decode_mt``: the same with ``NUM_THREADS=ALL_CPUS`` (the pass decodes that way);
+* ``decode_mt``: the same with ``NUM_THREADS=ALL_CPUS`` (the pass decodes on every core but one);
 * ``pass``: ``PyramidPass`` over the scene's whole plan (every level, every window as the detector's
   uint8 RGB), its default memory settings;
 * ``current`` (sizes in ``--current-sizes``): ``WindowReader`` over the same plan (today's exact reads).
 
 The modes take turns, ``--repeat`` times (best time kept; ``current`` once), so ratios are from one
-run, but on a shared machine wall times are noisy (the load average is printed with them); the CPU seconds of each process (all its threads) are
-printed beside them, as ratios to the single-threaded decode's CPU seconds, which other processes
-disturb much less. The last line is ``pass_decodes_<size>=<x> pass_cpu_decodes_<size>=<y> pass_peak_mb_<size>=<m> ...``.
+run; on a shared machine wall times are still noisy (the load average is printed with them). The
+CPU seconds of each process (all its threads) are printed beside them, as ratios to the
+single-threaded decode's CPU seconds. The last line is
+``pass_decodes_<size>=<x> pass_cpu_decodes_<size>=<y> pass_peak_mb_<size>=<m> ...``.
 """
 
 from __future__ import annotations

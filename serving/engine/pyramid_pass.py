@@ -26,8 +26,8 @@ pixel (GDAL's mask, and for floating-point bands a finite value, ``reader.window
 not produced (``stats.skipped``), and the others are masked exactly as ``WindowReader`` masks them.
 
 A thread decodes the next strip while the current one is cut and its windows run (GDAL decodes
-without the GIL); the dataset is opened with ``NUM_THREADS`` so GDAL decodes a strip's tiles in
-parallel. Peak memory: two strips, the level-0 windows' rows in flight, the in-memory level stores,
+without the GIL); the dataset is opened with ``NUM_THREADS`` (every core but one) so GDAL decodes a
+strip's tiles in parallel. Peak memory: two strips, the level-0 windows' rows in flight, the in-memory level stores,
 and the GDAL block cache held at one strip.
 """
 
@@ -58,12 +58,13 @@ DEFAULT_STRIP_BYTES = 8 * 2**20  # full-resolution bytes decoded at once (at lea
 @dataclass(frozen=True)
 class PassConfig:
     """Memory settings of a pass. ``decode_threads``: GDAL's ``NUM_THREADS`` open option ("ALL_CPUS"
-    or a number) for decoding the tiles of a strip in parallel; ``temp_dir``: where level stores that
-    do not fit ``buffer_bytes`` go (default: the system's temporary folder)."""
+    or a number) for decoding the tiles of a strip in parallel (default: every core but one, which
+    cuts windows and computes levels meanwhile); ``temp_dir``: where level stores that do not fit
+    ``buffer_bytes`` go (default: the system's temporary folder)."""
 
     buffer_bytes: int = DEFAULT_BUFFER_BYTES
     strip_bytes: int = DEFAULT_STRIP_BYTES
-    decode_threads: str = "ALL_CPUS"
+    decode_threads: str | None = None  # None: one core fewer than the machine's, for the cutting thread
     temp_dir: str | None = None
     read_ahead: bool = True
 
@@ -303,16 +304,22 @@ class PyramidPass:
         """The scene's strips, top to bottom, with their validity for a masked scene."""
         rows = self.strip_rows()
         bands = list(self.spec.read_bands)
-        # Every block is decoded once, in one read: the cache need only hold a block row (all of the
-        # file's bands and a mask), not the scene (GDAL's default cache is 5 % of the machine's RAM).
-        block_row_bytes = self._block_rows * self.width * (self._file_bands * self.dtype.itemsize + 1)
-        with CacheHold(int(block_row_bytes * 1.1) + 8 * 2**20), \
-                rasterio.open(self.spec.uri, NUM_THREADS=self.config.decode_threads) as ds:
+        # Every block is decoded once: the cache holds a strip's blocks (all of the file's bands and a
+        # mask), so that a nodata mask read after the pixels finds them decoded, and not the scene
+        # (GDAL's default cache is 5 % of the machine's RAM).
+        strip_bytes = rows * self.width * (self._file_bands * self.dtype.itemsize + 1)
+        with CacheHold(int(strip_bytes * 1.1) + 8 * 2**20), \
+                rasterio.open(self.spec.uri, NUM_THREADS=self._decode_threads()) as ds:
             for y0 in range(0, self.height, rows):
                 window = Window(0, y0, self.width, min(rows, self.height - y0))
                 data = ds.read(bands, window=window)
                 valid = _valid_mask(ds, bands, window=window) if self.masked else None
                 yield _Strip(y0, data, valid)
+
+    def _decode_threads(self) -> str:
+        if self.config.decode_threads is not None:
+            return self.config.decode_threads
+        return str(max(1, (os.cpu_count() or 2) - 1))
 
     def _strips_ahead(self) -> Iterator[_Strip]:
         """``_decode`` on a thread, one strip ahead of the consumer."""

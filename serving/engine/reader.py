@@ -6,13 +6,15 @@ The scene is never held in memory. What is computed once per scene (``prepare_re
   three non-alpha bands unless ``bands=(r, g, b)`` (1-based) is given; 2 usable bands need ``bands``.
 * **Value stretch** (``Stretch``). uint8 scenes are used as they are. Every other data type is mapped
   per band with a per-scene linear stretch: the 2nd and 98th percentiles (``percentiles``) of the
-  band's valid pixels, estimated once from a regular sample of the whole scene (every f-th row and
-  column of the full resolution, at most 1024 x 1024 samples, read strip by strip), go to 0 and 255;
-  values outside are clipped and NaN becomes 0. The same map is used at every window and level, so a
+  band's valid pixels, estimated once from a sample of the scene's own blocks (at most 64, spread
+  over the scene, decimated to at most 1024 x 1024 samples: ``serving.engine.stretch_sample``; a
+  scene of at most that many pixels is sampled whole), go to 0 and 255; values outside are clipped
+  and NaN becomes 0. The same map is used at every window and level, so a
   bridge looks the same wherever it is cut.
 * **Coverage** (``CoverageMap``). For scenes with a nodata value, an alpha band, a mask band or a
   floating-point band, one streaming pass over the validity mask records, per cell of a coarse grid,
-  whether any and whether all of its pixels are valid. A window whose footprint has no valid cell is
+  whether any and whether all of its pixels are valid (skipped with ``coverage_scan=False``, for the
+  one-pass reader, which finds empty windows as it decodes). A window whose footprint has no valid cell is
   skipped without a read; a window whose cells are all fully valid is read without a mask; the others
   read the exact mask at the window, and their invalid pixels are set to 0 in all three channels. A
   pixel is valid when any selected band is valid there (rasterio's dataset-mask rule: nodata is per
@@ -30,6 +32,9 @@ The scene is never held in memory. What is computed once per scene (``prepare_re
 
 Striped (non-tiled) TIFFs are read in the plan's row-of-windows order, so each strip is decoded once
 per row of windows with that cache; a warning suggests converting them to a tiled COG.
+
+The in-process pool reads the exact pyramid with ``serving.engine.pyramid_pass`` instead (every level
+from one decode, identical pixels); ``WindowReader`` serves Ray workers and ``resampling="overview"``.
 
 Pyramid levels come from ``hbdnet.data.raster.read_pyramid_window``: ``resampling="exact"`` (default)
 is bilinear 1/2**k from full resolution, as the model was trained and tested; ``"overview"`` takes the

@@ -3,7 +3,10 @@
 Tasks carry window descriptors, never pixels: a ``WindowTask`` is the scene's ``ReadSpec`` (uri, bands,
 stretch, GDAL cache) and a short run of plan windows of one level and one row. Each worker opens the
 scene itself, keeps it open across tasks, reads its windows and runs batched inference. The same
-``WindowWorker`` class does this in-process (``workers=0``) and inside every Ray actor.
+``WindowWorker`` class does this in-process (``workers=0``) and inside every Ray actor. In process,
+an exact pyramid is read instead in one pass over the scene (``PoolConfig.one_pass``,
+``serving.engine.pass_worker``: every level from one decode, the same pixels); Ray actors read
+window by window.
 
 Where the windows run (``make_pool``): in this process, with read-ahead threads, unless Ray pays for
 itself: when the detector can use GPUs and this machine has some, when ``workers`` asks for actors,
