@@ -106,8 +106,11 @@ def neighbour_pairs(ev: Evidence, config: MergeConfig) -> tuple[np.ndarray, np.n
         lo_w, hi_w = size_class((1 - wt) * hb - slack), size_class(widest)
         ranges = np.stack([bins[box] * n_w + lo_w[:, None], bins[box] * n_w + hi_w[:, None]], axis=2)
         b, p = points_in_boxes(boxes[box], margin, ranges, ends[mine], point_class[mine])
-        longer.append(box[b])
-        shorter.append(owner[mine[p]])
+        lb, sp = box[b], owner[mine[p]]
+        # The look-up holds for the longer box of a pair (found from it); drop the other way round.
+        ok = (w[sp] < w[lb]) | ((w[sp] == w[lb]) & (sp > lb))
+        longer.append(lb[ok])
+        shorter.append(sp[ok])
 
     # Stubs: stub_min * h_L <= w_S <= stub_ratio * h_L, centre within stub_ratio * h_L of an end.
     reach = config.stub_ratio * h
