@@ -10,6 +10,8 @@ written once into ``--cache-dir``), then, each in a fresh subprocess so that eac
 * ``decode_mt``: the same with ``NUM_THREADS=ALL_CPUS`` (the pass decodes on every core but one);
 * ``pass``: ``PyramidPass`` over the scene's whole plan (every level, every window as the detector's
   uint8 RGB), its default memory settings;
+* ``engine``: ``detect_scene`` with the no-op detector in process (``workers=0``): open, plan, the
+  pass, merge;
 * ``current`` (sizes in ``--current-sizes``): ``WindowReader`` over the same plan (today's exact reads).
 
 The modes take turns, ``--repeat`` times (best time kept; ``current`` once), so ratios are from one
@@ -77,11 +79,19 @@ def run_current(path: str) -> int:
         return sum(1 for it in plan.items if reader.read(it.window, it.needs_mask) is not None)
 
 
+def run_engine(path: str) -> int:
+    from serving.engine.detectors import DetectorSpec
+    from serving.engine.pipeline import detect_scene
+
+    return detect_scene(path, DetectorSpec("noop"), workers=0).windows
+
+
 MODES = {
     "decode": lambda p: plain_decode(p, None),
     "decode_mt": lambda p: plain_decode(p, "ALL_CPUS"),
     "pass": run_pass,
     "current": run_current,
+    "engine": run_engine,
 }
 
 
@@ -127,7 +137,7 @@ def main(argv: list[str] | None = None) -> None:
     scenes = ensure_scenes(args.cache_dir, args.sizes, fresh=False)
     summary = []
     for side in args.sizes:
-        modes = ["decode", "decode_mt", "pass"] + (["current"] if side in args.current_sizes else [])
+        modes = ["decode", "decode_mt", "pass", "engine"] + (["current"] if side in args.current_sizes else [])
         # Best of --repeat runs per mode, the modes taking turns, so that a burst of load from other
         # processes does not land on one mode only.
         runs: dict[str, list[dict]] = {m: [] for m in modes}

@@ -147,3 +147,18 @@ def test_a_window_beyond_the_rows_passed_is_refused(geotiff):
     with PyramidPass(plan.spec, plan.items, masked=False) as p:
         with pytest.raises(RuntimeError):
             p.window_data(PlanWindow(0, 1, 0, 0, 10, 10))
+
+
+def test_int16_negative_values_round_like_the_reference(geotiff):
+    data = (texture(3, 1100, 1150, np.int32, seed=12, high=2000) - 1000).astype(np.int16)
+    check_pass(geotiff("i16.tif", data), config=PassConfig(strip_bytes=1))
+
+
+def test_strips_of_three_rows(geotiff):
+    """A striped file whose strips (3 rows) are not a multiple of the scales: the pass decodes
+    lcm(3, 8) = 24 rows at a time, so the two rows of every level row are in one strip."""
+    path = geotiff("s3.tif", texture(3, 1030, 1200, seed=13), tiled=False, block=48)
+    with rasterio.open(path) as ds:
+        assert ds.block_shapes[0] == (3, 1200)
+    p = check_pass(path, config=PassConfig(strip_bytes=1))
+    assert p.strip_rows() % 3 == 0 and p.strip_rows() % p.max_scale == 0 and p.stats.strips > 10
