@@ -183,8 +183,7 @@ class SyntheticScenes:
         if f * length < cfg.min_length:
             return None
         crop = pixels[:, y0:y1, x0:x1]
-        patch = scale_image(crop, f)
-        ph, pw = patch.shape[-2:]
+        ph, pw = math.floor((y1 - y0) * f), math.floor((x1 - x0) * f)  # scale_image's size
         # every bridge of the crop, in patch pixels (the crop is cut with the window rule)
         b, t = _cut(image.boxes, (x0, y0, x1, y1), cfg.iof_thr, 0.0)
         b = scale_boxes(b, f)
@@ -205,6 +204,7 @@ class SyntheticScenes:
         else:
             return None
         covered[hit] = True
+        patch = scale_image(crop, f)
         alpha = _feather(ph, pw, cfg.feather)
         region = canvas[:, py:py + ph, px:px + pw].float()
         canvas[:, py:py + ph, px:px + pw] = (alpha * patch.float() + (1 - alpha) * region).round().to(torch.uint8)
