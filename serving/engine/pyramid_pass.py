@@ -78,8 +78,13 @@ def accumulator(dtype: np.dtype) -> type:
     return np.float64
 
 
+def level_row_count(n: int, y0: int, s: int, height: int) -> int:
+    """How many rows of a level ``height`` high a strip of ``n`` rows from row ``y0`` completes."""
+    return max(0, min(height - y0 // s, len(range(s // 2, n, s))))
+
+
 def level_rows(strip: np.ndarray, y0: int, s: int, height: int, width: int,
-               phase_order: bool) -> np.ndarray:
+               phase_order: bool, out: np.ndarray | None = None) -> np.ndarray:
     """The rows of level ``s`` (``height`` x ``width``) whose source rows lie in ``strip``.
 
     ``strip`` is (C, n, W) full-resolution rows from row ``y0``, a multiple of ``s``. Returns
@@ -87,11 +92,11 @@ def level_rows(strip: np.ndarray, y0: int, s: int, height: int, width: int,
     ``read_pyramid_window`` computes. Integer sums are exact, so they are formed in the fastest order
     (the row pair first, over whole contiguous rows; uint8 in uint16). Float sums are formed in the
     reference's order, so that they round the same way: ``phase_order`` for its phase reads (files
-    without overviews), else its strip reads.
+    without overviews), else its strip reads. ``out``: where to write them (a level store's rows).
     """
     if y0 % s:
         raise ValueError(f"strip start {y0} is not a multiple of the scale {s}")
-    m = max(0, min(height - y0 // s, len(range(s // 2, strip.shape[1], s))))
+    m = level_row_count(strip.shape[1], y0, s, height)
     lo, hi = s // 2 - 1, s // 2
     r_lo, r_hi = strip[:, lo::s][:, :m], strip[:, hi::s][:, :m]
     if np.issubdtype(strip.dtype, np.integer):
@@ -99,7 +104,7 @@ def level_rows(strip: np.ndarray, y0: int, s: int, height: int, width: int,
         pair = np.add(r_lo, r_hi, dtype=acc)
         total = np.add(pair[:, :, lo::s][:, :, :width], pair[:, :, hi::s][:, :, :width])
         total += 2
-        out = np.empty(total.shape, strip.dtype)
+        out = np.empty(total.shape, strip.dtype) if out is None else out
         # floor(total / 4 + 0.5), as cv2; an arithmetic shift floors negative sums too.
         return np.right_shift(total, 2, out=out, casting="unsafe")
     terms = {(r, c): rows[:, :, col::s][:, :, :width]
@@ -110,12 +115,15 @@ def level_rows(strip: np.ndarray, y0: int, s: int, height: int, width: int,
     for key in order[1:]:
         total += terms[key]
     total /= 4
-    return total.astype(strip.dtype)
+    if out is None:
+        return total.astype(strip.dtype)
+    np.copyto(out, total, casting="unsafe")  # the same rounding to the file's type as astype
+    return out
 
 
 def level_valid(valid: np.ndarray, y0: int, s: int, height: int, width: int) -> np.ndarray:
     """Validity of the level rows of ``level_rows``: all four source pixels valid."""
-    m = max(0, min(height - y0 // s, len(range(s // 2, valid.shape[0], s))))
+    m = level_row_count(valid.shape[0], y0, s, height)
     lo, hi = s // 2 - 1, s // 2
     out = valid[lo::s][:m, lo::s][:, :width] & valid[hi::s][:m, lo::s][:, :width]
     out &= valid[lo::s][:m, hi::s][:, :width]
@@ -159,11 +167,18 @@ class LevelStore:
     def nbytes_for(height: int, width: int, bands: int, dtype: np.dtype, masked: bool) -> int:
         return height * width * (bands * np.dtype(dtype).itemsize + (1 if masked else 0))
 
+    def next_rows(self, m: int) -> np.ndarray | None:
+        """The in-memory rows that the next ``append`` of ``m`` rows fills, to compute them in place
+        (None for a store in a file)."""
+        return self._data[:, self.rows:self.rows + m] if self.path is None else None
+
     def append(self, data: np.ndarray, valid: np.ndarray | None) -> None:
-        """Add rows (C, m, width) below those already there."""
+        """Add rows (C, m, width) below those already there (``data`` may be ``next_rows``' view)."""
         m = data.shape[1]
         if self.path is None:
-            self._data[:, self.rows:self.rows + m] = data
+            target = self._data[:, self.rows:self.rows + m]
+            if not np.shares_memory(target, data):
+                target[...] = data
             if self._valid is not None:
                 self._valid[self.rows:self.rows + m] = valid
         else:
@@ -369,10 +384,14 @@ class PyramidPass:
         held = self._strips[-1].y1 - self._strips[0].y0
         self.stats.max_rows_held = max(self.stats.max_rows_held, held)
         for s, store in self.stores.items():
-            rows = level_rows(strip.data, strip.y0, s, store.height, store.width, self._phase_order)
+            m = level_row_count(strip.data.shape[1], strip.y0, s, store.height)
+            if not m:
+                continue
+            # An in-memory store is written in place (no copy of the level's rows).
+            rows = level_rows(strip.data, strip.y0, s, store.height, store.width, self._phase_order,
+                              out=store.next_rows(m))
             valid = level_valid(strip.valid, strip.y0, s, store.height, store.width) if self.masked else None
-            if rows.shape[1]:
-                store.append(rows, valid)
+            store.append(rows, valid)
 
     def _drop_strips(self, next_row0: int) -> None:
         """Forget strips above ``next_row0``, the first row a level-0 window still to come needs."""
