@@ -54,6 +54,11 @@ class MergeConfig:
     stub_ratio: float = 1.5
     stub_lateral: float = 0.5
 
+    # A fused box takes its geometry (direction, ends, cross-section) only from members scoring at
+    # least score_ratio of its best member: a doubtful detection that joined a group (a false
+    # positive beside the bridge, within a coarse box's tolerance) does not move the confident ones.
+    score_ratio: float = 0.5
+
     # --- holistic: suppression among fused boxes ---
     duplicate_iou: float = 0.5  # rotated IoU above this: the lower-ranked box is a duplicate
     contain_iof: float = 0.6  # this fraction of the lower-ranked box inside the other: a piece of it

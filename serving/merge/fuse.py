@@ -144,6 +144,7 @@ def fuse_groups(
     cut_margin: np.ndarray,
     end_k: float,
     stub_ratio: float = 1.5,
+    score_ratio: float = 0.5,
 ) -> FusedGroups:
     """Fused boxes of members labelled ``group`` (module doc).
 
@@ -151,15 +152,19 @@ def fuse_groups(
     and ``end_sigma`` ``(N,)`` each member's edge and end uncertainty in scene pixels; ``window_bounds``
     ``(N, 4)`` the footprint of each member's window in scene pixels, or None (then no end is taken
     for a cut); ``cut_margin`` ``(N,)`` scene pixels (see :func:`end_cuts`); ``end_k`` the tolerance factor on
-    end sigmas; members shorter than ``stub_ratio`` widths give no cross-section unless all are.
+    end sigmas; members shorter than ``stub_ratio`` widths give no cross-section unless all are;
+    members scoring below ``score_ratio`` of their group's best give no geometry at all.
     """
     g, n_g = group, n_groups
     cx, cy, w, h, t = (boxes[:, k] for k in range(5))
     scale = np.exp2(levels.astype(np.float64))
     s = np.maximum(scores, 1e-6)
+    # Only members at least score_ratio as confident as the group's best shape it: a doubtful
+    # detection that joined (a false positive beside the bridge) must not move a confident one.
+    confident = s >= score_ratio * _group_max(s, g, n_g)[g]
 
     # Direction: doubled-angle mean, so theta and theta + pi agree.
-    omega = s * (((w - h) / scale) ** 2 + 1e-6)
+    omega = confident * s * (((w - h) / scale) ** 2 + 1e-6)
     axis = 0.5 * np.arctan2(
         _group_sum(omega * np.sin(2 * t), g, n_g), _group_sum(omega * np.cos(2 * t), g, n_g)
     )
@@ -187,7 +192,7 @@ def fuse_groups(
         # among the candidates decides. Without window bounds no end is known to be real: the bound
         # is taken over all levels (a coarse box that reaches further completes the bridge).
         v = sign * values
-        lower = v - end_k * end_sigma
+        lower = np.where(confident, v - end_k * end_sigma, -np.inf)
         if window_bounds is None:
             bound = _group_max(lower, g, n_g)[g]
         else:
@@ -197,14 +202,14 @@ def fuse_groups(
                 at = levels == lv
                 upto = np.maximum(upto, _group_max(np.where(at, lower, -np.inf), g, n_g))
                 bound[at] = upto[g[at]]
-        near = ~cut & (v + end_k * end_sigma >= bound)
+        near = confident & ~cut & (v + end_k * end_sigma >= bound)
         finest = _group_min(np.where(near, levels, big).astype(np.float64), g, n_g)
         sel = near & (levels == finest[g])
         wsum = _group_sum(s * sel, g, n_g)
         mean = _group_sum(s * sel * v, g, n_g) / np.maximum(wsum, 1e-300)
         found = wsum > 0
         sig = _group_sum(sel * end_sigma, g, n_g) / np.maximum(_group_sum(sel * 1.0, g, n_g), 1)
-        outer = _group_max(v, g, n_g)
+        outer = _group_max(np.where(confident, v, -np.inf), g, n_g)
         return sign * np.where(found, mean, outer), ~found, np.where(found, sig, _group_min(end_sigma, g, n_g))
 
     end_lo, open_lo, sig_lo = end(lo, cut_lo, -1.0)
@@ -214,8 +219,8 @@ def fuse_groups(
     # (a piece about as long as it is wide, a stub, says little about where the deck's centre line is).
     finest_level = _group_min(levels.astype(np.float64), g, n_g)
     elongated = w >= stub_ratio * h
-    has_long = _group_max(elongated * 1.0, g, n_g) > 0
-    eligible = elongated | ~has_long[g]
+    has_long = _group_max((elongated & confident) * 1.0, g, n_g) > 0
+    eligible = confident & (elongated | ~has_long[g])
     finest_eligible = _group_min(np.where(eligible, levels, big).astype(np.float64), g, n_g)
     fine = eligible & (levels == finest_eligible[g])
     weight = s * 2 * e

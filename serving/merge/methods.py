@@ -304,6 +304,7 @@ def _fuse_members(
     return fuse_groups(
         ev.boxes[idx], scores[idx], levels[idx], ev.sigma[idx], ev.end_sigma[idx, 0], sub_group, n_groups,
         None if bounds is None else bounds[idx], config.cut_margin * scales, config.end_k, config.stub_ratio,
+        config.score_ratio,
     )
 
 

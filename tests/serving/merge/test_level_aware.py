@@ -217,6 +217,21 @@ def test_a_coarse_box_refines_nothing_the_fine_level_measures():
     assert out.scores[0] == pytest.approx(0.95) and out.levels[0] == 4
 
 
+def test_a_doubtful_finer_box_that_joins_a_group_does_not_shape_it():
+    # A level-3 box of a bridge, and a level-1 false positive (score 0.2) within the coarse box's
+    # tolerances (12 px off sideways, 3 degrees off, as wide): it may join, but the fused box is the
+    # confident one's, not the finer one's.
+    bridge = [4000.0, 3000.0, 1200.0, 30.0, 0.4]
+    u, n = np.array([math.cos(0.4), math.sin(0.4)]), np.array([-math.sin(0.4), math.cos(0.4)])
+    fp_centre = np.array(bridge[:2]) + 200 * u + 12 * n
+    fp = [*fp_centre, 400.0, 30.0, 0.4 + math.radians(3)]
+    dets = SceneDetections(np.array([bridge, fp]), np.array([0.9, 0.2]), np.zeros(2, np.int64), np.array([3, 1]),
+                           np.array([[0, 0, 8192, 8192], [3000, 2000, 5048, 4048]], dtype=float))
+    out = merge(dets)
+    assert len(out) == 1 and out.members[0] == 2  # joined (with score_ratio=0 it would set the box)
+    np.testing.assert_allclose(out.boxes[0], bridge, atol=1e-6)
+
+
 def test_unfused_coarse_boxes_rank_below_fused_ones_in_the_suppression():
     fused = [1000.0, 1000.0, 900.0, 30.0, 0.0]
     coarse = [1000.0, 1010.0, 950.0, 40.0, 0.0]  # IoU > 0.5 with the fused box, higher score
@@ -250,7 +265,8 @@ def test_check_detector_reports_rectangles_along_the_bridge_within_the_jitter():
         d = det(win)
         assert len(d.scores) == 1
         box = d.boxes[0]
-        # Whole bridge inside this window at level 2; a piece at level 0. Width within +-4 level px.
+        # The visible part, as a rectangle along the bridge: width within +-4 level px of the deck, and
+        # direction within the turn that +-2 px at its ends allow.
         assert abs(box[3] - 24.0 / scale) <= 4.0 + 1e-9
         assert abs(math.remainder(box[4] - 0.6, math.pi)) <= math.atan(2.0 / box[2]) + 1e-9
     # Scores by mode: constant 0.9; coarse levels higher or lower.
