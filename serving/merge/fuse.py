@@ -27,6 +27,10 @@ takes
 * the **score** of its best member (fusing must not make a bridge less certain because parts of it
   were seen cut) and the **level** of its coarsest member (the level that saw the most of it).
 
+Direction, ends and cross-section come only from the members scoring at least ``score_ratio`` of the
+group's best: a doubtful detection that joined the group (a false positive beside the bridge, within
+a coarse box's tolerance) must not move the confident ones.
+
 With the box come what the merge's second grouping pass needs to compare groups (:class:`FusedGroups`):
 the sigma of the members that set its cross-section, and each fused end's sigma and cut state.
 """

@@ -66,6 +66,8 @@ by that edge). Any other end is a *real* end: the bridge ends there.
    nothing a fine real end shows; it sets the end only where the finer levels are cut, which is
    completeness); width and lateral position from the finest level's elongated members (a stub
    says nothing of the deck's centre line); the best member's score; the coarsest member's level.
+   Only members scoring at least ``score_ratio`` of the best one shape the box: a doubtful
+   detection that joined (a false positive within a coarse box's tolerance) moves nothing.
 
 4. **Suppression** (:func:`serving.merge.suppress.suppress`). Greedy NMS where a box is suppressed
    by a kept box that outranks it when their rotated IoU exceeds ``duplicate_iou`` (duplicates,
