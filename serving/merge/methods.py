@@ -20,7 +20,11 @@ coarse levels extent and completeness.** And every box carries the **evidence of
 end is a *cut* only where one of its corners lies within ``cut_margin`` pixels of its level from the
 border of the window it came from (or beyond it), a border that the box heads out through
 (:func:`serving.merge.fuse.end_cuts`; a sliver of a deck running beside the window's edge is not cut
-by that edge). Any other end is a *real* end: the bridge ends there.
+by that edge, nor by one it runs along within 5 degrees). Any other end is a *real* end: the bridge
+ends there. The window of every detection is known (``WindowDetections.window``, mapped to scene
+pixels as ``SceneDetections.window_bounds``); detections without window bounds have no known real
+end: every end counts as a cut in the relations, and fused ends come from the finest level that
+reaches the outermost.
 
 1. **Relations.** Two boxes of the same class, ``L`` the longer (axis ``u``) and ``S`` the shorter,
    *continue* one another (:func:`serving.merge.relations.relations`) when:
