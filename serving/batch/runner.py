@@ -56,10 +56,11 @@ from serving.engine.pipeline import (PreparedScene, RunEstimate, finish_scene, p
 from serving.outputs.geo_output import OutputError, check_output_path, write_detections
 from serving.batch.inputs import SceneInput, short_hash
 from serving.merge.config import MergeConfig
-from serving.engine.reader import PyramidResampling, select_bands
+from serving.engine.reader import PyramidResampling, empty_windows_notice, select_bands
 from serving.engine.scene import (DEFAULT_MAX_PIXELS, SceneError, SceneInfo, check_scene_size, open_scene,
                                   scene_reference)
-from serving.engine.workers import InProcessPool, PoolConfig, PoolRun, Progress, RayPool, SceneJob, make_pool
+from serving.engine.workers import (InProcessPool, PoolConfig, PoolRun, Progress, RayPool, SceneJob, make_pool,
+                                    reads_in_one_pass)
 
 MANIFEST_NAME = "manifest.jsonl"
 OutputFormat = Literal["gpkg", "geojson", "fgb"]
@@ -178,8 +179,11 @@ def detect_to_file(
     info = open_checked(uri, output, options)  # a bad scene or output fails before workers start
 
     def plan() -> PreparedScene:
+        # A pool that reads in one pass finds the empty windows itself: no coverage scan before it starts.
+        one_pass = reads_in_one_pass(pool if pool is not None else (model.spec, pool_config), options.resampling)
         return prepare_scene(info, bands=options.bands, window=model.window, overlap=model.overlap,
-                             resampling=options.resampling, max_pixels=options.max_pixels)
+                             resampling=options.resampling, max_pixels=options.max_pixels,
+                             coverage_scan=not one_pass)
 
     own_pool = pool is None
     if pool is None:
@@ -194,6 +198,8 @@ def detect_to_file(
     finally:
         if own_pool:
             pool.close()
+    if run.skipped:  # windows a one-pass read found empty (planned without a coverage scan)
+        notes.append(str(empty_windows_notice(uri, run.skipped, len(prepared.plan.items))))
     outcome = _noting(notes, lambda: write_output(prepared, run, output, model, options, t0, uri))
     return replace(outcome, notes=tuple(notes))
 

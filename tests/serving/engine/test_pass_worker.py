@@ -168,3 +168,20 @@ def test_the_pool_passes_its_buffer_setting_to_the_pass(geotiff, monkeypatch):
             runs.append(pool.run(plan.spec, plan.items))
     assert spilled == [True] * 3 + [False] * 3  # levels 1-3 in files, then in memory
     same_detections(runs[0].detections, runs[1].detections)
+
+
+def test_detect_to_file_in_process_skips_the_coverage_scan_and_notes_the_empty_windows(geotiff, tmp_path,
+                                                                                       monkeypatch):
+    import serving.engine.reader as reader_module
+    from serving.batch.runner import ModelRef, detect_to_file
+
+    data = np.full((3, 1000, 1200), 50, np.uint8)
+    data[:, :, :600] = 0  # nodata
+    path = str(geotiff("half.tif", data, nodata=0))
+    scans: list[bool] = []
+    scan = reader_module.scan_scene
+    monkeypatch.setattr(reader_module, "scan_scene", lambda *a, **k: scans.append(True) or scan(*a, **k))
+    model = ModelRef("noop", "0" * 64, DetectorSpec("noop"), window=WINDOW, overlap=OVERLAP)
+    outcome = detect_to_file(path, tmp_path / "o.gpkg", model, pool_config=PoolConfig(workers=0))
+    assert scans == []
+    assert [n for n in outcome.notes if "13 of 42 windows have no valid pixel" in n]
