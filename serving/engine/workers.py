@@ -92,6 +92,10 @@ class PoolConfig:
     one_pass: bool = True
     # Coarse levels of a one-pass read held in memory up to this; the rest in temporary files (TMPDIR).
     pass_buffer_bytes: int = DEFAULT_BUFFER_BYTES
+    # Ray actors read exact pyramids in one pass too: each scene on one actor (scenes of a batch spread
+    # over the actors), its results streamed back batch by batch. A worker that dies fails its scene
+    # (no retry of part of a pass). Off by default: one scene then runs on one actor only.
+    ray_one_pass: bool = False
 
 
 @dataclass(frozen=True)
@@ -265,6 +269,15 @@ class WindowWorker:
 
     def run(self, task: WindowTask) -> TaskResult:
         return run_items(self.reader(task.spec), self.detector, task.items, self.batch_size, self._executor)
+
+    def run_pass(self, spec: ReadSpec, items: tuple[ReadItem, ...],
+                 buffer_bytes: int) -> Iterator[tuple[TaskResult, int]]:
+        """A scene's windows from one pass (``serving.engine.pass_worker.pass_results``): per detector
+        batch, its result and the windows it accounts for. A Ray streaming generator in an actor."""
+        from serving.engine.pass_worker import pass_results  # it imports this module
+        from serving.engine.pyramid_pass import PassConfig
+
+        yield from pass_results(self.detector, spec, items, self.batch_size, PassConfig(buffer_bytes=buffer_bytes))
 
     def pid(self) -> int:
         return os.getpid()
@@ -460,13 +473,32 @@ class RayPool:
         open_scenes: list[_SceneState] = []
         load = [0] * len(self.actors)
         in_flight: dict[ray.ObjectRef, tuple[int, _SceneState, WindowTask]] = {}
+        to_stream: list[_SceneState] = []  # one-pass scenes waiting for a free actor
+        streams: dict[ray.ObjectRefGenerator, tuple[int, _SceneState]] = {}
         while open_scenes or more:
-            while more and len(open_scenes) < max(1, cfg.open_scenes) and not any(s.pending for s in open_scenes):
+            while (more and len(open_scenes) < max(1, cfg.open_scenes)
+                   and not any(s.pending for s in open_scenes) and not to_stream):
                 job = next(jobs, None)
                 if job is None:
                     more = False
                 else:
                     open_scenes.append(_SceneState(job, cfg.task_windows))
+                    if reads_in_one_pass(self, job.spec.resampling):
+                        open_scenes[-1].pending.clear()
+                        to_stream.append(open_scenes[-1])
+            for scene in list(to_stream):  # a pass takes a whole actor
+                if scene.cancelled():  # before it started: nothing to stop
+                    to_stream.remove(scene)
+                    continue
+                if min(load):
+                    break
+                slot = load.index(0)
+                stream = self.actors[slot].run_pass.options(num_returns="streaming", max_task_retries=0).remote(
+                    scene.job.spec, tuple(scene.job.items), cfg.pass_buffer_bytes)
+                streams[stream] = (slot, scene)
+                load[slot] += max(1, cfg.tasks_in_flight)
+                scene.outstanding += 1
+                to_stream.remove(scene)
             for scene in open_scenes:  # oldest scene first: its result is what the caller waits for
                 while scene.pending and min(load) < max(1, cfg.tasks_in_flight) and not scene.cancelled():
                     slot = load.index(min(load))
@@ -474,17 +506,20 @@ class RayPool:
                     in_flight[self.actors[slot].run.remote(task)] = (slot, scene, task)
                     load[slot] += 1
                     scene.outstanding += 1
-            finished = [s for s in open_scenes if s.finished]
+            finished = [s for s in open_scenes if s.finished and s not in to_stream]
             if finished:
                 for scene in finished:
                     open_scenes.remove(scene)
                 for scene in finished:
                     yield scene.outcome()
                 continue
-            if not in_flight:  # every scene drawn is done (an open scene always has a task out or to submit)
+            if not in_flight and not streams:  # every scene drawn is done
                 continue
-            ready, _ = ray.wait(list(in_flight), num_returns=1)
+            ready, _ = ray.wait([*in_flight, *streams], num_returns=1)
             for ref in ready:
+                if ref in streams:
+                    self._stream_step(ref, streams, load)
+                    continue
                 slot, scene, task = in_flight.pop(ref)
                 load[slot] -= 1
                 scene.outstanding -= 1
@@ -499,6 +534,33 @@ class RayPool:
                     continue
                 if scene.error is None and not scene.cancelled():
                     scene.add(res, len(task.items))
+
+    def _stream_step(self, stream, streams: dict, load: list[int]) -> None:
+        """Take the next result of a scene's one-pass stream (``run_pass``), or its end or error."""
+        import ray
+
+        slot, scene = streams[stream]
+
+        def end() -> None:
+            del streams[stream]
+            load[slot] -= max(1, self.config.tasks_in_flight)
+            scene.outstanding -= 1
+
+        try:
+            res, windows = ray.get(next(stream))
+        except StopIteration:
+            end()
+            return
+        except Exception as exc:  # the pass raised, or its worker died: its scene fails
+            end()
+            scene.fail(exc)
+            return
+        if scene.error is None and not scene.cancelled():
+            scene.add(res, windows)
+            scene.run.skipped += windows - len(res.detections)
+        if scene.error is not None:  # failed or cancelled: stop the pass on its actor
+            ray.cancel(stream)
+            end()
 
     def worker_pids(self) -> list[int]:
         import ray
@@ -541,8 +603,8 @@ def reads_in_one_pass(pool: InProcessPool | RayPool | tuple[DetectorSpec, PoolCo
     if resampling != "exact":
         return False
     if isinstance(pool, tuple):
-        return runs_in_process(*pool) and pool[1].one_pass
-    return isinstance(pool, InProcessPool) and pool.config.one_pass
+        return pool[1].one_pass if runs_in_process(*pool) else pool[1].ray_one_pass
+    return pool.config.one_pass if isinstance(pool, InProcessPool) else pool.config.ray_one_pass
 
 
 def local_gpus(detector_spec: DetectorSpec) -> int:
