@@ -6,7 +6,8 @@ scene itself, keeps it open across tasks, reads its windows and runs batched inf
 ``WindowWorker`` class does this in-process (``workers=0``) and inside every Ray actor. In process,
 an exact pyramid is read instead in one pass over the scene (``PoolConfig.one_pass``,
 ``serving.engine.pass_worker``: every level from one decode, the same pixels); Ray actors read
-window by window.
+window by window, or with ``PoolConfig.ray_one_pass`` each scene in one pass on one actor, its
+results streamed back (pixels still go only from the actor's reader to its detector).
 
 Where the windows run (``make_pool``): in this process, with read-ahead threads, unless Ray pays for
 itself: when the detector can use GPUs and this machine has some, when ``workers`` asks for actors,
