@@ -6,37 +6,8 @@ import argparse
 import re
 
 from hbdnet.commands import CliError
+from hbdnet.commands.arguments import one_line_errors, whole_number
 from hbdnet.pyramid import pyramid_levels, validate_window, window_starts
-
-
-def _positive(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a whole number of pixels, got {text!r}") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"must be 1 px or more, got {n}")
-    return n
-
-
-def _non_negative(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a whole number of pixels, got {text!r}") from None
-    if n < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 px or more, got {n}")
-    return n
-
-
-def one_line_errors(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Make ``p`` report a usage error as one line, exit code 2 (argparse prints the usage first)."""
-
-    def error(message: str):
-        p.exit(2, f"{p.prog}: error: {message} (see {p.prog} -h)\n")
-
-    p.error = error  # type: ignore[method-assign]
-    return p
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -44,8 +15,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        description="Show the pyramid levels and windows HBD-Net runs on a scene. Exit codes: "
                                    "0 done, 2 a bad size, window or overlap, or a file that is not a raster.")
     p.add_argument("scene", help="a raster path/URL, or a size such as 16384 or 3000x5000 (height x width)")
-    p.add_argument("--window", type=_positive, default=1024, metavar="PX", help="window side (default 1024)")
-    p.add_argument("--overlap", type=_non_negative, default=200, metavar="PX",
+    p.add_argument("--window", type=whole_number("window", 1, "px"), default=1024, metavar="PX", help="window side (default 1024)")
+    p.add_argument("--overlap", type=whole_number("overlap", 0, "px"), default=200, metavar="PX",
                    help="overlap of neighbouring windows, less than --window (default 200)")
     p.set_defaults(run=run)
     one_line_errors(p)

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from hbdnet.commands import CliError
-from hbdnet.commands.plan import one_line_errors
+from hbdnet.commands.arguments import one_line_errors
 from serving.cli.detect import (add_run_arguments, check_device, max_pixels, pool_config, resolve_model,
                                show_progress)
 

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from hbdnet.commands import CliError
-from hbdnet.commands.plan import one_line_errors
+from hbdnet.commands.arguments import one_line_errors, whole_number
 from serving.engine.detectors import DetectorSpec
 from serving.batch.inputs import scene_stem
 
@@ -135,28 +135,6 @@ def _device(text: str) -> str:
     return text
 
 
-def whole_number(text: str, what: str) -> int:
-    """``int(text)``, or an argparse error that names ``what`` (argparse would name the function)."""
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{what} must be a whole number, got {text!r}") from None
-
-
-def _workers(text: str) -> int:
-    n = whole_number(text, "workers")
-    if n < 0:
-        raise argparse.ArgumentTypeError(f"workers must be 0 (in this process) or more, got {n}")
-    return n
-
-
-def _read_threads(text: str) -> int:
-    n = whole_number(text, "read threads")
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"read threads must be 1 or more, got {n}")
-    return n
-
-
 def max_pixels(args: argparse.Namespace) -> int:
     """``--max-pixels``, or ``DEFAULT_MAX_PIXELS`` when not given."""
     from serving.engine.scene import DEFAULT_MAX_PIXELS
@@ -170,13 +148,6 @@ def pool_config(args: argparse.Namespace) -> PoolConfig:
 
     given = {} if args.read_threads is None else {"read_threads": args.read_threads}
     return PoolConfig(workers=args.workers, ray_address=args.ray_address, **given)
-
-
-def _max_pixels(text: str) -> int:
-    n = whole_number(text.replace("_", "").replace(",", ""), "max pixels")
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"max pixels must be 1 or more, got {text}")
-    return n
 
 
 def _score(text: str) -> float:
@@ -196,17 +167,17 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
                         "'default' model; none ships yet)")
     p.add_argument("--device", type=_device, default="auto",
                    help="cpu, cuda or cuda:N (default auto: cuda when this machine has a GPU)")
-    p.add_argument("--workers", type=_workers, default=None, metavar="N",
+    p.add_argument("--workers", type=whole_number("workers", 0), default=None, metavar="N",
                    help="0 runs the model in this process without Ray; N starts N Ray workers "
                         "(default: one per GPU, or one CPU worker using every core)")
-    p.add_argument("--read-threads", type=_read_threads, default=None, metavar="N",
+    p.add_argument("--read-threads", type=whole_number("read threads", 1), default=None, metavar="N",
                    help="threads reading windows ahead in each worker (default 2; more keep a GPU fed on "
                         "a many-core host, each costs a little memory)")
     p.add_argument("--ray-address", metavar="ADDR", help="join this Ray cluster ('auto' or host:port)")
     p.add_argument("--score-thr", type=_score, default=0.0, metavar="X",
                    help="drop merged bridges scoring below X (default 0: keep what the model reports)")
     # None stands for serving.engine.scene.DEFAULT_MAX_PIXELS (not imported here: it brings rasterio).
-    p.add_argument("--max-pixels", type=_max_pixels, default=None, metavar="N",
+    p.add_argument("--max-pixels", type=whole_number("max pixels", 1), default=None, metavar="N",
                    help="refuse scenes of more than N pixels, width x height (default 2,000,000,000)")
     p.add_argument("--bands", type=parse_bands, metavar="R,G,B",
                    help="1-based bands to use as R,G,B (or one band as grey); default: the first three")

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from hbdnet.commands import CliError
-from hbdnet.commands.plan import one_line_errors
+from hbdnet.commands.arguments import one_line_errors, whole_number
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -22,7 +22,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--merge", choices=["holistic", "authors"], default="holistic",
                    help="how window detections are merged (authors = per-level NMS 0.4, then 0.5 across levels)")
     p.add_argument("--metric", choices=["voc07", "area"], default="voc07", help="11-point VOC07 AP (the authors') or area AP")
-    p.add_argument("--workers", type=_workers, default=0, help="Ray workers (0: in this process)")
+    p.add_argument("--workers", type=whole_number("workers", 0), default=0, help="Ray workers (0: in this process)")
     p.add_argument("--output", help="also write the metrics as JSON here (strict JSON: a metric without "
                                     "value, such as the AP of a length bin with no bridge, is null)")
     p.set_defaults(run=run)
@@ -33,12 +33,6 @@ def _device(text: str) -> str:
     from serving.cli.detect import _device as device
 
     return device(text)
-
-
-def _workers(text: str) -> int:
-    from serving.cli.detect import _workers as workers
-
-    return workers(text)
 
 
 def strict_json(value: Any) -> Any:

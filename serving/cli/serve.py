@@ -7,7 +7,8 @@ import os
 from pathlib import Path
 
 from hbdnet.commands import CliError
-from serving.cli.detect import _device, _read_threads, _workers
+from hbdnet.commands.arguments import positive_number, whole_number
+from serving.cli.detect import _device
 
 
 def _size(text: str) -> int:
@@ -23,15 +24,6 @@ def _size(text: str) -> int:
     return n
 
 
-def _positive(kind: type):
-    def parse(text: str):
-        x = kind(text)
-        if x <= 0:
-            raise argparse.ArgumentTypeError(f"must be positive, got {text}")
-        return x
-    return parse
-
-
 def add_parser(sub: argparse._SubParsersAction) -> None:
     from serving.api.settings import API_KEY_ENV, API_KEY_HEADER
 
@@ -40,15 +32,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description="Run the HTTP job service (OpenAPI docs at /docs; OGC API - Processes at /). The model is "
                     "loaded once and the workers stay up between jobs; jobs and results persist in --data-dir.")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--port", type=whole_number("port", 0), default=8000, help="port (default 8000)")
     p.add_argument("--model", metavar="NAME|PATH", help="hbdnet checkpoint file, or the name of a bundled model")
     p.add_argument("--device", type=_device, default="auto", help="cpu, cuda or cuda:N (default auto)")
     p.add_argument("--data-dir", type=Path, default=Path("hbdnet-data"), metavar="DIR",
                    help="job database, uploads and results (default ./hbdnet-data)")
-    p.add_argument("--workers", type=_workers, default=None, metavar="N",
+    p.add_argument("--workers", type=whole_number("workers", 0), default=None, metavar="N",
                    help="0 runs the model in the server process without Ray; N starts N Ray workers "
                         "(default: as hbdnet detect, Ray only where it pays)")
-    p.add_argument("--read-threads", type=_read_threads, default=None, metavar="N",
+    p.add_argument("--read-threads", type=whole_number("read threads", 1), default=None, metavar="N",
                    help="threads reading windows ahead in each worker (default 2)")
     p.add_argument("--ray-address", metavar="ADDR", help="join this Ray cluster ('auto' or host:port)")
     p.add_argument("--api-key", default=None, metavar="KEY",
@@ -56,13 +48,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         f"(default: ${API_KEY_ENV}; unset: no key)")
     p.add_argument("--max-upload", type=_size, default=4 * 2**30, metavar="SIZE",
                    help="largest upload, e.g. 4G (default); larger ones get 413")
-    p.add_argument("--max-pixels", type=_positive(int), default=None, metavar="N",
+    p.add_argument("--max-pixels", type=whole_number("max pixels", 1), default=None, metavar="N",
                    help="largest scene in pixels (default 2,000,000,000); larger ones get 422")
-    p.add_argument("--max-queue", type=_positive(int), default=64, metavar="N",
+    p.add_argument("--max-queue", type=whole_number("max queue", 1), default=64, metavar="N",
                    help="jobs waiting to run; more get 429 (default 64)")
-    p.add_argument("--job-timeout", type=_positive(float), default=6 * 3600.0, metavar="S",
+    p.add_argument("--job-timeout", type=positive_number("job timeout", "seconds"), default=6 * 3600.0, metavar="S",
                    help="a job running longer than S seconds is stopped and failed (default 21600)")
-    p.add_argument("--sync-max-pixels", type=int, default=25_000_000, metavar="N",
+    p.add_argument("--sync-max-pixels", type=whole_number("sync max pixels", 0), default=25_000_000, metavar="N",
                    help="largest scene a synchronous OGC execution waits for (default 25,000,000)")
     p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks on errors")
     p.set_defaults(run=run)

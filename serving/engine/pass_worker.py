@@ -14,32 +14,17 @@ from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 
-from hbdnet.pyramid import PlanWindow
 from serving.engine.detectors import WindowDetector
 from serving.engine.pyramid_pass import PassConfig, PyramidPass
 from serving.engine.reader import ReadItem, ReadSpec
-from serving.engine.window_detections import WindowDetections
-from serving.engine.workers import TaskResult, WindowWorker, _SceneState, read_contexts
+from serving.engine.workers import TaskResult, WindowWorker, _SceneState, detect_batch
 
 
 def _detect(detector: WindowDetector, one_pass: PyramidPass, batch: list[tuple[ReadItem, np.ndarray]],
             result: TaskResult) -> None:
-    """Run the detector on a batch of one level's windows, adding to ``result``."""
-    items = [it for it, _ in batch]
-    windows: list[PlanWindow] = [it.window for it in items]
-    t0 = time.perf_counter()
-    contexts = read_contexts(one_pass, detector, windows)  # type: ignore[arg-type]
-    t1 = time.perf_counter()
-    images = [img for _, img in batch]
-    outputs = (detector.detect(images, windows) if contexts is None
-               else detector.detect(images, windows, contexts=contexts))  # type: ignore[call-arg]
-    t2 = time.perf_counter()
-    if len(outputs) != len(batch):
-        raise RuntimeError(f"detector {detector.name} returned {len(outputs)} results for {len(batch)} windows")
-    for it, (boxes, scores, labels) in zip(items, outputs):
-        result.detections.append((it.index, WindowDetections(it.window, boxes, scores, labels)))
-    result.read_s += t1 - t0
-    result.detect_s += t2 - t1
+    """Run the detector on a batch of one level's windows cut by the pass, adding to ``result``."""
+    detect_batch(detector, one_pass, [it for it, _ in batch], [img for _, img in batch],  # type: ignore[arg-type]
+                 result, time.perf_counter())
 
 
 def pass_results(detector: WindowDetector, spec: ReadSpec, items: Sequence[ReadItem], batch_size: int,

@@ -222,22 +222,29 @@ def run_items(reader: ReaderSet | WindowReader, detector: WindowDetector, items:
             images = [f.result() for f in pending[start:start + batch_size]]
         else:
             images = [reader.read(it.window, it.needs_mask) for it in batch]
-        windows = [it.window for it in batch]
-        contexts = read_contexts(reader, detector, windows)
-        t1 = time.perf_counter()
-        if contexts is None:
-            outputs = detector.detect(images, windows)
-        else:
-            outputs = detector.detect(images, windows, contexts=contexts)
-        t2 = time.perf_counter()
-        if len(outputs) != len(batch):
-            raise RuntimeError(f"detector {detector.name} returned {len(outputs)} results for {len(batch)} windows")
-        for it, (boxes, scores, labels) in zip(batch, outputs):
-            result.detections.append((it.index, WindowDetections(it.window, boxes, scores, labels)))
-        result.read_s += t1 - t0
-        result.detect_s += t2 - t1
+        detect_batch(detector, reader, batch, images, result, t0)
     result.finished = time.time()
     return result
+
+
+def detect_batch(detector: WindowDetector, reader: ReaderSet | WindowReader, batch: Sequence[ReadItem],
+                 images: list[np.ndarray], result: TaskResult, t0: float) -> None:
+    """Run the detector on one batch of a level's windows, whose images were read since ``t0``
+    (``reader`` also gives a fusing model its context crops), adding detections and times to ``result``."""
+    windows = [it.window for it in batch]
+    contexts = read_contexts(reader, detector, windows)
+    t1 = time.perf_counter()
+    if contexts is None:
+        outputs = detector.detect(images, windows)
+    else:
+        outputs = detector.detect(images, windows, contexts=contexts)  # type: ignore[call-arg]
+    t2 = time.perf_counter()
+    if len(outputs) != len(batch):
+        raise RuntimeError(f"detector {detector.name} returned {len(outputs)} results for {len(batch)} windows")
+    for it, (boxes, scores, labels) in zip(batch, outputs):
+        result.detections.append((it.index, WindowDetections(it.window, boxes, scores, labels)))
+    result.read_s += t1 - t0
+    result.detect_s += t2 - t1
 
 
 class WindowWorker:

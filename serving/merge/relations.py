@@ -97,7 +97,7 @@ def neighbour_pairs(ev: Evidence, config: MergeConfig) -> tuple[np.ndarray, np.n
         # Only boxes at least as long as the shortest partner of this sigma can be the longer one.
         box = np.flatnonzero(w >= w[owner[mine]].min())
         pair_sigma = ev.sigma[box] + sig
-        hb, wb = h[box], w[box]
+        hb = h[box]
         slack = 2 * pair_sigma
         widest = (hb + slack) / (1 - wt)
         spread = math.sin(math.radians(config.angle_tol_deg)) * widest / 2  # the partner's turn

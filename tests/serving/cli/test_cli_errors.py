@@ -43,9 +43,9 @@ def test_plan_through_main(capsys):
 @pytest.mark.parametrize(("argv", "message"), [
     (["0x5"], "at least 1 x 1 px, got 0 x 5"),
     (["16384", "--window", "512", "--overlap", "512"], "overlap must be in [0, window)"),
-    (["16384", "--window", "0"], "argument --window: must be 1 px or more"),
-    (["16384", "--window", "abc"], "argument --window: must be a whole number of pixels, got 'abc'"),
-    (["16384", "--overlap", "-3"], "argument --overlap: must be 0 px or more"),
+    (["16384", "--window", "0"], "argument --window: window must be 1 px or more"),
+    (["16384", "--window", "abc"], "argument --window: window must be a whole number of px, got 'abc'"),
+    (["16384", "--overlap", "-3"], "argument --overlap: overlap must be 0 px or more"),
     (["no_such_scene.tif"], "is neither a size"),
 ])
 def test_plan_errors_exit_2(argv, message, capsys):
