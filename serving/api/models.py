@@ -53,7 +53,8 @@ class JobOptions(BaseModel):
                                                 "(GET / names it) and refuses another name")
     format: OutputFormat = Field("geojson", description="format the job's result is fetched in by default; "
                                                         "every format is written and can be fetched with ?f=")
-    score_threshold: float = Field(0.0, ge=0.0, le=1.0, description="drop bridges scoring below this")
+    score_threshold: float | None = Field(None, ge=0.0, le=1.0, description="drop bridges scoring below this "
+                                          "(default: the operating point stored with the model, else 0)")
     bands: list[int] | None = Field(None, description="1-based bands to use as R,G,B (or one band as grey); "
                                                       "default: the first three image bands")
 

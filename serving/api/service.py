@@ -219,7 +219,7 @@ class JobService:
         folder = self.job_dir(job.id)
         uri = str(self.input_path(job.id)) if job.source == "upload" else job.source
         label = opts.get("filename") or job.source
-        options = DetectOptions(score_thr=float(opts.get("score_threshold", 0.0)),
+        options = DetectOptions(score_thr=self.model.score_threshold(opts.get("score_threshold")),
                                 bands=tuple(opts["bands"]) if opts.get("bands") else None,
                                 **_max_pixels(self.settings.max_pixels))
         fmt = opts.get("format", "geojson")

@@ -78,7 +78,8 @@ class ModelRef:
     """The detector to run and how outputs and the manifest name it.
 
     ``sha256`` identifies the weights (of the checkpoint file for ``kind="model"``); ``window`` and
-    ``overlap`` are the pyramid the model was built for; ``class_names`` index its labels.
+    ``overlap`` are the pyramid the model was built for; ``class_names`` index its labels;
+    ``score_thr`` is the operating point stored with the model (None: none was chosen).
     """
 
     name: str
@@ -87,6 +88,13 @@ class ModelRef:
     class_names: tuple[str, ...] = ("bridge",)
     window: int = 1024
     overlap: int = 200
+    score_thr: float | None = None
+
+    def score_threshold(self, given: float | None) -> float:
+        """The threshold a run uses: ``given``, else the model's stored operating point, else 0."""
+        if given is not None:
+            return given
+        return self.score_thr if self.score_thr is not None else 0.0
 
     @property
     def label(self) -> str:
@@ -127,6 +135,7 @@ def model_ref(spec: DetectorSpec, name: str | None = None) -> ModelRef:
             class_names=tuple(str(c) for c in classes),
             window=int(config.get("window", 1024)),
             overlap=int(config.get("overlap", 200)),
+            score_thr=float(meta["score_thr"]) if meta.get("score_thr") is not None else None,
         )
     if spec.kind == "perfect":
         truth = np.ascontiguousarray(np.asarray(spec.ground_truth, dtype=np.float64))

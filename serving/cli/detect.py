@@ -30,18 +30,9 @@ if TYPE_CHECKING:
     from serving.engine.workers import PoolConfig
 
 DEFAULT_MODEL = "default"
-MODEL_SUFFIXES = (".pth", ".pt")
+MODEL_SUFFIXES = (".pth", ".pt", ".safetensors")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 _DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
-
-
-def bundled_models() -> dict[str, Path]:
-    """NAME -> checkpoint for the models shipped in ``hbdnet/weights`` (empty while none ships)."""
-    folder = resources.files("hbdnet").joinpath("weights")
-    if not folder.is_dir():
-        return {}
-    return {Path(f.name).stem: Path(str(f)) for f in folder.iterdir()
-            if f.is_file() and f.name.endswith(".pth")}
 
 
 def _looks_like_path(arg: str) -> bool:
@@ -92,7 +83,7 @@ def resolve_model(arg: str | None, device: str = "auto"):
     Raises ``CliError`` (code 2) for a missing file, an unknown NAME, no bundled default, or a file
     that is not an hbdnet checkpoint.
     """
-    from hbdnet.checkpoint import CheckpointError
+    from hbdnet.checkpoint import CheckpointError, bundled_model_path, bundled_models
     from serving.batch.runner import model_ref
 
     bundled = bundled_models()
@@ -100,7 +91,7 @@ def resolve_model(arg: str | None, device: str = "auto"):
         if DEFAULT_MODEL not in bundled:
             raise CliError("this hbdnet ships no bundled default model yet: pass --model PATH to an hbdnet "
                            "checkpoint (`hbdnet convert` makes one from the authors' weights)")
-        name, path = DEFAULT_MODEL, bundled[DEFAULT_MODEL]
+        name, path = DEFAULT_MODEL, bundled_model_path(DEFAULT_MODEL)
     elif _looks_like_path(arg):
         path = Path(arg).expanduser()
         if not path.is_file():
@@ -108,10 +99,10 @@ def resolve_model(arg: str | None, device: str = "auto"):
         name = path.stem
     else:
         if arg not in bundled:
-            known = ", ".join(sorted(bundled)) or "none yet"
+            known = ", ".join(bundled) or "none yet"
             raise CliError(f"unknown model name {arg!r} (bundled models: {known}); "
                            "pass --model PATH to use an hbdnet checkpoint")
-        name, path = arg, bundled[arg]
+        name, path = arg, bundled_model_path(arg)
     spec = DetectorSpec(kind="model", path=str(path), device=device)
     try:
         return model_ref(spec, name=name)
@@ -174,8 +165,9 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
                    help="threads reading windows ahead in each worker (default 2; more keep a GPU fed on "
                         "a many-core host, each costs a little memory)")
     p.add_argument("--ray-address", metavar="ADDR", help="join this Ray cluster ('auto' or host:port)")
-    p.add_argument("--score-thr", type=_score, default=0.0, metavar="X",
-                   help="drop merged bridges scoring below X (default 0: keep what the model reports)")
+    p.add_argument("--score-thr", type=_score, default=None, metavar="X",
+                   help="drop merged bridges scoring below X (default: the operating point stored with the "
+                        "model, else 0; 0 keeps everything the model reports)")
     # None stands for serving.engine.scene.DEFAULT_MAX_PIXELS (not imported here: it brings rasterio).
     p.add_argument("--max-pixels", type=whole_number("max pixels", 1), default=None, metavar="N",
                    help="refuse scenes of more than N pixels, width x height (default 2,000,000,000)")
@@ -240,7 +232,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         outcome = detect_to_file(
             args.scene, output, model,
-            DetectOptions(score_thr=args.score_thr, bands=args.bands, max_pixels=max_pixels(args)),
+            DetectOptions(score_thr=model.score_threshold(args.score_thr), bands=args.bands,
+                          max_pixels=max_pixels(args)),
             pool_config=pool_config(args), progress=progress, on_plan=on_plan)
     except SceneError as exc:
         raise CliError(str(exc), code=1) from exc

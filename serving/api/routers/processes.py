@@ -92,8 +92,9 @@ def process(request: Request) -> Process:
                 minOccurs=1, maxOccurs=1,
                 schema={"type": "string", "format": "uri", "contentMediaType": "image/tiff; application=geotiff"}),
             "score_threshold": InputDescription(
-                title="Score threshold", description="drop bridges scoring below this", minOccurs=0, maxOccurs=1,
-                schema={"type": "number", "minimum": 0, "maximum": 1, "default": 0}),
+                title="Score threshold", description="drop bridges scoring below this (default: the operating "
+                "point stored with the model, else 0)", minOccurs=0, maxOccurs=1,
+                schema={"type": "number", "minimum": 0, "maximum": 1}),
             "bands": InputDescription(
                 title="Bands", description="1-based bands to use as R,G,B, or one band as grey", minOccurs=0,
                 maxOccurs=1, schema={"type": "array", "items": {"type": "integer", "minimum": 1}, "minItems": 1,

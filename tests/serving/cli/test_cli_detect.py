@@ -19,7 +19,7 @@ from affine import Affine
 from hbdnet.commands import CliError
 from serving.cli.main import main
 from serving.batch.runner import DetectOptions, detect_to_file, model_ref
-from serving.cli.detect import bundled_models
+from hbdnet.checkpoint import bundled_models
 from serving.engine.detectors import DetectorSpec
 from serving.outputs.geo_output import OutputError
 from serving.engine.scene import SceneError
@@ -128,22 +128,54 @@ def test_a_bridge_at_a_known_place_comes_back_there(tmp_path, crs_transform, suf
     assert none.detections == 0
 
 
-def test_bundled_models_by_name_and_as_default(tiny_checkpoint, monkeypatch):
+def test_bundled_models_by_name_and_as_default(tiny_checkpoint, tmp_path, monkeypatch):
+    """Models shipped as hbdnet/weights/NAME.safetensors are found by name, ``default`` without --model."""
+    from hbdnet import checkpoint
+    from hbdnet.checkpoint import load_model, save_safetensors
     from serving.cli import detect as cli_detect
 
-    monkeypatch.setattr(cli_detect, "bundled_models", lambda: {"default": tiny_checkpoint, "r50": tiny_checkpoint})
+    monkeypatch.setattr(checkpoint, "WEIGHTS_DIR", tmp_path)
+    model, _ = load_model(tiny_checkpoint)
+    save_safetensors(tmp_path / "default.safetensors", model, score_thr=0.4)
+    save_safetensors(tmp_path / "r50.safetensors", model)
     default = cli_detect.resolve_model(None, "cpu")
     named = cli_detect.resolve_model("r50", "cpu")
     by_path = cli_detect.resolve_model(str(tiny_checkpoint), "cpu")
     assert (default.name, named.name, by_path.name) == ("default", "r50", "tiny")
-    assert default.sha256 == named.sha256 == by_path.sha256
-    assert default.spec.kind == "model" and default.spec.path == str(tiny_checkpoint)
+    assert default.spec.kind == "model" and default.spec.path == str(tmp_path / "default.safetensors")
     assert default.spec.device == "cpu" and default.class_names == ("bridge",)
+    assert (default.score_thr, named.score_thr, by_path.score_thr) == (0.4, None, None)
     with pytest.raises(CliError, match=r"unknown model name 'r18' \(bundled models: default, r50\)"):
         cli_detect.resolve_model("r18", "cpu")
 
 
-@pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")
+def test_the_models_operating_point_is_the_default_threshold(tiny_checkpoint, tmp_path, monkeypatch):
+    """Without --score-thr, detect keeps the bridges at or above the threshold stored with the model;
+    --score-thr 0 still shows everything."""
+    from hbdnet import checkpoint
+    from hbdnet.checkpoint import load_model, save_safetensors
+
+    tif = str(write_tif(tmp_path / "s.tif", size=(200, 200)))
+    everything = tmp_path / "all.gpkg"
+    assert main(["detect", tif, "-o", str(everything), "--model", str(tiny_checkpoint), "--workers", "0", "-q"]) == 0
+    scores = np.sort(_scores(everything))
+    assert len(scores) >= 4
+    thr = float(scores[len(scores) // 2])
+    monkeypatch.setattr(checkpoint, "WEIGHTS_DIR", tmp_path / "weights")
+    (tmp_path / "weights").mkdir()
+    save_safetensors(tmp_path / "weights" / "default.safetensors", load_model(tiny_checkpoint)[0], score_thr=thr)
+    kept, shown = tmp_path / "kept.gpkg", tmp_path / "shown.gpkg"
+    assert main(["detect", tif, "-o", str(kept), "--workers", "0", "-q"]) == 0
+    assert main(["detect", tif, "-o", str(shown), "--workers", "0", "-q", "--score-thr", "0"]) == 0
+    kept_scores = _scores(kept)
+    assert len(kept_scores) == int((scores >= thr).sum()) < len(scores) and kept_scores.min() >= thr
+    assert len(_scores(shown)) == len(scores)
+
+
+def _scores(path: Path) -> np.ndarray:
+    meta, _, _, fields = pyogrio.raw.read(path, layer=path.stem)
+    return np.asarray(fields[list(meta["fields"]).index("score")])
+
 def test_scene_without_crs(tmp_path):
     tif = write_tif(tmp_path / "pixels.tif", None)
     model = model_ref(DetectorSpec("perfect", ground_truth=np.array([[30.0, 30.0, 40.0, 6.0, 0.0]])))
