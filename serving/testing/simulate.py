@@ -57,6 +57,26 @@ def _hulls(boxes: np.ndarray) -> np.ndarray:
     return np.stack([boxes[:, 0] - hx, boxes[:, 1] - hy, boxes[:, 0] + hx, boxes[:, 1] + hy], axis=1)
 
 
+LevelCache = dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]  # scale -> boxes, polygons, hulls
+
+
+def visible_truth(levels: LevelCache, truth: np.ndarray, window: PlanWindow) -> tuple[np.ndarray, np.ndarray]:
+    """The true bridges that show in ``window``: their boxes in the window's level pixels ``(P, 5)``
+    and their visible parts, polygons clipped to the window ``(P,)``. The bridges in level pixels are
+    cached per scale in ``levels``."""
+    if window.scale not in levels:
+        boxes = np.asarray(truth, dtype=np.float64).reshape(-1, 5).copy()
+        boxes[:, :4] /= window.scale
+        levels[window.scale] = (boxes, _polygons(boxes), _hulls(boxes))
+    level_truth, polys, hulls = levels[window.scale]
+    x0, y0 = window.col_off, window.row_off
+    x1, y1 = x0 + window.width, y0 + window.height
+    cand = np.flatnonzero((hulls[:, 0] < x1) & (hulls[:, 2] > x0) & (hulls[:, 1] < y1) & (hulls[:, 3] > y0))
+    visible = shapely.intersection(polys[cand], shapely.box(x0, y0, x1, y1))
+    ok = (shapely.area(visible) > 0) & (shapely.get_type_id(visible) == 3)  # convex clip: a polygon or nothing
+    return level_truth[cand[ok]], visible[ok]
+
+
 def synthetic_scene(
     height: int = 6000,
     width: int = 9000,
@@ -131,28 +151,12 @@ class PerfectDetector:
     score_noise: float = 0.02
     seed: int = 0
     min_deck_fraction: float = 0.5
-    _levels: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=dict, repr=False)
-
-    def _level(self, scale: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The bridges in level pixels: boxes, polygons and hulls (cached per scale)."""
-        if scale not in self._levels:
-            boxes = np.asarray(self.truth, dtype=np.float64).copy()
-            boxes[:, :4] /= scale
-            self._levels[scale] = (boxes, _polygons(boxes), _hulls(boxes))
-        return self._levels[scale]
+    _levels: LevelCache = field(default_factory=dict, repr=False)
 
     def __call__(self, window: PlanWindow) -> WindowDetections:
-        level_truth, polys, hulls = self._level(window.scale)
+        level_truth, visible = visible_truth(self._levels, self.truth, window)
         x0, y0 = window.col_off, window.row_off
-        x1, y1 = x0 + window.width, y0 + window.height
-        cand = np.flatnonzero(
-            (hulls[:, 0] < x1) & (hulls[:, 2] > x0) & (hulls[:, 1] < y1) & (hulls[:, 3] > y0)
-        )
-        visible = shapely.intersection(polys[cand], shapely.box(x0, y0, x1, y1))
         vis_area = shapely.area(visible)
-        ok = (vis_area > 0) & (shapely.get_type_id(visible) == 3)  # convex clip: a polygon or nothing
-        cand, visible, vis_area = cand[ok], visible[ok], vis_area[ok]
-        level_truth = level_truth[cand]
         boxes, across = self._visible_rects(visible, level_truth)
         boxes = boxes - np.array([x0, y0, 0.0, 0.0, 0.0])
         keep = (
@@ -230,32 +234,19 @@ class CheckDetector:
     min_width: float = 2.0
     min_deck_fraction: float = 0.5
     name: str = "check"
-    _levels: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=dict, repr=False)
-
-    def _level(self, scale: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        if scale not in self._levels:
-            boxes = np.asarray(self.truth, dtype=np.float64).reshape(-1, 5).copy()
-            boxes[:, :4] /= scale
-            self._levels[scale] = (boxes, _polygons(boxes), _hulls(boxes))
-        return self._levels[scale]
+    _levels: LevelCache = field(default_factory=dict, repr=False)
 
     def __call__(self, window: PlanWindow) -> WindowDetections:
-        level_truth, polys, hulls = self._level(window.scale)
+        t, visible = visible_truth(self._levels, self.truth, window)
         x0, y0 = window.col_off, window.row_off
-        x1, y1 = x0 + window.width, y0 + window.height
-        cand = np.flatnonzero((hulls[:, 0] < x1) & (hulls[:, 2] > x0) & (hulls[:, 1] < y1) & (hulls[:, 3] > y0))
-        visible = shapely.intersection(polys[cand], shapely.box(x0, y0, x1, y1))
-        ok = (shapely.area(visible) > 0) & (shapely.get_type_id(visible) == 3)
-        cand, visible = cand[ok], visible[ok]
-        t = level_truth[cand]
         rng = np.random.default_rng([self.seed, window.level, window.row_off, window.col_off])
-        if len(cand):
+        if len(t):
             coords, index = shapely.get_coordinates(visible, return_index=True)
             c, s = np.cos(t[index, 4]), np.sin(t[index, 4])
             along = coords[:, 0] * c + coords[:, 1] * s
             across = -coords[:, 0] * s + coords[:, 1] * c
-            a0, a1 = _group_extent(along, index, len(cand))
-            c0, c1 = _group_extent(across, index, len(cand))
+            a0, a1 = _group_extent(along, index, len(t))
+            c0, c1 = _group_extent(across, index, len(t))
         else:
             a0 = a1 = c0 = c1 = np.zeros(0)
         keep = ((a1 - a0 >= self.min_length) & (c1 - c0 >= self.min_width)
