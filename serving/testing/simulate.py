@@ -57,6 +57,15 @@ def _hulls(boxes: np.ndarray) -> np.ndarray:
     return np.stack([boxes[:, 0] - hx, boxes[:, 1] - hy, boxes[:, 0] + hx, boxes[:, 1] + hy], axis=1)
 
 
+def texture(c: int, h: int, w: int, dtype=np.uint8, seed: int = 0, high: int = 256) -> np.ndarray:
+    """A ``(c, h, w)`` test image: noise on a gradient, so that neighbouring pixels differ and every
+    phase of a pyramid level matters."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w]
+    base = (xx * 0.37 + yy * 0.21)[None] + np.arange(c)[:, None, None] * 17
+    return ((base + rng.integers(0, 97, (c, h, w))) % high).astype(dtype)
+
+
 LevelCache = dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]  # scale -> boxes, polygons, hulls
 
 

@@ -40,20 +40,6 @@ def write_tif(path: Path, crs_transform=UTM, size: tuple[int, int] = (64, 64), c
     return path
 
 
-@pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory) -> Path:
-    """A real hbdnet checkpoint of a tiny, untrained HBD-Net (it detects noise, fast on CPU)."""
-    from hbdnet.checkpoint import save_checkpoint
-    from hbdnet.models.build import ModelConfig
-    from hbdnet.models.hbdnet import HBDNet, HBDNetConfig
-
-    small = ModelConfig(backbone="resnet_tiny", pretrained=False, fpn_channels=16, rpn_feat_channels=16,
-                        fc_channels=32, rpn_nms_pre=100, rpn_max_per_img=50, max_per_img=20)
-    torch.manual_seed(0)
-    model = HBDNet(HBDNetConfig(local=small, global_detector=small))
-    return save_checkpoint(tmp_path_factory.mktemp("model") / "tiny.pth", model, meta={"name": "tiny"})
-
-
 def one_error_line(capsys, prefix: str = "hbdnet detect: error: ") -> str:
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(prefix), err

@@ -14,16 +14,10 @@ from serving.engine.detectors import DetectorSpec
 from serving.engine.pass_worker import pass_results
 from serving.engine.reader import ReadItem, WindowReader, plan_scene
 from serving.engine.scene import open_scene
+from serving.testing.simulate import texture
 from serving.engine.workers import Cancelled, InProcessPool, PoolConfig
 
 WINDOW, OVERLAP = 256, 40
-
-
-def texture(c: int, h: int, w: int, dtype=np.uint8, seed: int = 0, high: int = 256) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:h, 0:w]
-    base = (xx * 0.37 + yy * 0.21)[None] + np.arange(c)[:, None, None] * 17
-    return ((base + rng.integers(0, 97, (c, h, w))) % high).astype(dtype)
 
 
 def checksum(image: np.ndarray) -> float:

@@ -13,16 +13,9 @@ from serving.engine import pyramid_pass as pass_module
 from serving.engine.pyramid_pass import PassConfig, PyramidPass, level_rows
 from serving.engine.reader import ReadItem, WindowReader, plan_scene
 from serving.engine.scene import open_scene
+from serving.testing.simulate import texture
 
 WINDOW, OVERLAP = 256, 40
-
-
-def texture(c: int, h: int, w: int, dtype=np.uint8, seed: int = 0, high: int = 256) -> np.ndarray:
-    """Noise on a gradient, so that neighbouring pixels differ and every phase of a level matters."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:h, 0:w]
-    base = (xx * 0.37 + yy * 0.21)[None] + np.arange(c)[:, None, None] * 17
-    return ((base + rng.integers(0, 97, (c, h, w))) % high).astype(dtype)
 
 
 def check_pass(path, *, bands=None, config: PassConfig = PassConfig(), context_levels: int = 0,
