@@ -24,6 +24,9 @@ Reported numbers and which one the paper's table uses:
   mean and no other printed number; this is the definition taken to reproduce the table;
 * ``ap_short``, ``ap_middle``, ``ap_large``, ``ap_huge``: per length range, AP averaged over the same
   IoU thresholds (the authors' ``mAP`` list over ``[0,50), [50,200), [200,800), [800,20000)``);
+* ``f1``, ``f1_score_thr``, ``f1_precision``, ``f1_recall``: the operating point, at IoU 0.5 on all
+  lengths, of the score threshold with the best F1 (keep detections scoring at least
+  ``f1_score_thr``); this is how a model's default threshold is chosen (``hbdnet export --score-thr``);
 * ``AP<t>`` for every threshold, and counts: ``num_images``, ``num_dets``, ``num_gts`` (non-difficult),
   ``num_difficult``, ``num_gts_<range>``.
 
@@ -183,6 +186,29 @@ def _ap(
     return average_precision(recalls, precisions, use_07_metric)
 
 
+def best_f1(
+    images: list[_Image], tps: list[np.ndarray], fps: list[np.ndarray], num_gts: int
+) -> tuple[float, float, float, float]:
+    """``(f1, score_thr, precision, recall)`` of the score threshold with the best F1.
+
+    Only thresholds between distinct scores are candidates (a threshold keeps every detection of a
+    tied score or none); NaN everywhere without GT or detections.
+    """
+    scores = np.concatenate([im.scores for im in images]) if images else np.zeros(0)
+    if num_gts == 0 or len(scores) == 0:
+        return math.nan, math.nan, math.nan, math.nan
+    order = np.argsort(-scores, kind="stable")
+    sorted_scores = scores[order]
+    tp = np.cumsum(np.concatenate(tps)[order])
+    fp = np.cumsum(np.concatenate(fps)[order])
+    ends = np.flatnonzero(np.append(sorted_scores[1:] != sorted_scores[:-1], True))
+    recall = tp[ends] / num_gts
+    precision = tp[ends] / np.maximum(tp[ends] + fp[ends], _EPS)
+    f1 = 2 * precision * recall / np.maximum(precision + recall, _EPS)
+    i = int(np.argmax(f1))
+    return float(f1[i]), float(sorted_scores[ends[i]]), float(precision[i]), float(recall[i])
+
+
 def evaluate(
     detections: Sequence[tuple[Tensor, Tensor]],
     ground_truths: Sequence[tuple[Tensor, Tensor]],
@@ -229,6 +255,10 @@ def evaluate(
         "AP50": ap_all[0.5],
         "AP75": ap_all[0.75],
     }
+    flags = [_tp_fp(im, 0.5, None) for im in images]
+    point = best_f1(images, [f[0] for f in flags], [f[1] for f in flags], num_gts(None))
+    for name, value in zip(("f1", "f1_score_thr", "f1_precision", "f1_recall"), point):
+        result[name] = value
     for t in all_thrs:
         result[f"AP{round(t * 100)}"] = ap_all[t]
     for name, rng in zip(range_names, length_ranges):

@@ -2,9 +2,9 @@
 
 The output format follows the extension of ``-o`` (``.gpkg``, ``.geojson``, ``.fgb``); without ``-o``
 it is ``<scene stem>_bridges.gpkg`` in the current folder. ``--model`` takes a path to an hbdnet
-checkpoint or the NAME of a model bundled with the package (``hbdnet/weights/NAME.pth``); without it
-the bundled ``default`` model is used, and while the package ships none the command stops and asks
-for ``--model``. It never runs random weights.
+checkpoint or the NAME of a model bundled with the package (``hbdnet/weights/NAME.safetensors``);
+without it the bundled ``default`` model is used (an install without it stops and asks for
+``--model``). It never runs random weights.
 
 Exit codes: 0 done, 1 the scene cannot be read or detection failed, 2 usage or setup errors
 (arguments, model, output path).
@@ -155,12 +155,12 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     """The model and worker options that ``detect`` and ``batch`` share."""
     p.add_argument("--model", metavar="NAME|PATH",
                    help="hbdnet checkpoint file, or the name of a bundled model (default: the bundled "
-                        "'default' model; none ships yet)")
+                        "'default' model)")
     p.add_argument("--device", type=_device, default="auto",
                    help="cpu, cuda or cuda:N (default auto: cuda when this machine has a GPU)")
     p.add_argument("--workers", type=whole_number("workers", 0), default=None, metavar="N",
                    help="0 runs the model in this process without Ray; N starts N Ray workers "
-                        "(default: one per GPU, or one CPU worker using every core)")
+                        "(default: one per GPU; without a GPU, this process)")
     p.add_argument("--read-threads", type=whole_number("read threads", 1), default=None, metavar="N",
                    help="threads reading windows ahead in each worker (default 2; more keep a GPU fed on "
                         "a many-core host, each costs a little memory)")

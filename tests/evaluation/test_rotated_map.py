@@ -113,9 +113,27 @@ def test_range_edges_are_half_open():
     assert r["ap_middle"] == 1.0
 
 
+def test_best_f1_operating_point():
+    # TP .9, FP .8, TP .7, TP .6 (duplicate-free), FP .5 over 3 GTs: F1 after each = 1/2, 2/5, 2/3, 6/7, 3/4.
+    d = dets((G[0], 0.9), (MISS, 0.8), (G[1], 0.7), (G[2], 0.6), (box(700, 50, 40, 10), 0.5))
+    r = evaluate([d], [gts(*G)])
+    assert r["f1"] == pytest.approx(6 / 7) and r["f1_score_thr"] == pytest.approx(0.6)
+    assert (r["f1_precision"], r["f1_recall"]) == (pytest.approx(3 / 4), pytest.approx(1.0))
+
+
+def test_best_f1_keeps_tied_scores_together():
+    # A threshold keeps all of a tied score or none: TP and FP at .8 together, never the TP alone.
+    d = dets((G[0], 0.9), (G[1], 0.8), (MISS, 0.8))
+    r = evaluate([d], [gts(*G[:2])])
+    assert r["f1"] == pytest.approx(0.8) and r["f1_score_thr"] == pytest.approx(0.8)  # p 2/3, r 1
+    d = dets((G[0], 0.9), (MISS, 0.8), (MISS, 0.8), (G[1], 0.8))
+    assert evaluate([d], [gts(*G[:2])])["f1_score_thr"] == pytest.approx(0.9)  # F1 2/3 at .9 and at .8: the higher
+
+
 def test_no_detections_and_no_gts():
     r = evaluate([dets()], [gts(*G)])
     assert r["AP50"] == 0.0 and r["mAP"] == 0.0 and r["num_dets"] == 0
+    assert math.isnan(r["f1"]) and math.isnan(r["f1_score_thr"])
     r = evaluate([dets((G[0], 0.9))], [gts()])
     assert math.isnan(r["AP50"]) and math.isnan(r["mAP"]) and r["num_gts"] == 0
     r = evaluate([], [])
