@@ -46,18 +46,31 @@ RCNN_NMS_IOU = 0.4
 RCNN_MAX_PER_IMG = 100
 
 
-def mmrotate_config():
+def mmrotate_config(
+    base_channels: int = 8,
+    fpn: int = FPN,
+    fc: int = FC,
+    rpn_nms_pre: int = RPN_NMS_PRE,
+    rpn_max_per_img: int = RPN_MAX_PER_IMG,
+    rcnn_score_thr: float = RCNN_SCORE_THR,
+    rcnn_nms_iou: float = RCNN_NMS_IOU,
+    rcnn_max_per_img: int = RCNN_MAX_PER_IMG,
+):
+    """mmrotate 0.3.4's Oriented R-CNN (``oc``) in the authors' layout; the defaults are the fixture's tiny
+    model. ``base_channels=64, fpn=256, fc=1024`` and the authors' test settings are the full detector
+    (``tools/bench_window.py``); the ResNet's blocks per stage come from mmdet's ``arch_settings``."""
     from mmcv import ConfigDict
 
     angle = "oc"
+    c = base_channels
     cfg = dict(
         type="OrientedRCNN",
-        backbone=dict(type="ResNet", depth=50, base_channels=8, num_stages=4, out_indices=(0, 1, 2, 3),
+        backbone=dict(type="ResNet", depth=50, base_channels=c, num_stages=4, out_indices=(0, 1, 2, 3),
                       frozen_stages=1, norm_cfg=dict(type="BN", requires_grad=True), norm_eval=True,
                       style="pytorch", init_cfg=None),
-        neck=dict(type="FPN", in_channels=[32, 64, 128, 256], out_channels=FPN, num_outs=5),
+        neck=dict(type="FPN", in_channels=[4 * c, 8 * c, 16 * c, 32 * c], out_channels=fpn, num_outs=5),
         rpn_head=dict(
-            type="OrientedRPNHead", in_channels=FPN, feat_channels=FPN, version=angle,
+            type="OrientedRPNHead", in_channels=fpn, feat_channels=fpn, version=angle,
             anchor_generator=dict(type="AnchorGenerator", scales=[8], ratios=[0.5, 1.0, 2.0],
                                   strides=[4, 8, 16, 32, 64]),
             bbox_coder=dict(type="MidpointOffsetCoder", angle_range=angle, target_means=[0.0] * 6,
@@ -68,9 +81,9 @@ def mmrotate_config():
             type="OrientedStandardRoIHead",
             bbox_roi_extractor=dict(type="RotatedSingleRoIExtractor",
                                     roi_layer=dict(type="RoIAlignRotated", out_size=7, sample_num=2, clockwise=True),
-                                    out_channels=FPN, featmap_strides=[4, 8, 16, 32], finest_scale=16),
+                                    out_channels=fpn, featmap_strides=[4, 8, 16, 32], finest_scale=16),
             bbox_head=dict(
-                type="RotatedShared2FCBBoxHead", in_channels=FPN, fc_out_channels=FC, roi_feat_size=7,
+                type="RotatedShared2FCBBoxHead", in_channels=fpn, fc_out_channels=fc, roi_feat_size=7,
                 num_classes=1,
                 bbox_coder=dict(type="DeltaXYWHAOBBoxCoder", angle_range=angle, norm_factor=None, edge_swap=True,
                                 proj_xy=True, target_means=(0.0, 0.0, 0.0, 0.0, 0.0),
@@ -80,10 +93,10 @@ def mmrotate_config():
                 loss_bbox=dict(type="SmoothL1Loss", beta=1.0, loss_weight=1.0))),
         train_cfg=None,
         test_cfg=dict(
-            rpn=dict(nms_pre=RPN_NMS_PRE, max_per_img=RPN_MAX_PER_IMG, nms=dict(type="nms", iou_threshold=0.8),
+            rpn=dict(nms_pre=rpn_nms_pre, max_per_img=rpn_max_per_img, nms=dict(type="nms", iou_threshold=0.8),
                      min_bbox_size=0),
-            rcnn=dict(nms_pre=2000, min_bbox_size=0, score_thr=RCNN_SCORE_THR,
-                      nms=dict(iou_thr=RCNN_NMS_IOU), max_per_img=RCNN_MAX_PER_IMG)),
+            rcnn=dict(nms_pre=2000, min_bbox_size=0, score_thr=rcnn_score_thr,
+                      nms=dict(iou_thr=rcnn_nms_iou), max_per_img=rcnn_max_per_img)),
     )
     return ConfigDict(cfg)
 
@@ -93,6 +106,22 @@ def hbdnet_model_config() -> dict:
     return dict(backbone="resnet_tiny", fpn_channels=FPN, rpn_feat_channels=FPN, fc_channels=FC,
                 rpn_nms_pre=RPN_NMS_PRE, rpn_max_per_img=RPN_MAX_PER_IMG, score_thr=RCNN_SCORE_THR,
                 nms_iou=RCNN_NMS_IOU, max_per_img=RCNN_MAX_PER_IMG, finest_scale=16.0)
+
+
+def perturb_weights(model: torch.nn.Module, seed: int) -> None:
+    """Perturb every floating-point tensor in place, BatchNorm statistics included, so that a dropped or
+    mis-mapped tensor changes the outputs."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, t in model.state_dict().items():
+            if not t.is_floating_point():
+                continue
+            if name.endswith("running_var"):
+                t.copy_(0.5 + torch.rand(t.shape, generator=g))
+            elif name.endswith("running_mean"):
+                t.copy_(0.1 * torch.randn(t.shape, generator=g))
+            else:
+                t.add_(0.05 * torch.randn(t.shape, generator=g) * (t.std() if t.numel() > 1 else 1.0))
 
 
 def make_input() -> np.ndarray:
@@ -125,17 +154,7 @@ def main() -> None:
     torch.manual_seed(SEED)
     model = build_detector(mmrotate_config())
     model.init_weights()
-    g = torch.Generator().manual_seed(SEED + 1)
-    with torch.no_grad():
-        for name, t in model.state_dict().items():
-            if not t.is_floating_point():
-                continue
-            if name.endswith("running_var"):
-                t.copy_(0.5 + torch.rand(t.shape, generator=g))
-            elif name.endswith("running_mean"):
-                t.copy_(0.1 * torch.randn(t.shape, generator=g))
-            else:
-                t.add_(0.05 * torch.randn(t.shape, generator=g) * (t.std() if t.numel() > 1 else 1.0))
+    perturb_weights(model, SEED + 1)
     model.eval()
 
     rgb = make_input()

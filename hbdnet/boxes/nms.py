@@ -8,7 +8,8 @@ Dense NMS costs N^2 IoUs; detections over a scene are mostly far apart, so here 
 only where it can matter:
 
 1. boxes are binned on a uniform grid by their axis-aligned hulls; two boxes are candidates when
-   they share a cell, and each candidate pair is produced once (:class:`_Grid`);
+   they share a cell, and each candidate pair is produced once (:class:`_Grid`); batched NMS over a
+   few categories gives each category its own grid, whose pitch suits its boxes;
 2. ranks are settled in blocks: the pairs inside a block decide which of its boxes survive, then
    only the surviving boxes are paired with later boxes not suppressed yet;
 3. cheap bounds drop most candidates: IoU <= min(a1, a2) / max(a1, a2); the overlap of the hulls
@@ -40,6 +41,8 @@ _PAIR_BUDGET = 1 << 20
 _BLOCK_RANKS = 8192
 # Vectorised rounds of the greedy pass before the rest is finished one box at a time.
 _MAX_ROUNDS = 16
+# Batched NMS over at most this many categories runs one category at a time (see _greedy_nms).
+_MAX_SPLIT_GROUPS = 64
 # Relative slack of the bounds, far above their rounding error: for the float32 copies that the
 # first filters read (hulls rounded outwards), and for the frame bounds in each compute dtype.
 _FILTER_SLACK = 1e-5
@@ -143,6 +146,25 @@ def _greedy_nms(hulls: Tensor, areas: Tensor, groups: Tensor | None, iou_thresho
     n = hulls.shape[0]
     if n == 0:
         return torch.zeros(0, dtype=torch.long, device=device)
+    if groups is not None:
+        labels, inverse = torch.unique(groups, return_inverse=True)
+        if labels.numel() == 1:
+            groups = None
+        elif labels.numel() <= _MAX_SPLIT_GROUPS:
+            # Categories never interact, and the grid's pitch follows the typical box size: on boxes of
+            # mixed categories of very different sizes (the RPN's levels) one grid would pair nearly
+            # every small box with every other.
+            kept = []
+            for g in range(labels.numel()):
+                idx = flat_nonzero(inverse == g).to(device)  # ascending: still in rank order
+
+                def exceeds_in(s: Tensor, t: Tensor, a_s: Tensor, a_t: Tensor, idx: Tensor = idx) -> Tensor:
+                    return exceeds(idx.index_select(0, s), idx.index_select(0, t), a_s, a_t)
+
+                sub = _greedy_nms(hulls.index_select(0, idx), areas.index_select(0, idx), None, iou_threshold,
+                                  exceeds_in)
+                kept.append(idx.index_select(0, sub))
+            return torch.cat(kept).sort().values
 
     # The first filters see every candidate pair, so they read float32 copies (half the memory
     # traffic of the gathers); the hulls are rounded outwards so that they still contain the boxes.

@@ -240,6 +240,43 @@ def test_batched_nms_horizontal_is_per_category():
     np.testing.assert_array_equal(keep.numpy(), per_category(reference_nms_horizontal, boxes, scores, idxs, 0.5))
 
 
+def pyramid_proposals(seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Horizontal boxes like the RPN's per-level proposals on a 1024 px window: five categories whose
+    sides differ by 2x from one to the next (32 to 512 px), dense within each."""
+    g = torch.Generator().manual_seed(seed)
+    parts, levels = [], []
+    for level, (n, side) in enumerate(((600, 32), (500, 64), (300, 128), (120, 256), (40, 512))):
+        c = torch.rand(n, 2, generator=g) * 1024
+        wh = side * (0.7 + 0.6 * torch.rand(n, 2, generator=g))
+        parts.append(torch.cat([c - wh / 2, c + wh / 2], 1))
+        levels.append(torch.full((n,), level))
+    boxes, idxs = torch.cat(parts), torch.cat(levels)
+    return boxes, torch.rand(len(boxes), generator=g), idxs
+
+
+@pytest.mark.parametrize("thr", [0.3, 0.8])
+def test_batched_nms_on_categories_of_very_different_sizes(thr, monkeypatch):
+    """One category at a time (the RPN's levels) and one grid for all give the reference's result."""
+    boxes, scores, idxs = pyramid_proposals(seed=15)
+    ref = per_category(reference_nms_horizontal, boxes, scores, idxs, thr)
+    assert 0 < len(ref) < len(boxes)
+    np.testing.assert_array_equal(batched_nms_horizontal(boxes, scores, idxs, thr).numpy(), ref)
+    rotated = torch.cat([(boxes[:, :2] + boxes[:, 2:]) / 2, boxes[:, 2:] - boxes[:, :2], scores[:, None] - 0.5], 1)
+    ref_rotated = per_category(reference_nms_rotated, rotated, scores, idxs, thr)
+    np.testing.assert_array_equal(batched_nms_rotated(rotated, scores, idxs, thr).numpy(), ref_rotated)
+    monkeypatch.setattr(nms_module, "_MAX_SPLIT_GROUPS", 0)  # all categories on one grid
+    np.testing.assert_array_equal(batched_nms_horizontal(boxes, scores, idxs, thr).numpy(), ref)
+    np.testing.assert_array_equal(batched_nms_rotated(rotated, scores, idxs, thr).numpy(), ref_rotated)
+
+
+def test_batched_nms_with_more_categories_than_are_split():
+    boxes = random_hbb(800, 300, seed=16)
+    scores = torch.rand(800, generator=torch.Generator().manual_seed(16))
+    idxs = torch.randint(0, nms_module._MAX_SPLIT_GROUPS + 10, (800,), generator=torch.Generator().manual_seed(17))
+    keep = batched_nms_horizontal(boxes, scores, idxs, 0.3)
+    np.testing.assert_array_equal(keep.numpy(), per_category(reference_nms_horizontal, boxes, scores, idxs, 0.3))
+
+
 def test_empty_and_bad_inputs():
     for fn, width in ((nms_rotated, 5), (nms_horizontal, 4)):
         keep = fn(torch.zeros(0, width), torch.zeros(0), 0.5)

@@ -8,6 +8,7 @@ scores and boxes, and final detections. The committed fixture was made with torc
 scaled head weight or BGR input fails these tests.
 """
 
+import copy
 import json
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import torch
 from hbdnet.boxes.convention import oc_to_le90
 from hbdnet.convert import convert_state_dict
 from hbdnet.models.build import ModelConfig
+from hbdnet.models.deploy import prepare_for_inference
 from hbdnet.models.hbdnet import HBDNetConfig
 
 FIXTURE = Path(__file__).parent / "fixtures" / "convert_golden.safetensors"
@@ -79,9 +81,13 @@ def test_roi_head_on_the_reference_proposals(golden):
     _same_boxes(oc_to_le90(boxes), oc_to_le90(ref["ref.roi_boxes"]), atol=1e-2)
 
 
+@pytest.mark.parametrize("form", ["trained", "inference"])
 @torch.no_grad()
-def test_detections(golden):
+def test_detections(golden, form):
+    """Also in the inference-only form the engine runs (BatchNorm folded, channels_last)."""
     det, ref = golden
+    if form == "inference":
+        det = prepare_for_inference(copy.deepcopy(det))
     out = det([ref["input"]])[0]
     expected = ref["ref.dets"]
     assert len(out["boxes"]) == len(expected)

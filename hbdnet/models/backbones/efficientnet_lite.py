@@ -50,7 +50,7 @@ class SameConv2d(nn.Conv2d):
         pad_w = max((math.ceil(iw / s) - 1) * s + k - iw, 0)
         if pad_h or pad_w:
             x = F.pad(x, [pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2])
-        return F.conv2d(x, self.weight, None, self.stride, 0, 1, self.groups)
+        return F.conv2d(x, self.weight, self.bias, self.stride, 0, 1, self.groups)  # bias: folded BN
 
 
 def _bn(channels: int) -> nn.BatchNorm2d:
@@ -125,6 +125,15 @@ class EfficientNetLite0(nn.Module):
         super().train(mode)
         apply_freezing(self, self._frozen_modules(), self.norm_eval, mode)
         return self
+
+    def conv_bn_pairs(self) -> list[tuple[nn.Module, str, str]]:
+        """Every BatchNorm with the conv that feeds it: ``(parent, conv name, BN name)``, for folding."""
+        pairs: list[tuple[nn.Module, str, str]] = [(self, "stem_conv", "stem_bn")]
+        for block in self.blocks:
+            if block.expand_conv is not None:
+                pairs.append((block, "expand_conv", "expand_bn"))
+            pairs += [(block, "depthwise_conv", "depthwise_bn"), (block, "project_conv", "project_bn")]
+        return pairs
 
     def forward(self, x: Tensor) -> list[Tensor]:
         x = F.relu6(self.stem_bn(self.stem_conv(x)))

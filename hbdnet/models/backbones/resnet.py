@@ -121,6 +121,16 @@ class ResNet(nn.Module):
         apply_freezing(self, self._frozen_modules(), self.norm_eval, mode)
         return self
 
+    def conv_bn_pairs(self) -> list[tuple[nn.Module, str, str]]:
+        """Every BatchNorm with the conv that feeds it: ``(parent, conv name, BN name)``, for folding."""
+        pairs: list[tuple[nn.Module, str, str]] = [(self, "conv1", "bn1")]
+        for i in range(1, 5):
+            for block in getattr(self, f"layer{i}"):
+                pairs += [(block, f"conv{k}", f"bn{k}") for k in (1, 2, 3)]
+                if block.downsample is not None:
+                    pairs.append((block.downsample, "0", "1"))
+        return pairs
+
     def forward(self, x: Tensor) -> list[Tensor]:
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         outs = []
