@@ -13,7 +13,9 @@ import torch
 
 from hbdnet.checkpoint import load_model, resolve_model_path
 from hbdnet.models.hbdnet import HBDNet
+from hbdnet.precision import model_precision, resolve_precision, set_precision
 from hbdnet.pyramid import PlanWindow
+from hbdnet.transfer import HostToDevice, StagedImage
 
 WindowResult = tuple[np.ndarray, np.ndarray, np.ndarray]
 
@@ -21,7 +23,10 @@ WindowResult = tuple[np.ndarray, np.ndarray, np.ndarray]
 class HBDNetWindowDetector:
     """Runs the detector of each window's pyramid level on batches of windows.
 
-    Images are uint8 RGB ``(3, h, w)`` arrays; results are le90 boxes in window pixels.
+    Images are uint8 RGB ``(3, h, w)`` arrays, or images already sent on their way to the device by
+    ``prepare`` (on a GPU the engine calls it in its reading threads, so that uploads overlap the
+    forward passes: ``prepare_ahead``); results are le90 boxes in window pixels. The precision of the
+    forward pass is the model's (``hbdnet.precision.set_precision``).
     """
 
     def __init__(self, model: HBDNet, name: str, device: torch.device, meta: dict | None = None):
@@ -29,6 +34,9 @@ class HBDNetWindowDetector:
         self.name = name
         self.device = device
         self.meta = dict(meta or {})
+        self.precision = str(model_precision(model)).removeprefix("torch.")
+        self._transfer = HostToDevice(device)
+        self.prepare_ahead = self._transfer.asynchronous
         # A model with inter-layer fusion needs the coarser crops around each level-0 window.
         self.context_levels = model.cfg.iff_context_levels if model.fusion is not None else 0
         self.context_size = model.cfg.window
@@ -39,10 +47,14 @@ class HBDNetWindowDetector:
         value = self.meta.get("score_thr")
         return None if value is None else float(value)
 
+    def prepare(self, image: np.ndarray) -> StagedImage:
+        """Start sending one window image to the model's device (from any thread)."""
+        return self._transfer.stage(image)
+
     @torch.inference_mode()
     def detect(
         self,
-        images: list[np.ndarray],
+        images: list[np.ndarray | StagedImage],
         windows: list[PlanWindow],
         contexts: list[list[tuple[np.ndarray, tuple[float, float, float, float]]]] | None = None,
     ) -> list[WindowResult]:
@@ -53,13 +65,14 @@ class HBDNetWindowDetector:
         by_level: dict[int, list[int]] = defaultdict(list)
         for i, win in enumerate(windows):
             by_level[win.level].append(i)
+        staged = [self.prepare(im) for im in images]  # no-op for images prepared already
         for level, idx in by_level.items():
-            batch = [torch.from_numpy(np.ascontiguousarray(images[i])).to(self.device) for i in idx]
+            batch = [staged[i].ready() for i in idx]
             context = None
             if level == 0 and self.context_levels:
                 if contexts is None:
                     raise ValueError("this model fuses features across levels: the reader must supply context crops")
-                crops = [[torch.from_numpy(np.ascontiguousarray(contexts[i][r][0])).to(self.device) for i in idx]
+                crops = [[self.prepare(contexts[i][r][0]).ready() for i in idx]
                          for r in range(self.context_levels)]
                 rel = torch.tensor([[contexts[i][r][1] for r in range(self.context_levels)] for i in idx])
                 context = WindowContext(crops, rel)
@@ -106,9 +119,16 @@ def resolve_device(device: str | torch.device) -> torch.device:
     return device
 
 
-def load_window_detector(path: str | Path, device: str | torch.device = "cpu") -> HBDNetWindowDetector:
-    """The detector of a model file (``.pth`` or ``.safetensors``) or of a bundled model's name."""
+def load_window_detector(path: str | Path, device: str | torch.device = "cpu",
+                         precision: str = "auto") -> HBDNetWindowDetector:
+    """The detector of a model file (``.pth`` or ``.safetensors``) or of a bundled model's name.
+
+    ``precision``: ``auto`` (bfloat16 on a GPU that has it, else float32), ``float32`` or ``bfloat16``
+    (``hbdnet.precision``).
+    """
     dev = resolve_device(device)
+    dtype = resolve_precision(precision, dev)
     path = resolve_model_path(path)
     model, meta = load_model(path, dev)
+    set_precision(model, dtype, dev.type)
     return HBDNetWindowDetector(model, str(meta.get("name", Path(path).stem)), dev, meta)

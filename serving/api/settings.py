@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, Field
 
@@ -16,6 +17,8 @@ class Settings(BaseModel):
     data_dir: Path = Field(description="job database, uploads and results")
     model: str | None = Field(None, description="NAME of a bundled model or PATH to an hbdnet checkpoint")
     device: str = "auto"
+    precision: Literal["auto", "float32", "bfloat16"] = Field(
+        "auto", description="the model's convolutions and matrix products: auto is bfloat16 on a GPU that has it")
     workers: int | None = Field(None, description="0: the model in the server process; N: N Ray workers; "
                                                   "None: one per GPU, or one CPU worker with every core")
     read_threads: int | None = None

@@ -77,8 +77,9 @@ def checkpoint_error_line(exc: BaseException) -> str:
     return f"{head} ({type(cause).__name__}: {reason})"
 
 
-def resolve_model(arg: str | None, device: str = "auto"):
-    """The ``ModelRef`` that ``--model ARG`` names, checked to be an hbdnet checkpoint.
+def resolve_model(arg: str | None, device: str = "auto", precision: str = "auto"):
+    """The ``ModelRef`` that ``--model ARG`` names, checked to be an hbdnet checkpoint, to run on
+    ``device`` in ``precision`` (``hbdnet.precision``).
 
     Raises ``CliError`` (code 2) for a missing file, an unknown NAME, no bundled default, or a file
     that is not an hbdnet checkpoint.
@@ -103,7 +104,7 @@ def resolve_model(arg: str | None, device: str = "auto"):
             raise CliError(f"unknown model name {arg!r} (bundled models: {known}); "
                            "pass --model PATH to use an hbdnet checkpoint")
         name, path = arg, bundled_model_path(arg)
-    spec = DetectorSpec(kind="model", path=str(path), device=device)
+    spec = DetectorSpec(kind="model", path=str(path), device=device, precision=precision)
     try:
         return model_ref(spec, name=name)
     except CheckpointError as exc:
@@ -123,6 +124,14 @@ def parse_bands(text: str) -> tuple[int, ...]:
 def _device(text: str) -> str:
     if not _DEVICE.fullmatch(text):
         raise argparse.ArgumentTypeError(f"device must be auto, cpu, cuda or cuda:N, got {text!r}")
+    return text
+
+
+def _precision(text: str) -> str:
+    from hbdnet.precision import PRECISIONS  # here, not at import: it brings torch
+
+    if text not in PRECISIONS:
+        raise argparse.ArgumentTypeError(f"precision must be {', '.join(PRECISIONS)}, got {text!r}")
     return text
 
 
@@ -158,6 +167,9 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
                         "'default' model)")
     p.add_argument("--device", type=_device, default="auto",
                    help="cpu, cuda or cuda:N (default auto: cuda when this machine has a GPU)")
+    p.add_argument("--precision", type=_precision, default="auto", metavar="P",
+                   help="auto, float32 or bfloat16: the model's convolutions and matrix products in bfloat16 "
+                        "(default auto: bfloat16 on a GPU that has it, float32 on a CPU)")
     p.add_argument("--workers", type=whole_number("workers", 0), default=None, metavar="N",
                    help="0 runs the model in this process without Ray; N starts N Ray workers "
                         "(default: one per GPU; without a GPU, this process)")
@@ -211,7 +223,7 @@ def run(args: argparse.Namespace) -> int:
         check_output_path(output)  # before loading a model or reading a pixel
     except OutputError as exc:
         raise CliError(str(exc)) from exc
-    model = resolve_model(args.model, args.device)
+    model = resolve_model(args.model, args.device, args.precision)
     bar = tqdm(total=0, unit="window", desc=scene_stem(args.scene), disable=not show_progress(args),
                file=sys.stderr, dynamic_ncols=True)
 

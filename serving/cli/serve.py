@@ -7,8 +7,8 @@ import os
 from pathlib import Path
 
 from hbdnet.commands import CliError
-from hbdnet.commands.arguments import positive_number, whole_number
-from serving.cli.detect import _device
+from hbdnet.commands.arguments import one_line_errors, positive_number, whole_number
+from serving.cli.detect import _device, _precision
 
 
 def _size(text: str) -> int:
@@ -35,6 +35,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--port", type=whole_number("port", 0), default=8000, help="port (default 8000)")
     p.add_argument("--model", metavar="NAME|PATH", help="hbdnet checkpoint file, or the name of a bundled model")
     p.add_argument("--device", type=_device, default="auto", help="cpu, cuda or cuda:N (default auto)")
+    p.add_argument("--precision", type=_precision, default="auto", metavar="P",
+                   help="auto, float32 or bfloat16 (default auto: bfloat16 on a GPU that has it, else float32)")
     p.add_argument("--data-dir", type=Path, default=Path("hbdnet-data"), metavar="DIR",
                    help="job database, uploads and results (default ./hbdnet-data)")
     p.add_argument("--workers", type=whole_number("workers", 0), default=None, metavar="N",
@@ -58,6 +60,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="largest scene a synchronous OGC execution waits for (default 25,000,000)")
     p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks on errors")
     p.set_defaults(run=run)
+    one_line_errors(p)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -71,7 +74,8 @@ def run(args: argparse.Namespace) -> int:
     from serving.cli.detect import resolve_model
 
     extra = {} if args.max_pixels is None else {"max_pixels": args.max_pixels}
-    settings = Settings(data_dir=args.data_dir.resolve(), model=args.model, device=args.device, workers=args.workers,
+    settings = Settings(data_dir=args.data_dir.resolve(), model=args.model, device=args.device,
+                        precision=args.precision, workers=args.workers,
                         read_threads=args.read_threads, ray_address=args.ray_address,
                         api_key=args.api_key or os.environ.get(API_KEY_ENV) or None,
                         max_upload_bytes=args.max_upload, max_queue=args.max_queue, job_timeout_s=args.job_timeout,
@@ -80,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise CliError(f"cannot create the data folder {settings.data_dir}: {exc.strerror or exc}") from exc
-    model = resolve_model(args.model, args.device)  # a bad --model fails here, before the server listens
+    model = resolve_model(args.model, args.device, args.precision)  # a bad --model fails here, before the server listens
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = create_app(settings, JobService(settings, model))
     uvicorn.run(app, host=args.host, port=args.port, log_level="info", timeout_graceful_shutdown=30)

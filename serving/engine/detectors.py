@@ -37,13 +37,16 @@ class DetectorSpec:
     * ``"model"``: an HBD-Net checkpoint at ``path`` on ``device``, loaded by
       ``hbdnet.inference.load_window_detector``. ``device="auto"`` is resolved by the process that
       builds the detector (``resolve_device``), so each Ray actor uses the GPU it was given, and a
-      CPU-only driver that joins a GPU cluster does not decide for the cluster.
+      CPU-only driver that joins a GPU cluster does not decide for the cluster. ``precision``
+      (``hbdnet.precision``): ``auto`` is bfloat16 on a GPU that has it, float32 on a CPU; resolved
+      where the model runs, like the device.
     """
 
     kind: DetectorKind = "noop"
     path: str | None = None
     device: str = "cpu"
     ground_truth: Any = None
+    precision: str = "auto"
 
 
 class NoopDetector:
@@ -98,5 +101,5 @@ def build_detector(spec: DetectorSpec) -> WindowDetector:
             raise ValueError("DetectorSpec(kind='model') needs a checkpoint path")
         from hbdnet.inference import load_window_detector
 
-        return load_window_detector(spec.path, resolve_device(spec.device))
+        return load_window_detector(spec.path, resolve_device(spec.device), spec.precision)
     raise ValueError(f"unknown detector kind {spec.kind!r}; expected 'noop', 'perfect' or 'model'")

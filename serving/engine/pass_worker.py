@@ -4,6 +4,10 @@ The in-process pool (``workers=0``) runs each scene this way: the scene is decod
 reach the detector as soon as the rows they need have been decoded, in batches of one level (a
 batch is flushed when it is full, and every partial batch at the end). Results are keyed by plan
 index, as from the per-window path, so the merge sees the same detections in the same order.
+
+For a GPU model, a thread takes the windows from the pass and starts their upload to the GPU
+(``workers.device_stager``) up to a batch ahead, so the next batch is on its way while the GPU
+works on the current one; a CPU model takes the pass's windows as they come.
 """
 
 from __future__ import annotations
@@ -14,10 +18,11 @@ from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 
+from serving.engine.ahead import ahead
 from serving.engine.detectors import WindowDetector
 from serving.engine.pyramid_pass import PassConfig, PyramidPass
 from serving.engine.reader import ReadItem, ReadSpec
-from serving.engine.workers import TaskResult, WindowWorker, _SceneState, detect_batch
+from serving.engine.workers import TaskResult, WindowWorker, _SceneState, detect_batch, device_stager
 
 
 def _detect(detector: WindowDetector, one_pass: PyramidPass, batch: list[tuple[ReadItem, np.ndarray]],
@@ -38,14 +43,18 @@ def pass_results(detector: WindowDetector, spec: ReadSpec, items: Sequence[ReadI
     one_pass = PyramidPass(spec, items, context_levels=getattr(detector, "context_levels", 0),
                            context_size=getattr(detector, "context_size", 1024), config=config)
     produced = iter(one_pass)
-    # Closing ``produced`` first stops the pass's decoding thread; then the pass removes its files.
-    with one_pass, contextlib.closing(produced):
+    stage = device_stager(detector)
+    source = produced if stage is None else ahead(((it, stage(img)) for it, img in produced), batch_size,
+                                                  name="hbdnet-upload")
+    # Closing ``source`` first stops the upload thread, then ``produced`` the pass's decoding thread;
+    # then the pass removes its files.
+    with one_pass, contextlib.closing(produced), contextlib.closing(source):
         batches: dict[int, list[tuple[ReadItem, np.ndarray]]] = {}  # level -> windows waiting
         reported_skips = 0
         result = TaskResult([], started=time.time())
         while True:
             t = time.perf_counter()
-            got = next(produced, None)
+            got = next(source, None)
             result.read_s += time.perf_counter() - t
             full = []
             if got is not None:

@@ -35,9 +35,7 @@ from __future__ import annotations
 
 import math
 import os
-import queue
 import tempfile
-import threading
 from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -47,6 +45,7 @@ import rasterio
 from rasterio.windows import Window
 
 from hbdnet.pyramid import PlanWindow, context_crops, level_size
+from serving.engine.ahead import ahead
 from serving.engine.gdal_cache import CacheHold
 from serving.engine.scene import describe
 from serving.engine.reader import ReadItem, ReadSpec, _valid_mask, window_image
@@ -346,40 +345,7 @@ class PyramidPass:
         if not self.config.read_ahead:
             yield from self._decode()
             return
-        q: queue.Queue = queue.Queue(maxsize=1)
-        stop = threading.Event()
-        done = object()
-
-        def produce() -> None:
-            try:
-                for strip in self._decode():
-                    while not stop.is_set():
-                        try:
-                            q.put(strip, timeout=0.1)
-                            break
-                        except queue.Full:
-                            continue
-                    if stop.is_set():
-                        return
-                q.put(done)
-            except BaseException as exc:  # handed to the consumer, raised there
-                q.put(exc)
-
-        thread = threading.Thread(target=produce, name="hbdnet-pass-decode", daemon=True)
-        thread.start()
-        try:
-            while (got := q.get()) is not done:
-                if isinstance(got, BaseException):
-                    raise got
-                yield got
-        finally:
-            stop.set()
-            while thread.is_alive():  # unblock a producer waiting on a full queue
-                try:
-                    q.get(timeout=0.1)
-                except queue.Empty:
-                    pass
-            thread.join()
+        yield from ahead(self._decode(), depth=1, name="hbdnet-pass-decode")
 
     def _take(self, strip: _Strip) -> None:
         """Add a decoded strip: keep it for level-0 windows, add its rows to every level store."""

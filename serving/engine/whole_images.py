@@ -19,14 +19,16 @@ def detect_images(
     merge_method: Literal["holistic", "authors"] = "holistic",
     workers: int = 0,
     progress: Callable[[int, int], None] | None = None,
+    precision: str = "auto",
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Merged whole-image detections ``(boxes (N, 5), scores (N,))`` for each image."""
+    """Merged whole-image detections ``(boxes (N, 5), scores (N,))`` for each image (``precision``:
+    ``hbdnet.precision``)."""
     from serving.engine.detectors import DetectorSpec
     from serving.engine.pipeline import detect_scene
     from serving.merge.methods import MergeConfig
     from serving.engine.workers import PoolConfig, make_pool
 
-    spec = DetectorSpec(kind="model", path=str(model_path), device=device)
+    spec = DetectorSpec(kind="model", path=str(model_path), device=device, precision=precision)
     merge_config = MergeConfig(method=merge_method)
     out = []
     with make_pool(spec, PoolConfig(workers=workers)) as pool:

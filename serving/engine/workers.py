@@ -62,6 +62,24 @@ Progress = Callable[[int, int], None]  # (windows done, windows total)
 Cancel = Callable[[], bool]  # True: stop dispatching the scene's windows
 
 
+GPU_BATCH_SIZE = 8
+
+
+def default_read_threads(on_gpu: bool, cpus: int | None = None, gpus: int = 1) -> int:
+    """Reading threads of one worker: 2 beside a CPU model (the model wants the cores); beside a GPU,
+    this machine's cores shared among its GPUs, one left for the worker's own thread, from 2 to 16."""
+    if not on_gpu:
+        return 2
+    cpus = cpus or os.cpu_count() or 2
+    return max(2, min(16, cpus // max(1, gpus) - 1))
+
+
+def device_stager(detector: WindowDetector) -> Callable[[np.ndarray], object] | None:
+    """The detector's ``prepare`` (start sending an image to its GPU) where it pays to call it in the
+    reading threads, ahead of ``detect``; None for a CPU model and for detectors without one."""
+    return detector.prepare if getattr(detector, "prepare_ahead", False) else None  # type: ignore[attr-defined]
+
+
 class Cancelled(Exception):
     """The scene's ``cancel`` answered True: its remaining windows were not run."""
 
@@ -77,12 +95,15 @@ class PoolConfig:
 
     workers: int | None = None
     ray_address: str | None = None
-    batch_size: int | None = None  # windows per forward pass; None: 2 on a GPU, 1 on a CPU (same speed, half the memory)
+    # Windows per forward pass; None: GPU_BATCH_SIZE on a GPU (one level's windows stacked into one
+    # batch keep it busy), 1 on a CPU (same speed as 2, half the memory).
+    batch_size: int | None = None
     # Threads reading ahead inside each worker, each with its own open dataset (GDAL decodes without
     # the GIL). They share one chunk budget and the process's one GDAL cache (``serving.engine.gdal_cache``),
     # so a second thread costs little memory (+50 MB peak at 16384 px) and reads the pyramid about
-    # 1.3x faster on 2 cores (tools/bench_engine.py).
-    read_threads: int = 2
+    # 1.3x faster on 2 cores (tools/bench_engine.py). None: 2 on a CPU; for a GPU, enough to feed it
+    # (``default_read_threads``). A one-pass read decodes with GDAL's threads instead.
+    read_threads: int | None = None
     task_windows: int = 8  # windows per task (a task never spans two rows of windows or two levels)
     tasks_in_flight: int = 2  # per actor
     open_scenes: int = 2  # scenes whose tasks may be in flight at once (run_many), and readers kept per worker
@@ -210,11 +231,17 @@ def run_items(reader: ReaderSet | WindowReader, detector: WindowDetector, items:
     """Read ``items`` and detect on them in batches (all items of a task share one level).
 
     With an ``executor``, every read of the task is started at once on its threads, so windows are
-    read ahead while the detector works on earlier ones.
+    read ahead while the detector works on earlier ones (and, for a GPU model, sent to the GPU there).
     """
     result = TaskResult([], started=time.time())
     if executor is not None:
-        pending = [executor.submit(reader.read, it.window, it.needs_mask) for it in items]
+        stage = device_stager(detector)
+
+        def read(it: ReadItem) -> object:
+            image = reader.read(it.window, it.needs_mask)
+            return image if stage is None else stage(image)
+
+        pending = [executor.submit(read, it) for it in items]
     for start in range(0, len(items), batch_size):
         batch = items[start:start + batch_size]
         t0 = time.perf_counter()
@@ -256,12 +283,12 @@ class WindowWorker:
     """
 
     def __init__(self, detector_spec: DetectorSpec, batch_size: int | None = None, readers: int = 2,
-                 read_threads: int = 2):
+                 read_threads: int | None = None):
         self.detector = build_detector(detector_spec)
         on_gpu = uses_gpu(detector_spec) and resolve_device(detector_spec.device).startswith("cuda")
-        self.batch_size = batch_size or (2 if on_gpu else 1)
+        self.batch_size = batch_size or (GPU_BATCH_SIZE if on_gpu else 1)
         self.readers = max(1, readers)
-        self.read_threads = max(1, read_threads)
+        self.read_threads = max(1, read_threads or default_read_threads(on_gpu, gpus=local_gpus(detector_spec)))
         self._readers: OrderedDict[ReadSpec, ReaderSet] = OrderedDict()
         self._executor = ThreadPoolExecutor(self.read_threads, thread_name_prefix="hbdnet-read")
 
