@@ -174,8 +174,8 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
                    help="0 runs the model in this process without Ray; N starts N Ray workers "
                         "(default: one per GPU; without a GPU, this process)")
     p.add_argument("--read-threads", type=whole_number("read threads", 1), default=None, metavar="N",
-                   help="threads reading windows ahead in each worker (default 2; more keep a GPU fed on "
-                        "a many-core host, each costs a little memory)")
+                   help="threads reading windows ahead in each worker (default 2 beside a CPU model; beside a "
+                        "GPU, enough to feed it from the host's cores; each costs a little memory)")
     p.add_argument("--ray-address", metavar="ADDR", help="join this Ray cluster ('auto' or host:port)")
     p.add_argument("--score-thr", type=_score, default=None, metavar="X",
                    help="drop merged bridges scoring below X (default: the operating point stored with the "

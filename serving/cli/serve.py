@@ -43,7 +43,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="0 runs the model in the server process without Ray; N starts N Ray workers "
                         "(default: as hbdnet detect, Ray only where it pays)")
     p.add_argument("--read-threads", type=whole_number("read threads", 1), default=None, metavar="N",
-                   help="threads reading windows ahead in each worker (default 2)")
+                   help="threads reading windows ahead in each worker (default 2 beside a CPU model, more beside "
+                        "a GPU)")
     p.add_argument("--ray-address", metavar="ADDR", help="join this Ray cluster ('auto' or host:port)")
     p.add_argument("--api-key", default=None, metavar="KEY",
                    help=f"require this key in the {API_KEY_HEADER} header on every route but /healthz and /readyz "
