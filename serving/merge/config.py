@@ -61,5 +61,6 @@ class MergeConfig:
 
     # --- holistic: suppression among fused boxes ---
     duplicate_iou: float = 0.5  # rotated IoU above this: the lower-ranked box is a duplicate
-    contain_iof: float = 0.6  # this fraction of the lower-ranked box inside the other: a piece of it
+    contain_iof: float = 0.6  # this fraction of the lower-ranked box inside the other: a piece of it,
+    piece_width: float = 0.5  # ... if at least this share of its width (narrower: a deck beside others)
     class_agnostic: bool = False  # fuse and suppress across labels

@@ -76,10 +76,13 @@ reaches the outermost.
 4. **Suppression** (:func:`serving.merge.suppress.suppress`). Greedy NMS where a box is suppressed
    by a kept box that outranks it when their rotated IoU exceeds ``duplicate_iou`` (duplicates,
    near-square boxes whose angle is ambiguous) or when at least ``contain_iof`` of it lies inside the
-   other (pieces). Rank: fused boxes first, then single detections, then single detections of coarse
-   levels, each by score (ties: more members, then longer): an unfused coarse box never replaces a
-   fused box it overlaps, whatever its score. A box shorter than half the other's width is left
-   alone (not a piece of that bridge) unless it touches its window's border (a cut-off end piece).
+   other (pieces), as long as it is at least half as wide as the other: a piece of a bridge is as
+   wide as the bridge, while a much narrower box inside a wide one is a deck or a lane beside
+   others (twin decks inside a box drawn around both stay). Rank: by score (ties: more members,
+   then longer), whatever the level: on real imagery the coarse detector, which sees a whole bridge
+   in one window, often scores it far above the fine detector's fragments of it, and its box is
+   then the better one. A box shorter than half the other's width is left alone (not a piece of
+   that bridge) unless it touches its window's border (a cut-off end piece).
 
 Relations and suppression find neighbours through a grid (:mod:`serving.merge.pairs`), never a dense
 N x N matrix, and work through pairs in bounded chunks.
@@ -200,15 +203,11 @@ def merge_holistic(dets: SceneDetections, config: MergeConfig = MergeConfig()) -
     ev = detection_evidence(boxes, levels, labels, bounds, config)
     group = _bridge_groups(ev, scores, levels, bounds, config)
     fused, touching = _fuse(ev, scores, labels, levels, bounds, group, config)
-    # Fused boxes rank first, then single detections, then single detections of coarse levels: an
-    # unfused coarse box never replaces a fused box (or a finer one) that it overlaps, whatever its
-    # score, and a piece left out of its bridge's group lies inside the fused box that outranks it.
     single = fused.members == 1
-    tier = single.astype(np.int64) + (single & (fused.levels > 0))
     # Equal scores: the box with more members, then the longer, first (a piece left out of its
     # bridge's group then lies inside the box that outranks it).
     tiebreak = fused.members + fused.boxes[:, 2] / (1.0 + fused.boxes[:, 2].max())
-    keep = suppress(fused.boxes, fused.scores, fused.labels, config, tier, tiebreak,
+    keep = suppress(fused.boxes, fused.scores, fused.labels, config, tiebreak,
                     None if bounds is None else single & touching)
     keep = keep[np.argsort(-fused.scores[keep], kind="stable")]
     return MergedDetections(fused.boxes[keep], fused.scores[keep], fused.labels[keep], fused.levels[keep],

@@ -13,11 +13,10 @@ from serving.merge.pairs import PAIR_CHUNK, chunk_slices, points_in_boxes, point
 
 def suppress(
     boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, config: MergeConfig,
-    tier: np.ndarray | None = None, tiebreak: np.ndarray | None = None, piece: np.ndarray | None = None,
+    tiebreak: np.ndarray | None = None, piece: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Greedy NMS by IoU or containment; kept indices in rank order: ascending ``tier`` (default all
-    0), then descending score, then descending ``tiebreak`` (a box never suppresses one of a lower
-    tier, nor one that ranks above it).
+    """Greedy NMS by IoU or containment; kept indices in rank order: descending score, then
+    descending ``tiebreak`` (a box never suppresses one that ranks above it).
 
     Either relation needs more than half of the lower-ranked box inside the other, hence its centre
     inside it (a convex box cut through its centre leaves half of a centrally symmetric one on each
@@ -26,9 +25,8 @@ def suppress(
     touches its window's border: the end of a bridge cut off by the window may be that short).
     """
     n = len(scores)
-    tier = np.zeros(n, dtype=np.int64) if tier is None else np.asarray(tier)
     tiebreak = np.zeros(n) if tiebreak is None else np.asarray(tiebreak)
-    order = np.lexsort((np.arange(n), -tiebreak, -scores, tier))
+    order = np.lexsort((np.arange(n), -tiebreak, -scores))
     rank = np.empty(n, dtype=np.int64)
     rank[order] = np.arange(n)
     w, h = boxes[:, 2], boxes[:, 3]
@@ -57,7 +55,8 @@ def suppress(
 
 def _suppresses(boxes: np.ndarray, top: np.ndarray, low: np.ndarray, config: MergeConfig) -> np.ndarray:
     """Whether box ``top`` suppresses box ``low``, pair by pair: IoU above ``duplicate_iou``, or at least
-    ``contain_iof`` of ``low`` inside ``top``."""
+    ``contain_iof`` of ``low`` inside ``top`` with ``low`` at least half as wide (a narrower box
+    inside is a deck or lane beside others, not a piece)."""
     area = boxes[:, 2] * boxes[:, 3]
     inter = area[low].copy()
     # Fully inside: the intersection is the whole lower box; clip only the others.
@@ -71,7 +70,8 @@ def _suppresses(boxes: np.ndarray, top: np.ndarray, low: np.ndarray, config: Mer
         iof = box_iou_rotated(lower, upper, mode="iof", aligned=True).numpy()
         inter[part] = iof * area[low[part]]
     iou = inter / np.maximum(area[low] + area[top] - inter, 1e-12)
-    return (iou > config.duplicate_iou) | (inter >= config.contain_iof * area[low])
+    as_wide = boxes[low, 3] >= config.piece_width * boxes[top, 3]
+    return (iou > config.duplicate_iou) | ((inter >= config.contain_iof * area[low]) & as_wide)
 
 
 def greedy_nms(top: np.ndarray, low: np.ndarray, n: int, max_rounds: int = 16) -> np.ndarray:

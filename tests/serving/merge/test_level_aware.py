@@ -1,6 +1,6 @@
 """The holistic merge against the independent check of issue 12: level-aware tolerances, cut evidence
-from the window's border, grouping that cannot chain twin decks, and a suppression that never lets an
-unfused coarse box replace a fused one.
+from the window's border, grouping that cannot chain twin decks, and a suppression by score that
+keeps decks inside a box drawn around both.
 
 The detector is ``serving.testing.simulate.CheckDetector``: the visible part of each true bridge in
 every window of every level, as a rectangle along the bridge, +-2 px of jitter in that level's pixels,
@@ -29,7 +29,6 @@ from serving.engine.window_detections import SceneDetections, WindowDetections, 
 from serving.merge.config import MergeConfig
 from serving.merge.fuse import end_cuts
 from serving.merge.methods import merge
-from serving.merge.suppress import suppress
 from serving.testing.simulate import (
     NEAR_MISS_CASES,
     CheckDetector,
@@ -232,14 +231,38 @@ def test_a_doubtful_finer_box_that_joins_a_group_does_not_shape_it():
     np.testing.assert_allclose(out.boxes[0], bridge, atol=1e-6)
 
 
-def test_unfused_coarse_boxes_rank_below_fused_ones_in_the_suppression():
-    fused = [1000.0, 1000.0, 900.0, 30.0, 0.0]
-    coarse = [1000.0, 1010.0, 950.0, 40.0, 0.0]  # IoU > 0.5 with the fused box, higher score
-    boxes = np.array([fused, coarse])
-    scores = np.array([0.6, 0.9])
-    labels = np.zeros(2, dtype=np.int64)
-    assert suppress(boxes, scores, labels, MergeConfig()).tolist() == [1]  # by score alone
-    assert suppress(boxes, scores, labels, MergeConfig(), np.array([0, 2])).tolist() == [0]
+def _degrees(rows):
+    return np.array([[cx, cy, w, h, math.radians(t)] for cx, cy, w, h, t in rows])
+
+
+def test_a_coarse_box_scoring_above_the_fine_fragments_it_covers_wins():
+    # The light model on NWPU val 483.jpg (1113 x 568 px: two level-0 windows and one level-1 window):
+    # the fine detector cuts the 310 px bridge into short boxes a few degrees off, the coarse one
+    # sees it whole and is far surer. Ranking coarse singles below fine boxes kept the fragments.
+    boxes = _degrees([(269, 445, 177, 61, -13), (247, 436, 278, 122, -24),  # window at x 0
+                      (277, 444, 153, 62, -14), (207, 445, 141, 66, -10),  # window at x 89
+                      (242, 444, 230, 78, -4)])  # level 1, in scene pixels
+    scores = np.array([0.81, 0.52, 0.78, 0.67, 0.95])
+    bounds = np.array([[0, 0, 1024, 568]] * 2 + [[89, 0, 1113, 568]] * 2 + [[0, 0, 1112, 568]], dtype=float)
+    out = merge(SceneDetections(boxes, scores, np.zeros(5, np.int64), np.array([0, 0, 0, 0, 1]), bounds))
+    assert out.scores[0] == pytest.approx(0.95)
+    np.testing.assert_allclose(out.boxes[0], boxes[4], atol=1e-6)
+    assert not np.isin(out.scores, [0.81, 0.78]).any(), out.scores  # the fragments inside it are gone
+
+
+def test_twin_decks_inside_a_box_around_both_stay():
+    # The light model on NWPU val 189.jpg: a box around both decks of a twin-deck bridge, and one box
+    # per deck, each a third as wide as the outer one. Containment alone must not remove the decks.
+    boxes = _degrees([(339, 220, 333, 188, -59), (325, 274, 196, 61, -48), (292, 211, 233, 66, -55)])
+    scores = np.array([0.62, 0.56, 0.20])
+    bounds = np.array([[0, 0, 780, 560]] * 3, dtype=float)
+    out = merge(SceneDetections(boxes, scores, np.zeros(3, np.int64), np.zeros(3, np.int64), bounds))
+    assert sorted(out.scores.tolist()) == pytest.approx([0.20, 0.56, 0.62])
+    # A piece as wide as the outer box is still a piece.
+    as_wide = boxes.copy()
+    as_wide[1, 3] = 150.0
+    out = merge(SceneDetections(as_wide, scores, np.zeros(3, np.int64), np.zeros(3, np.int64), bounds))
+    assert 0.56 not in out.scores.tolist()
 
 
 def test_end_cuts_need_a_border_the_box_heads_out_through():
