@@ -148,7 +148,17 @@ def main(argv: list[str] | None = None) -> None:
         if on_gpu:
             torch.cuda.synchronize(args.device)
             torch.cuda.reset_peak_memory_stats(args.device)
-        result = detect_scene(str(scene), spec, pool=pool)
+        t = time.perf_counter()
+        marks = iter(range(10, 101, 10))
+        mark = next(marks)
+
+        def progress(done: int, total: int) -> None:  # so that a run stopped by a time limit still says how far
+            nonlocal mark
+            while mark is not None and done * 100 >= mark * total:
+                print(f"  {done}/{total} windows at {time.perf_counter() - t:.1f} s", flush=True)
+                mark = next(marks, None)
+
+        result = detect_scene(str(scene), spec, pool=pool, progress=progress)
         peak = torch.cuda.max_memory_allocated(args.device) / 2**30 if on_gpu else math.nan
 
     tim = result.timings
@@ -159,7 +169,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"scene {args.size} px: {result.windows} windows ({result.skipped} empty), "
           f"{len(result.scores)} bridges after the merge", flush=True)
     print("timings: " + ", ".join(f"{k} {v:.2f} s" for k, v in tim.items()), flush=True)
-    print(f"{per_s:.1f} windows/s over the stream; the model waited for reads {wait_share:.1%} of it "
+    print(f"{per_s:.2f} windows/s over the stream; the model waited for reads {wait_share:.1%} of it "
           f"(read {read:.2f} s, detect {detect:.2f} s)", flush=True)
     print(f"GPU memory peak: {peak:.2f} GiB" if on_gpu else "GPU memory peak: n/a (CPU run)", flush=True)
     print(f"benchmark took {time.perf_counter() - t_bench:.0f} s; load average {os.getloadavg()}", flush=True)
