@@ -18,6 +18,11 @@ only where it can matter:
 4. the pairs left get their exact IoU (:func:`hbdnet.boxes.iou.intersection_area_rotated`);
 5. the greedy pass of a block runs on the CPU over its suppression edges, vectorised.
 
+Horizontal NMS on the CPU (the RPN's proposals) takes a shorter way when the pairs are few enough:
+a sweep over the boxes sorted by left edge finds, for each box, the only boxes that can exceed the
+threshold with it; their IoUs are computed at once and step 5 resolves them
+(:func:`_sweep_horizontal`). Both ways run on one thread (:func:`_one_thread`).
+
 Steps 1-4 run on the boxes' device. Decisions are those of the exact float64 IoU on CPU; on CUDA
 with float32 boxes the IoU is float32 (within ~1e-5), so a pair that close to the threshold may
 go either way, as it may with mmcv's float32 kernels.
@@ -25,6 +30,7 @@ go either way, as it may with mmcv's float32 kernels.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Callable, Iterator
 
 import numpy as np
@@ -43,6 +49,10 @@ _BLOCK_RANKS = 8192
 _MAX_ROUNDS = 16
 # Batched NMS over at most this many categories runs one category at a time (see _greedy_nms).
 _MAX_SPLIT_GROUPS = 64
+# Horizontal NMS on the CPU of up to this many boxes with up to this many pairs to test is a sweep
+# over the boxes sorted by left edge (see _sweep_horizontal).
+_SWEEP_MAX_BOXES = 50000
+_SWEEP_MAX_PAIRS = 1 << 23
 # Relative slack of the bounds, far above their rounding error: for the float32 copies that the
 # first filters read (hulls rounded outwards), and for the frame bounds in each compute dtype.
 _FILTER_SLACK = 1e-5
@@ -81,7 +91,8 @@ def batched_nms_rotated(boxes: Tensor, scores: Tensor, idxs: Tensor | None, iou_
         sure[open_] = _iou(inter, ai.index_select(0, open_), aj.index_select(0, open_)) > iou_threshold
         return sure
 
-    return order[_greedy_nms(padded_hulls(b), areas, _ranked(idxs, order), iou_threshold, exceeds)]
+    with _one_thread(b.device):
+        return order[_greedy_nms(padded_hulls(b), areas, _ranked(idxs, order), iou_threshold, exceeds)]
 
 
 def nms_horizontal(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
@@ -97,6 +108,11 @@ def batched_nms_horizontal(boxes: Tensor, scores: Tensor, idxs: Tensor | None, i
     order = _by_score(scores)
     b = boxes.to(compute_dtype(boxes)).index_select(0, order)
     areas = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    if b.device.type == "cpu" and b.shape[0] <= _SWEEP_MAX_BOXES:
+        groups = _ranked(idxs, order)
+        kept = _sweep_horizontal(b.numpy(), areas.numpy(), None if groups is None else groups.numpy(), iou_threshold)
+        if kept is not None:
+            return order[torch.from_numpy(kept)]
 
     def exceeds(i: Tensor, j: Tensor, ai: Tensor, aj: Tensor) -> Tensor:
         bi, bj = b.index_select(0, i), b.index_select(0, j)
@@ -104,7 +120,83 @@ def batched_nms_horizontal(boxes: Tensor, scores: Tensor, idxs: Tensor | None, i
         ih = (torch.minimum(bi[:, 3], bj[:, 3]) - torch.maximum(bi[:, 1], bj[:, 1])).clamp(min=0)
         return _iou(iw * ih, ai, aj) > iou_threshold
 
-    return order[_greedy_nms(b, areas, _ranked(idxs, order), iou_threshold, exceeds)]
+    with _one_thread(b.device):
+        return order[_greedy_nms(b, areas, _ranked(idxs, order), iou_threshold, exceeds)]
+
+
+def _sweep_horizontal(
+    b: np.ndarray, areas: np.ndarray, groups: np.ndarray | None, iou_threshold: float
+) -> np.ndarray | None:
+    """Kept ranks, ascending, of float64 ``x1, y1, x2, y2`` boxes in rank order, or None when there
+    would be more than ``_SWEEP_MAX_PAIRS`` pairs to test (then the grid does it).
+
+    Only boxes whose left edges lie in a window around box i's can exceed the threshold with it: in
+    the boxes sorted by left edge, a range found by binary search. Those pairs (of one category) get
+    the IoU test of :func:`batched_nms_horizontal`, same arithmetic, all at once, and
+    :func:`_resolve` makes the greedy pass over the pairs that exceed the threshold.
+    """
+    n = b.shape[0]
+    if groups is not None:
+        kept = []
+        for g in np.unique(groups):
+            idx = np.flatnonzero(groups == g)
+            sub = _sweep_horizontal(b[idx], areas[idx], None, iou_threshold)
+            if sub is None:
+                return None
+            kept.append(idx[sub])
+        return np.sort(np.concatenate(kept)) if kept else np.zeros(0, dtype=np.int64)
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    x1, y1, x2, y2 = (np.ascontiguousarray(b[:, k]) for k in range(4))
+    by_x = np.argsort(x1, kind="stable")
+    sorted_x1 = x1[by_x]
+    # IoU > t needs an intersection above t * area_i, so an overlap in x above t * w_i: box j's left
+    # edge lies before x2_i - t w_i and, its width being at most the widest, after x1_i + t w_i - widest.
+    # The margins (relative 1e-9, far above rounding) keep every pair whose computed IoU can exceed t.
+    width = x2 - x1
+    widest = float(width.max()) * (1 + 1e-9) + 1e-9
+    inset = iou_threshold * width * (1 - 1e-9)
+    first = np.searchsorted(sorted_x1, x1 + inset - widest, side="left")
+    count = np.maximum(np.searchsorted(sorted_x1, x2 - inset, side="right") - first, 0)
+    total = int(count.sum())
+    if total > _SWEEP_MAX_PAIRS:
+        return None
+    owner = np.repeat(np.arange(n), count)
+    start = np.repeat(first - (np.cumsum(count) - count), count)
+    partner = by_x[start + np.arange(total)]
+    # The same bound in y, as a filter on those pairs.
+    height = y2 - y1
+    tallest = float(height.max()) * (1 + 1e-9) + 1e-9
+    y_inset = iou_threshold * height * (1 - 1e-9)
+    partner_y1 = y1[partner]
+    keep = partner > owner
+    keep &= partner_y1 >= (y1 + y_inset - tallest)[owner]
+    keep &= partner_y1 <= (y2 - y_inset)[owner]
+    s, t = owner[keep], partner[keep]
+    iw = np.maximum(np.minimum(x2[s], x2[t]) - np.maximum(x1[s], x1[t]), 0.0)
+    ih = np.maximum(np.minimum(y2[s], y2[t]) - np.maximum(y1[s], y1[t]), 0.0)
+    inter = iw * ih
+    union = areas[s] + areas[t] - inter
+    with np.errstate(invalid="ignore", divide="ignore"):
+        # inter / 0 is nan (a zero-area pair), and nan > threshold is False: IoU 0, as _iou says.
+        edge = inter / union > iou_threshold
+    return np.flatnonzero(_resolve(np.zeros(n, dtype=bool), s[edge], t[edge]))
+
+
+@contextlib.contextmanager
+def _one_thread(device: torch.device) -> Iterator[None]:
+    """Run the NMS on one CPU thread. Its hundreds of small tensor operations gain little from a second
+    thread, and each waits for all of them: on a busy machine, where a thread is often descheduled,
+    two threads made the RPN's proposal NMS 4x slower than one."""
+    threads = torch.get_num_threads()
+    if device.type != "cpu" or threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _check(boxes: Tensor, scores: Tensor, idxs: Tensor | None, width: int, iou_threshold: float) -> None:

@@ -222,8 +222,16 @@ def random_hbb(n: int, extent: float, seed: int) -> torch.Tensor:
     return torch.cat([boxes, copies])
 
 
+@pytest.fixture(params=["sweep", "grid"])
+def horizontal_path(request, monkeypatch):
+    """Horizontal NMS on the CPU both ways: the sweep over boxes sorted by left edge, and the grid."""
+    if request.param == "grid":
+        monkeypatch.setattr(nms_module, "_SWEEP_MAX_BOXES", 0)
+    return request.param
+
+
 @pytest.mark.parametrize("thr", [0.0, 0.3, 0.5, 0.8])
-def test_nms_horizontal_matches_reference(thr):
+def test_nms_horizontal_matches_reference(thr, horizontal_path):
     boxes = random_hbb(600, 500, seed=10)
     boxes[::37, 2] = boxes[::37, 0]  # some zero-width boxes
     scores = (torch.rand(600, generator=torch.Generator().manual_seed(10)) * 8).round() / 8  # ties
@@ -232,7 +240,7 @@ def test_nms_horizontal_matches_reference(thr):
     np.testing.assert_array_equal(nms_horizontal(boxes, scores, thr).numpy(), ref)
 
 
-def test_batched_nms_horizontal_is_per_category():
+def test_batched_nms_horizontal_is_per_category(horizontal_path):
     boxes = random_hbb(500, 400, seed=11)
     scores = torch.rand(500, generator=torch.Generator().manual_seed(11))
     idxs = torch.randint(0, 4, (500,), generator=torch.Generator().manual_seed(12))
@@ -265,11 +273,30 @@ def test_batched_nms_on_categories_of_very_different_sizes(thr, monkeypatch):
     ref_rotated = per_category(reference_nms_rotated, rotated, scores, idxs, thr)
     np.testing.assert_array_equal(batched_nms_rotated(rotated, scores, idxs, thr).numpy(), ref_rotated)
     monkeypatch.setattr(nms_module, "_MAX_SPLIT_GROUPS", 0)  # all categories on one grid
+    monkeypatch.setattr(nms_module, "_SWEEP_MAX_BOXES", 0)
     np.testing.assert_array_equal(batched_nms_horizontal(boxes, scores, idxs, thr).numpy(), ref)
     np.testing.assert_array_equal(batched_nms_rotated(rotated, scores, idxs, thr).numpy(), ref_rotated)
 
 
-def test_batched_nms_with_more_categories_than_are_split():
+def test_horizontal_sweep_hands_over_to_the_grid_beyond_its_pair_budget(monkeypatch):
+    boxes, scores, idxs = pyramid_proposals(seed=18)
+    ref = per_category(reference_nms_horizontal, boxes, scores, idxs, 0.5)
+    answers = []
+    sweep = nms_module._sweep_horizontal
+
+    def spy(*args):
+        answers.append(sweep(*args))
+        return answers[-1]
+
+    monkeypatch.setattr(nms_module, "_sweep_horizontal", spy)
+    np.testing.assert_array_equal(batched_nms_horizontal(boxes, scores, idxs, 0.5).numpy(), ref)
+    assert answers[-1] is not None
+    monkeypatch.setattr(nms_module, "_SWEEP_MAX_PAIRS", 100)
+    np.testing.assert_array_equal(batched_nms_horizontal(boxes, scores, idxs, 0.5).numpy(), ref)
+    assert answers[-1] is None
+
+
+def test_batched_nms_with_more_categories_than_are_split(horizontal_path):
     boxes = random_hbb(800, 300, seed=16)
     scores = torch.rand(800, generator=torch.Generator().manual_seed(16))
     idxs = torch.randint(0, nms_module._MAX_SPLIT_GROUPS + 10, (800,), generator=torch.Generator().manual_seed(17))
