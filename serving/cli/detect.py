@@ -168,7 +168,7 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", type=_device, default="auto",
                    help="cpu, cuda or cuda:N (default auto: cuda when this machine has a GPU)")
     p.add_argument("--precision", type=_precision, default="auto", metavar="P",
-                   help="auto, float32 or bfloat16: the model's convolutions and matrix products in bfloat16 "
+                   help="auto, float32 or bfloat16: the model's heavy convolutions and products in bfloat16 "
                         "(default auto: bfloat16 on a GPU that has it, float32 on a CPU)")
     p.add_argument("--workers", type=whole_number("workers", 0), default=None, metavar="N",
                    help="0 runs the model in this process without Ray; N starts N Ray workers "
