@@ -54,7 +54,7 @@ def test_detect_with_a_checkpoint_writes_geojson_in_the_scene_footprint(tmp_path
     assert rc == 0
     summary = capsys.readouterr().out.strip()
     n = int(summary.split()[0])
-    assert summary.startswith(f"{n} bridges found in 1 window, ") and summary.endswith(f"-> {out}")
+    assert summary.startswith(f"{n} bridge{'' if n == 1 else 's'} found in 1 window, ") and summary.endswith(f"-> {out}")
     doc = json.loads(out.read_text())
     assert len(doc["features"]) == n > 0  # untrained weights report boxes on noise: enough to check the path
     sha = hashlib.sha256(tiny_checkpoint.read_bytes()).hexdigest()
