@@ -1,13 +1,17 @@
 """Benchmark of the large-scene engine: memory against scene size, pipeline overhead, merge time.
 
-    python tools/bench_engine.py [--sizes 4096 8192 16384] [--fresh] [--light-model PATH]
+    python tools/bench_engine.py [--sizes 4096 8192 16384] [--fresh] [--light-model PATH] [--sahi-python PY]
 
 1. Writes synthetic RGB GeoTIFFs (tiled 512, DEFLATE + predictor) of each size into ``--cache-dir``
    (kept between runs unless ``--fresh``).
 2. Runs ``detect_scene`` on each with the no-op detector and Ray workers, each scene in a fresh
    subprocess (``--one``), and samples every ~50 ms the summed RSS of that subprocess's whole process
    tree (the driver, and Ray's gcs_server, raylet, agents and workers, which are its descendants).
-   Requirement: the 16384 px peak is at most 1.1 x the 8192 px peak.
+   Requirement: the 16384 px peak is at most 1.1 x the 8192 px peak. With ``--sahi-python`` (the
+   Python of a separate environment with ``sahi==0.12.8``, which needs other versions of our
+   dependencies), SAHI's ``get_sliced_prediction`` (1024 px slices, 0.2 overlap, a model that
+   finds nothing) runs on the same scene right after, measured the same way; target: our default
+   call's peak below SAHI's at every size.
 3. Same with the light model on the largest scene, the whole run: every window, then the merge in
    the driver (an untrained model's many overlapping boxes make the merge the driver's peak). A CPU
    forward pass of the light model takes about a second per window, so this takes about 10 minutes
@@ -21,7 +25,8 @@
    of the three times is the best of two runs.
 5. Merge time of 100,000 detections (``serving.testing.simulate.time_merge``).
 
-The last line is ``rss_ratio_16k_8k=<x> rss_16k_light_mb=<m> pipeline_ratio=<y> merge_s=<z>``.
+The last line is ``rss_ratio_16k_8k=<x> rss_16k_light_mb=<m> pipeline_ratio=<y> merge_s=<z>
+rss_vs_sahi_max=<r>`` (the largest ratio of our peak to SAHI's; NaN without ``--sahi-python``).
 """
 
 from __future__ import annotations
@@ -118,6 +123,31 @@ def run_one(scene: str, detector: str, model: str | None, workers: int | None) -
                       "wall": time.perf_counter() - t}), flush=True)
 
 
+# --- SAHI on the same scene (run by the SAHI environment's Python) ---------------------------------
+
+def run_sahi_one(scene: str) -> None:
+    """SAHI's sliced prediction (1024 px slices, 0.2 overlap) with a model that finds nothing."""
+    from sahi.models.base import DetectionModel
+    from sahi.predict import get_sliced_prediction
+
+    class Nothing(DetectionModel):
+        def load_model(self) -> None:
+            self.model = "nothing"
+
+        def perform_inference(self, image: np.ndarray) -> None:
+            self._original_predictions = []
+
+        def _create_object_prediction_list_from_original_predictions(self, shift_amount_list=None,
+                                                                     full_shape_list=None) -> None:
+            self._object_prediction_list_per_image = [[]]
+
+    t = time.perf_counter()
+    result = get_sliced_prediction(scene, Nothing(device="cpu"), slice_height=1024, slice_width=1024,
+                                   overlap_height_ratio=0.2, overlap_width_ratio=0.2, verbose=0)
+    print(json.dumps({"sahi_wall": time.perf_counter() - t, "detections": len(result.object_prediction_list)}),
+          flush=True)
+
+
 # --- measuring a subprocess tree --------------------------------------------------------------------
 
 class TreeRSS:
@@ -174,6 +204,11 @@ def measure(scene: Path, detector: str, model: str | None, workers: int | None, 
     """Run ``--one`` in a subprocess; peak tree RSS (MB), the run's timings, and whether it finished."""
     cmd = [sys.executable, str(Path(__file__).resolve()), "--one", str(scene), "--detector", detector,
            ] + (["--workers", str(workers)] if workers is not None else []) + (["--model", model] if model else [])
+    return measure_command(cmd, limit_s)
+
+
+def measure_command(cmd: list[str], limit_s: float | None) -> dict:
+    """Peak tree RSS (MB) of a command, the JSON lines it prints, and whether it finished."""
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env,
                             start_new_session=True)
@@ -247,12 +282,19 @@ def main(argv: list[str] | None = None) -> None:
                     help="stop the light-model run after this (its peak so far is reported)")
     ap.add_argument("--no-light", action="store_true")
     ap.add_argument("--merge-n", type=int, default=100_000)
+    ap.add_argument("--memory-only", action="store_true", help="only the peak-memory runs (steps 1-3)")
+    ap.add_argument("--sahi-python", default=None,
+                    help="Python of an environment with sahi 0.12.8: also measure SAHI's peak on each scene")
     # internal: one engine run, in a subprocess
     ap.add_argument("--one", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--detector", default="noop", help=argparse.SUPPRESS)
     ap.add_argument("--model", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--sahi-one", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
 
+    if args.sahi_one:
+        run_sahi_one(args.sahi_one)
+        return
     if args.one:
         run_one(args.one, args.detector, args.model, args.workers)
         return
@@ -263,6 +305,7 @@ def main(argv: list[str] | None = None) -> None:
     largest = max(scenes)
 
     rss: dict[int, float] = {}
+    sahi_rss: dict[int, float] = {}
     runs: dict[int, dict] = {}
     for side, path in scenes.items():
         r = measure(path, "noop", None, args.workers, limit_s=600)
@@ -271,6 +314,12 @@ def main(argv: list[str] | None = None) -> None:
         print(f"noop {side:>5} px: peak RSS {r['peak_mb']:.0f} MB over {r['procs']} processes, "
               f"finished={r['finished']}, wall {r['wall']:.1f} s, "
               + ", ".join(f"{k} {v:.2f}" for k, v in tim.items()), flush=True)
+        if args.sahi_python:
+            sahi = measure_command([args.sahi_python, str(Path(__file__).resolve()), "--sahi-one", str(path)], 600)
+            sahi_rss[side] = sahi["peak_mb"]
+            print(f"sahi {side:>5} px: peak RSS {sahi['peak_mb']:.0f} MB, finished={sahi['finished']}, "
+                  f"wall {sahi['wall']:.1f} s; ours / SAHI = {r['peak_mb'] / sahi['peak_mb']:.2f} (target < 1)",
+                  flush=True)
     ratio_16k_8k = rss[16384] / rss[8192] if 16384 in rss and 8192 in rss else math.nan
     print(f"rss ratio 16384/8192 = {ratio_16k_8k:.3f} (requirement <= 1.1)", flush=True)
 
@@ -285,6 +334,12 @@ def main(argv: list[str] | None = None) -> None:
             print(f"light {largest} px: peak RSS {light_mb:.0f} MB over {r['procs']} processes, "
                   f"{'finished' if r['finished'] else f'stopped after {args.light_seconds:.0f} s'} ({done})",
                   flush=True)
+
+    if args.memory_only:
+        vs_sahi = max((rss[s] / sahi_rss[s] for s in sahi_rss), default=math.nan)
+        print(f"benchmark took {time.perf_counter() - t_bench:.0f} s; load average {os.getloadavg()}", flush=True)
+        print(f"rss_ratio_16k_8k={ratio_16k_8k:.3f} rss_16k_light_mb={light_mb:.0f} rss_vs_sahi_max={vs_sahi:.2f}")
+        return
 
     # Best of two for every time in the ratio, interleaved: the machine is shared, and single timings
     # swing by 30 %.
@@ -315,8 +370,9 @@ def main(argv: list[str] | None = None) -> None:
         print(f"merge: serving.testing.simulate.time_merge not available ({exc})", flush=True)
 
     print(f"benchmark took {time.perf_counter() - t_bench:.0f} s; load average {os.getloadavg()}", flush=True)
+    vs_sahi = max((rss[s] / sahi_rss[s] for s in sahi_rss), default=math.nan)
     print(f"rss_ratio_16k_8k={ratio_16k_8k:.3f} rss_16k_light_mb={light_mb:.0f} "
-          f"pipeline_ratio={pipeline_ratio:.3f} merge_s={merge_s:.2f}")
+          f"pipeline_ratio={pipeline_ratio:.3f} merge_s={merge_s:.2f} rss_vs_sahi_max={vs_sahi:.2f}")
 
 
 if __name__ == "__main__":
