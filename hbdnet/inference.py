@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from hbdnet.checkpoint import load_model, resolve_model_path
+from hbdnet.models.deploy import inference_form
 from hbdnet.models.hbdnet import HBDNet
 from hbdnet.precision import model_precision, resolve_precision, set_precision
 from hbdnet.pyramid import PlanWindow
@@ -130,5 +131,6 @@ def load_window_detector(path: str | Path, device: str | torch.device = "cpu",
     dtype = resolve_precision(precision, dev)
     path = resolve_model_path(path)
     model, meta = load_model(path, dev)
+    inference_form(model, dev)
     set_precision(model, dtype, dev.type)
     return HBDNetWindowDetector(model, str(meta.get("name", Path(path).stem)), dev, meta)

@@ -64,5 +64,9 @@ def prepare_for_inference(model: nn.Module, channels_last: bool = True) -> nn.Mo
 
 
 def inference_form(model: nn.Module, device: torch.device) -> nn.Module:
-    """The model as the engine runs it (in place): BatchNorm folded and, on the CPU, channels_last."""
-    return prepare_for_inference(model, channels_last=device.type == "cpu")
+    """The model as the engine runs it on ``device`` (in place). On the CPU: BatchNorm folded and
+    channels_last, measured faster there (``tools/bench_window.py``); on a GPU the model as loaded,
+    whose reduced-precision path (``hbdnet.precision``) was validated with its BatchNorm layers."""
+    if device.type != "cpu":
+        return model.eval()
+    return prepare_for_inference(model, channels_last=True)

@@ -77,3 +77,17 @@ def test_inter_layer_fusion_runs_on_the_prepared_model():
     context = WindowContext([[images[1]], [images[0]]], rel)
     with torch.inference_mode():
         assert_same_detections(model.detect([images[0]], 0, context)[0], fast.detect([images[0]], 0, context)[0])
+
+
+def test_the_engine_loads_the_inference_form_on_the_cpu(tmp_path):
+    from hbdnet.checkpoint import save_checkpoint
+    from hbdnet.inference import load_window_detector
+
+    model = perturbed_model("resnet_tiny")
+    detector = load_window_detector(save_checkpoint(tmp_path / "m.pth", model), "cpu")
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in detector.model.modules())
+    assert detector.model.local_detector.backbone.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    images, _ = _synthetic_batch()
+    rgb = images[0].to(torch.uint8)
+    with torch.inference_mode():
+        assert_same_detections(model.detect([rgb], 0)[0], detector.model.detect([rgb], 0)[0])
