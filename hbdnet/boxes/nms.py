@@ -21,7 +21,7 @@ only where it can matter:
 Horizontal NMS on the CPU (the RPN's proposals) takes a shorter way when the pairs are few enough:
 a sweep over the boxes sorted by left edge finds, for each box, the only boxes that can exceed the
 threshold with it; their IoUs are computed at once and step 5 resolves them
-(:func:`_sweep_horizontal`). Both ways run on one thread (:func:`_one_thread`).
+(:func:`_sweep_horizontal`). Both ways run on one CPU thread (:func:`hbdnet.threads.one_cpu_thread`).
 
 Steps 1-4 run on the boxes' device. Decisions are those of the exact float64 IoU on CPU; on CUDA
 with float32 boxes the IoU is float32 (within ~1e-5), so a pair that close to the threshold may
@@ -30,7 +30,6 @@ go either way, as it may with mmcv's float32 kernels.
 
 from __future__ import annotations
 
-import contextlib
 from typing import Callable, Iterator
 
 import numpy as np
@@ -38,6 +37,7 @@ import torch
 from torch import Tensor
 
 from hbdnet.boxes.iou import compute_dtype, flat_nonzero, intersection_area_rotated, padded_hulls
+from hbdnet.threads import one_cpu_thread
 
 # Candidate pairs expanded at once (each costs ~100 bytes across the temporaries).
 _PAIR_BUDGET = 1 << 20
@@ -91,7 +91,7 @@ def batched_nms_rotated(boxes: Tensor, scores: Tensor, idxs: Tensor | None, iou_
         sure[open_] = _iou(inter, ai.index_select(0, open_), aj.index_select(0, open_)) > iou_threshold
         return sure
 
-    with _one_thread(b.device):
+    with one_cpu_thread(b.device):
         return order[_greedy_nms(padded_hulls(b), areas, _ranked(idxs, order), iou_threshold, exceeds)]
 
 
@@ -108,11 +108,6 @@ def batched_nms_horizontal(boxes: Tensor, scores: Tensor, idxs: Tensor | None, i
     order = _by_score(scores)
     b = boxes.to(compute_dtype(boxes)).index_select(0, order)
     areas = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    if b.device.type == "cpu" and b.shape[0] <= _SWEEP_MAX_BOXES:
-        groups = _ranked(idxs, order)
-        kept = _sweep_horizontal(b.numpy(), areas.numpy(), None if groups is None else groups.numpy(), iou_threshold)
-        if kept is not None:
-            return order[torch.from_numpy(kept)]
 
     def exceeds(i: Tensor, j: Tensor, ai: Tensor, aj: Tensor) -> Tensor:
         bi, bj = b.index_select(0, i), b.index_select(0, j)
@@ -120,8 +115,14 @@ def batched_nms_horizontal(boxes: Tensor, scores: Tensor, idxs: Tensor | None, i
         ih = (torch.minimum(bi[:, 3], bj[:, 3]) - torch.maximum(bi[:, 1], bj[:, 1])).clamp(min=0)
         return _iou(iw * ih, ai, aj) > iou_threshold
 
-    with _one_thread(b.device):
-        return order[_greedy_nms(b, areas, _ranked(idxs, order), iou_threshold, exceeds)]
+    groups = _ranked(idxs, order)
+    with one_cpu_thread(b.device):
+        if b.device.type == "cpu" and b.shape[0] <= _SWEEP_MAX_BOXES:
+            ranked_groups = None if groups is None else groups.numpy()
+            kept = _sweep_horizontal(b.numpy(), areas.numpy(), ranked_groups, iou_threshold)
+            if kept is not None:
+                return order[torch.from_numpy(kept)]
+        return order[_greedy_nms(b, areas, groups, iou_threshold, exceeds)]
 
 
 def _sweep_horizontal(
@@ -181,22 +182,6 @@ def _sweep_horizontal(
         # inter / 0 is nan (a zero-area pair), and nan > threshold is False: IoU 0, as _iou says.
         edge = inter / union > iou_threshold
     return np.flatnonzero(_resolve(np.zeros(n, dtype=bool), s[edge], t[edge]))
-
-
-@contextlib.contextmanager
-def _one_thread(device: torch.device) -> Iterator[None]:
-    """Run the NMS on one CPU thread. Its hundreds of small tensor operations gain little from a second
-    thread, and each waits for all of them: on a busy machine, where a thread is often descheduled,
-    two threads made the RPN's proposal NMS 4x slower than one."""
-    threads = torch.get_num_threads()
-    if device.type != "cpu" or threads == 1:
-        yield
-        return
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _check(boxes: Tensor, scores: Tensor, idxs: Tensor | None, width: int, iou_threshold: float) -> None:

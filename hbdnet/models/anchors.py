@@ -15,6 +15,9 @@ import torch
 from torch import Tensor
 
 
+_CACHE_SIZE = 16
+
+
 class AnchorGenerator:
     def __init__(
         self,
@@ -25,6 +28,8 @@ class AnchorGenerator:
         self.strides = list(strides)
         self.ratios = list(ratios)
         self.scales = list(scales)
+        # Anchors per (feature-map sizes, device): windows come in a few sizes, so this stays small.
+        self._cache: dict[tuple, list[Tensor]] = {}
 
     @property
     def num_anchors(self) -> int:
@@ -42,9 +47,20 @@ class AnchorGenerator:
         return torch.stack([-0.5 * ws, -0.5 * hs, 0.5 * ws, 0.5 * hs], dim=-1)
 
     def grid_anchors(self, featmap_sizes: Sequence[tuple[int, int]], device: torch.device) -> list[Tensor]:
-        """Per level, ``(H * W * A, 4)`` anchors for feature maps of the given ``(H, W)`` sizes."""
+        """Per level, ``(H * W * A, 4)`` anchors for feature maps of the given ``(H, W)`` sizes.
+
+        The tensors are cached and shared between calls: callers must not modify them in place.
+        """
         if len(featmap_sizes) != len(self.strides):
             raise ValueError(f"{len(featmap_sizes)} feature maps for {len(self.strides)} strides")
+        key = (tuple((int(h), int(w)) for h, w in featmap_sizes), str(torch.device(device)))
+        if key not in self._cache:
+            if len(self._cache) >= _CACHE_SIZE:
+                self._cache.pop(next(iter(self._cache)))
+            self._cache[key] = self._grid_anchors(featmap_sizes, device)
+        return self._cache[key]
+
+    def _grid_anchors(self, featmap_sizes: Sequence[tuple[int, int]], device: torch.device) -> list[Tensor]:
         out = []
         for (h, w), stride in zip(featmap_sizes, self.strides, strict=True):
             base = self.base_anchors(stride).to(device)

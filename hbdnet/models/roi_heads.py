@@ -26,6 +26,7 @@ from hbdnet.boxes.roi_align import roi_align_rotated
 from hbdnet.models.coders import DeltaXYWHAOBBoxCoder, DeltaXYWHBBoxCoder
 from hbdnet.models.matching import MaxIoUAssigner, RandomSampler, SamplingResult, box_iou_xyxy
 from hbdnet.models.ssrw import ssrw_weights
+from hbdnet.threads import one_cpu_thread
 
 Task = Literal["obb", "hbb"]
 Targets = list[dict[str, Tensor]]
@@ -276,15 +277,16 @@ class OrientedRoIHead(nn.Module):
         cls_logits, deltas = self._run_head(features, candidates)
         counts = [c.shape[0] for c in candidates]
         results = []
-        for cand, logits, d, size in zip(
-            candidates, cls_logits.split(counts), deltas.split(counts), image_sizes, strict=True
-        ):
-            scores = F.softmax(logits, dim=-1)[:, : self.num_classes]  # (n, C), background dropped
-            if self.task == "obb":
-                boxes = self.obb_coder.decode(cand, d, max_shape=size)
-            else:
-                boxes = self.hbb_coder.decode(cand, d, max_shape=size)
-            results.append(self._nms(boxes, scores))
+        with one_cpu_thread(cls_logits.device):
+            for cand, logits, d, size in zip(
+                candidates, cls_logits.split(counts), deltas.split(counts), image_sizes, strict=True
+            ):
+                scores = F.softmax(logits, dim=-1)[:, : self.num_classes]  # (n, C), background dropped
+                if self.task == "obb":
+                    boxes = self.obb_coder.decode(cand, d, max_shape=size)
+                else:
+                    boxes = self.hbb_coder.decode(cand, d, max_shape=size)
+                results.append(self._nms(boxes, scores))
         return results
 
     def _nms(self, boxes: Tensor, scores: Tensor) -> dict[str, Tensor]:

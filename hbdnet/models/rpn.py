@@ -16,6 +16,7 @@ from hbdnet.boxes.nms import batched_nms_horizontal
 from hbdnet.models.anchors import AnchorGenerator, anchor_inside_flags
 from hbdnet.models.coders import MidpointOffsetCoder
 from hbdnet.models.matching import MaxIoUAssigner, RandomSampler, box_iou_xyxy
+from hbdnet.threads import one_cpu_thread
 
 Targets = list[dict[str, Tensor]]
 
@@ -86,7 +87,7 @@ class OrientedRPNHead(nn.Module):
         """Returns per-image proposals ``(n, 5)`` (``oc`` rows, best first) and, with targets, the losses."""
         logits, deltas = self.head(features)
         anchors = self.anchor_generator.grid_anchors([f.shape[-2:] for f in features], features[0].device)
-        with torch.no_grad():
+        with torch.no_grad(), one_cpu_thread(features[0].device):
             proposals = [boxes for boxes, _ in self.get_proposals(logits, deltas, anchors, image_sizes)]
         losses: dict[str, Tensor] = {}
         if targets is not None:

@@ -338,3 +338,28 @@ def test_cuda_matches_cpu():
     hbb = random_hbb(3000, 2000, seed=14).double()
     horizontal = nms_horizontal(hbb.cuda(), scores[:3000].cuda(), 0.5)
     assert torch.equal(horizontal.cpu(), nms_horizontal(hbb, scores[:3000], 0.5))
+
+
+def test_nms_runs_on_one_cpu_thread_and_restores_the_count(monkeypatch):
+    seen = []
+    for name in ("_greedy_nms", "_sweep_horizontal"):
+        inner = getattr(nms_module, name)
+
+        def spy(*args, inner=inner):
+            seen.append(torch.get_num_threads())
+            return inner(*args)
+
+        monkeypatch.setattr(nms_module, name, spy)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        boxes, scores = detections(30, 300, seed=19)
+        nms_rotated(boxes, scores, 0.4)
+        hbb = random_hbb(200, 300, seed=19)
+        nms_horizontal(hbb, torch.rand(200), 0.5)
+        monkeypatch.setattr(nms_module, "_SWEEP_MAX_BOXES", 0)
+        nms_horizontal(hbb, torch.rand(200), 0.5)
+        assert seen and set(seen) == {1}
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

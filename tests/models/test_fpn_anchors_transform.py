@@ -83,3 +83,18 @@ class TestTransform:
     def test_batch_tensor_input(self):
         batch, sizes = batch_images(torch.zeros(2, 3, 96, 100, dtype=torch.uint8))
         assert batch.shape == (2, 3, 96, 128) and sizes == [(96, 100)] * 2
+
+
+def test_anchors_are_cached_per_feature_map_sizes():
+    gen = AnchorGenerator()
+    sizes = [(32, 24), (16, 12), (8, 6), (4, 3), (2, 2)]
+    first = gen.grid_anchors(sizes, torch.device("cpu"))
+    again = gen.grid_anchors([torch.Size(s) for s in sizes], torch.device("cpu"))
+    assert all(a is b for a, b in zip(first, again, strict=True))
+    fresh = AnchorGenerator()._grid_anchors(sizes, torch.device("cpu"))
+    assert all(torch.equal(a, b) for a, b in zip(first, fresh, strict=True))
+    other = gen.grid_anchors([(16, 16), (8, 8), (4, 4), (2, 2), (1, 1)], torch.device("cpu"))
+    assert other[0].shape == (16 * 16 * 3, 4)
+    for k in range(40):  # the cache stays bounded
+        gen.grid_anchors([(k + 1, 1)] * 5, torch.device("cpu"))
+    assert len(gen._cache) <= 16
