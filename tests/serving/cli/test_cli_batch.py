@@ -242,7 +242,7 @@ DRIVER = textwrap.dedent("""
         return real_prepare(*args, **kwargs)
 
     batch.prepare_scene = slow_prepare
-    cli_batch.resolve_model = lambda arg, device: batch.model_ref(DetectorSpec("noop"))
+    cli_batch.resolve_model = lambda arg, device, precision="auto": batch.model_ref(DetectorSpec("noop"))
     from serving.cli.main import main
     sys.exit(main(["batch", *sys.argv[2:]]))
 """)
