@@ -194,8 +194,8 @@ def test_detect_and_batch_print_the_plan_and_an_estimate(tmp_path, capsys, monke
     from serving.engine.detectors import DetectorSpec
 
     noop = model_ref(DetectorSpec("noop"))
-    monkeypatch.setattr(detect_cli, "resolve_model", lambda arg, device="auto": noop)
-    monkeypatch.setattr(batch_cli, "resolve_model", lambda arg, device="auto": noop)
+    monkeypatch.setattr(detect_cli, "resolve_model", lambda arg, device="auto", precision="auto": noop)
+    monkeypatch.setattr(batch_cli, "resolve_model", lambda arg, device="auto", precision="auto": noop)
     tif = tmp_path / "big.tif"
     with rasterio.open(tif, "w", driver="GTiff", width=2200, height=1100, count=1, dtype="uint8",
                        crs="EPSG:32631", transform=Affine(0.5, 0, 500000, 0, -0.5, 5800000), tiled=True,
