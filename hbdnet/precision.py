@@ -98,5 +98,5 @@ def set_precision(model: nn.Module, dtype: torch.dtype, device_type: str) -> Non
 def model_precision(model: nn.Module) -> torch.dtype:
     """The dtype ``set_precision`` left ``model`` in (float32 when it was never called)."""
     detector = model if hasattr(model, "rpn_head") else model.local_detector
-    wrapper = detector.backbone.__dict__.get("forward")
+    wrapper = detector.neck.__dict__.get("forward")  # the FPN is in every detector's regions; the backbone not
     return wrapper.dtype if isinstance(wrapper, AutocastForward) else torch.float32

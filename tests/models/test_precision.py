@@ -48,6 +48,8 @@ def test_efficientnet_backbone_stays_float32(make_tiny_config):
     det = build_oriented_rcnn(make_tiny_config(backbone="efficientnet_lite0", pretrained=False))
     assert det.backbone not in autocast_regions(det)
     assert det.neck in autocast_regions(det)
+    set_precision(det, torch.bfloat16, "cpu")
+    assert model_precision(det) == torch.bfloat16  # what the detector reports, its backbone float32 or not
 
 
 def test_hbdnet_sets_every_detector(make_tiny_config):
