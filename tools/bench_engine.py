@@ -335,8 +335,8 @@ def main(argv: list[str] | None = None) -> None:
                   f"{'finished' if r['finished'] else f'stopped after {args.light_seconds:.0f} s'} ({done})",
                   flush=True)
 
+    vs_sahi = max((rss[s] / sahi_rss[s] for s in sahi_rss), default=math.nan)
     if args.memory_only:
-        vs_sahi = max((rss[s] / sahi_rss[s] for s in sahi_rss), default=math.nan)
         print(f"benchmark took {time.perf_counter() - t_bench:.0f} s; load average {os.getloadavg()}", flush=True)
         print(f"rss_ratio_16k_8k={ratio_16k_8k:.3f} rss_16k_light_mb={light_mb:.0f} rss_vs_sahi_max={vs_sahi:.2f}")
         return
@@ -370,7 +370,6 @@ def main(argv: list[str] | None = None) -> None:
         print(f"merge: serving.testing.simulate.time_merge not available ({exc})", flush=True)
 
     print(f"benchmark took {time.perf_counter() - t_bench:.0f} s; load average {os.getloadavg()}", flush=True)
-    vs_sahi = max((rss[s] / sahi_rss[s] for s in sahi_rss), default=math.nan)
     print(f"rss_ratio_16k_8k={ratio_16k_8k:.3f} rss_16k_light_mb={light_mb:.0f} "
           f"pipeline_ratio={pipeline_ratio:.3f} merge_s={merge_s:.2f} rss_vs_sahi_max={vs_sahi:.2f}")
 

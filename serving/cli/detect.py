@@ -258,9 +258,9 @@ def run(args: argparse.Namespace) -> int:
         bar.close()
     for note in outcome.notes:
         print(f"hbdnet detect: warning: {note}", file=sys.stderr)
-    print(f"{outcome.detections} bridge{'' if outcome.detections == 1 else 's'} found in {outcome.windows} window{'' if outcome.windows == 1 else 's'}, "
-          f"{outcome.seconds:.1f} s "
-          f"-> {outcome.output}")
+    bridges = f"{outcome.detections} bridge{'' if outcome.detections == 1 else 's'}"
+    windows = f"{outcome.windows} window{'' if outcome.windows == 1 else 's'}"
+    print(f"{bridges} found in {windows}, {outcome.seconds:.1f} s -> {outcome.output}")
     return 0
 
 

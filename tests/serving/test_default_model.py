@@ -47,7 +47,8 @@ def default_threshold() -> float:
     return float(meta["score_thr"])
 
 
-def on_axis(boxes: np.ndarray, truth: tuple[float, ...], angle_tol: float = 10.0, length_tol: float = 0.35) -> np.ndarray:
+def on_axis(boxes: np.ndarray, truth: tuple[float, ...], angle_tol: float = 10.0,
+            length_tol: float = 0.35) -> np.ndarray:
     """Which ``(N, 5)`` boxes lie along the ``truth`` bridge: direction within ``angle_tol`` degrees, length
     within ``length_tol`` of its length, centre within a tenth of its length. Not an IoU: the light
     model's box on the 3.7 m wide footbridge is several times too wide (MODEL_CARD.md)."""
