@@ -5,9 +5,10 @@ stretch, GDAL cache) and a short run of plan windows of one level and one row. E
 scene itself, keeps it open across tasks, reads its windows and runs batched inference. The same
 ``WindowWorker`` class does this in-process (``workers=0``) and inside every Ray actor. In process,
 an exact pyramid is read instead in one pass over the scene (``PoolConfig.one_pass``,
-``serving.engine.pass_worker``: every level from one decode, the same pixels); Ray actors read
-window by window, or with ``PoolConfig.ray_one_pass`` each scene in one pass on one actor, its
-results streamed back (pixels still go only from the actor's reader to its detector).
+``serving.engine.pass_worker``: every level from one decode, the same pixels). A Ray pool of one
+actor (one GPU) does the same, each scene in one pass on its actor, its results streamed back (pixels
+still go only from the actor's reader to its detector); several actors read window by window, so that
+one scene keeps them all busy (``PoolConfig.ray_one_pass`` chooses).
 
 Where the windows run (``make_pool``): in this process, with read-ahead threads, unless Ray pays for
 itself: when the detector can use GPUs and this machine has some, when ``workers`` asks for actors,
@@ -115,9 +116,12 @@ class PoolConfig:
     # Coarse levels of a one-pass read held in memory up to this; the rest in temporary files (TMPDIR).
     pass_buffer_bytes: int = DEFAULT_BUFFER_BYTES
     # Ray actors read exact pyramids in one pass too: each scene on one actor (scenes of a batch spread
-    # over the actors), its results streamed back batch by batch. A worker that dies fails its scene
-    # (no retry of part of a pass). Off by default: one scene then runs on one actor only.
-    ray_one_pass: bool = False
+    # over the actors), its results streamed back batch by batch; a worker that dies is restarted and
+    # the pass runs again over the windows not yet back (``max_attempts`` passes in all). None: in one
+    # pass when the pool has a single actor (one GPU, or ``workers=1``), which gains nothing from
+    # spreading a scene's windows and would decode the scene 6-7 times over; window by window with
+    # several actors, so that one scene keeps them all busy.
+    ray_one_pass: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -337,6 +341,7 @@ class _SceneState:
         self.run = PoolRun([])
         self.done = 0  # windows
         self.error: Exception | None = None
+        self.passes = 0  # one-pass reads started (``RayPool``)
 
     @property
     def finished(self) -> bool:
@@ -358,6 +363,16 @@ class _SceneState:
         self.done += windows
         if self.job.progress is not None:
             self.job.progress(self.done, len(self.job.items))
+
+    def start_pass(self) -> tuple[ReadItem, ...]:
+        """The windows for the scene's next one-pass read: those not back yet. A pass after a lost one
+        meets the empty windows again, so they are counted again (progress may step back by them)."""
+        self.passes += 1
+        if self.passes == 1:
+            return tuple(self.job.items)
+        self.run.skipped = 0
+        self.done = len(self.results)
+        return tuple(it for it in self.job.items if it.index not in self.results)
 
     def fail(self, exc: Exception) -> None:
         if self.error is None:
@@ -473,6 +488,7 @@ class RayPool:
         retries = max(0, config.max_attempts - 1)
         self._actor_class = ray.remote(**options, max_restarts=retries, max_task_retries=retries)(WindowWorker)
         self.actors = [self._new_actor() for _ in range(n)]
+        self.one_pass = config.ray_one_pass if config.ray_one_pass is not None else n == 1
         # Wait for the actors to be up, so that start-up time is not counted as streaming time, and so
         # that asking for more workers than the cluster can place fails here instead of hanging.
         try:
@@ -529,7 +545,7 @@ class RayPool:
                     break
                 slot = load.index(0)
                 stream = self.actors[slot].run_pass.options(num_returns="streaming", max_task_retries=0).remote(
-                    scene.job.spec, tuple(scene.job.items), cfg.pass_buffer_bytes)
+                    scene.job.spec, scene.start_pass(), cfg.pass_buffer_bytes)
                 streams[stream] = (slot, scene)
                 load[slot] += max(1, cfg.tasks_in_flight)
                 scene.outstanding += 1
@@ -553,7 +569,7 @@ class RayPool:
             ready, _ = ray.wait([*in_flight, *streams], num_returns=1)
             for ref in ready:
                 if ref in streams:
-                    self._stream_step(ref, streams, load)
+                    self._stream_step(ref, streams, load, to_stream)
                     continue
                 slot, scene, task = in_flight.pop(ref)
                 load[slot] -= 1
@@ -570,9 +586,12 @@ class RayPool:
                 if scene.error is None and not scene.cancelled():
                     scene.add(res, len(task.items))
 
-    def _stream_step(self, stream, streams: dict, load: list[int]) -> None:
-        """Take the next result of a scene's one-pass stream (``run_pass``), or its end or error."""
+    def _stream_step(self, stream, streams: dict, load: list[int], to_stream: list[_SceneState]) -> None:
+        """Take the next result of a scene's one-pass stream (``run_pass``), or its end or error. A pass
+        whose actor died goes back to ``to_stream`` (Ray restarts the actor), for the windows not yet
+        back, until ``max_attempts`` passes have run."""
         import ray
+        from ray.exceptions import RayActorError
 
         slot, scene = streams[stream]
 
@@ -586,9 +605,12 @@ class RayPool:
         except StopIteration:
             end()
             return
-        except Exception as exc:  # the pass raised, or its worker died: its scene fails
+        except Exception as exc:  # the pass raised (its scene fails), or its worker died
             end()
-            scene.fail(exc)
+            if isinstance(exc, RayActorError) and scene.passes < self.config.max_attempts and not scene.cancelled():
+                to_stream.append(scene)
+            else:
+                scene.fail(exc)
             return
         if scene.error is None and not scene.cancelled():
             scene.add(res, windows)
@@ -634,12 +656,24 @@ def make_pool(detector_spec: DetectorSpec, config: PoolConfig) -> InProcessPool 
 
 def reads_in_one_pass(pool: InProcessPool | RayPool | tuple[DetectorSpec, PoolConfig], resampling: str) -> bool:
     """Whether ``pool`` (or the one ``make_pool`` gives for ``(detector_spec, config)``) reads a scene's
-    exact pyramid in one pass (``serving.engine.pass_worker``), finding its empty windows itself."""
+    exact pyramid in one pass (``serving.engine.pass_worker``), finding its empty windows itself.
+
+    Before the pool exists its actor count is known only on this machine: a pool joining a cluster
+    (``ray_address``) with ``ray_one_pass=None`` is assumed to read window by window (the plan then
+    scans for empty windows, which a pass would also find: correct either way)."""
     if resampling != "exact":
         return False
-    if isinstance(pool, tuple):
-        return pool[1].one_pass if runs_in_process(*pool) else pool[1].ray_one_pass
-    return pool.config.one_pass if isinstance(pool, InProcessPool) else pool.config.ray_one_pass
+    if isinstance(pool, InProcessPool):
+        return pool.config.one_pass
+    if isinstance(pool, RayPool):
+        return pool.one_pass
+    spec, config = pool
+    if runs_in_process(spec, config):
+        return config.one_pass
+    if config.ray_one_pass is not None:
+        return config.ray_one_pass
+    actors = config.workers or (None if config.ray_address is not None else max(1, local_gpus(spec)))
+    return actors == 1
 
 
 def local_gpus(detector_spec: DetectorSpec) -> int:

@@ -68,3 +68,44 @@ def test_cancel_stops_the_stream_and_a_bad_scene_fails_alone(pool, geotiff, tmp_
         [SceneJob(broken, plan.items, key="bad"), SceneJob(plan.spec, plan.items, key="good")]))
     assert isinstance(results["bad"], Exception) and "gone.tif" in str(results["bad"])
     assert len(results["good"].detections) == len(plan.items)
+
+
+def test_a_lone_actor_reads_in_one_pass_and_several_read_window_by_window(pool):
+    spec = DetectorSpec("noop")
+    assert pool.config.ray_one_pass and pool.one_pass  # asked for
+    assert reads_in_one_pass((spec, PoolConfig(workers=1)), "exact")
+    assert not reads_in_one_pass((spec, PoolConfig(workers=2)), "exact")
+    assert not reads_in_one_pass((spec, PoolConfig(workers=2)), "overview")
+    assert reads_in_one_pass((spec, PoolConfig(workers=2, ray_one_pass=True)), "exact")
+    # joining a cluster: its actors are not known before it is joined, so the plan scans for empty windows
+    assert not reads_in_one_pass((spec, PoolConfig(ray_address="ray://elsewhere:10001")), "exact")
+
+
+def test_a_pass_whose_actor_dies_runs_again_for_the_windows_not_back(ray_runtime, truth, geotiff):
+    """The default one-actor pool reads in one pass; SIGKILL of its actor mid-pass (as the OOM killer
+    does) restarts it and a second pass delivers the rest: the same results as an undisturbed run."""
+    import os
+    import signal
+
+    data = texture(3, 1000, 1200, 3)
+    data[:, :, :500] = 0  # empty windows, skipped by both passes and counted once
+    path = str(geotiff("killed.tif", data, nodata=0))
+    plan = plan_scene(open_scene(path), window=WINDOW, overlap=OVERLAP, coverage_scan=False)
+    with InProcessPool(DetectorSpec("perfect", ground_truth=truth), PoolConfig(workers=0)) as local:
+        want = local.run(plan.spec, plan.items)
+    killed: list[int] = []
+    with RayPool(DetectorSpec("perfect", ground_truth=truth), PoolConfig(workers=1, batch_size=1)) as lone:
+        assert lone.one_pass and reads_in_one_pass(lone, "exact")
+        pid = lone.worker_pids()[0]
+
+        def kill_once(done: int, total: int) -> None:
+            if not killed and done >= 3:
+                killed.append(pid)
+                os.kill(pid, signal.SIGKILL)
+
+        got = lone.run(plan.spec, plan.items, progress=kill_once)
+        assert killed and lone.worker_pids()[0] != pid  # restarted
+    assert [d.window for d in got.detections] == [d.window for d in want.detections]
+    for a, b in zip(got.detections, want.detections):
+        np.testing.assert_array_equal(a.boxes, b.boxes)
+    assert got.skipped == want.skipped > 0
