@@ -57,6 +57,6 @@ def run(args: argparse.Namespace) -> int:
         n = len(window_starts(lv.height, args.window, args.overlap)) * len(
             window_starts(lv.width, args.window, args.overlap))
         total += n
-        print(f"level {lv.index}: 1/{lv.scale} -> {lv.height} x {lv.width} px, {n:,} windows")
+        print(f"level {lv.index}: 1/{lv.scale} -> {lv.height} x {lv.width} px, {n:,} window{'' if n == 1 else 's'}")
     print(f"total windows: {total:,}")
     return 0

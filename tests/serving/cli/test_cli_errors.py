@@ -33,7 +33,7 @@ def one_line(capsys, command: str) -> str:
 def test_plan_through_main(capsys):
     assert main(["plan", "3000x5000"]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("scene 3000 x 5000 px") and "level 3: 1/8 -> 375 x 625 px, 1 windows" in out
+    assert out.startswith("scene 3000 x 5000 px") and "level 3: 1/8 -> 375 x 625 px, 1 window" in out
     assert out.strip().endswith("total windows: 33")
     # A scene whose window list would not fit in memory is counted, not listed.
     assert main(["plan", "200000", "--window", "32", "--overlap", "31"]) == 0
