@@ -4,10 +4,14 @@
 
 1. Writes synthetic RGB GeoTIFFs (tiled 512, DEFLATE + predictor) of each size into ``--cache-dir``
    (kept between runs unless ``--fresh``).
-2. Runs ``detect_scene`` on each with the no-op detector and Ray workers, each scene in a fresh
-   subprocess (``--one``), and samples every ~50 ms the summed RSS of that subprocess's whole process
-   tree (the driver, and Ray's gcs_server, raylet, agents and workers, which are its descendants).
-   Requirement: the 16384 px peak is at most 1.1 x the 8192 px peak. With ``--sahi-python`` (the
+2. Runs ``detect_scene`` on each with the no-op detector and the default workers (in process on a
+   machine without a GPU; ``--workers N``: N Ray actors), each scene in a fresh subprocess
+   (``--one``), and samples every ~50 ms the summed RSS of that subprocess's whole process tree (the
+   driver, and Ray's gcs_server, raylet, agents and workers where Ray runs, which are its descendants).
+   The 16384/8192 px peak ratio is printed against the per-window engine's requirement (<= 1.1); the
+   one-pass read (issue 11) does not meet it by design: it holds a row of windows and a few block rows
+   across the scene's whole width, so its peak grows with the width (about 230 MB at 8192 px, 310 MB
+   at 16384, 510 MB at 4096 x 65536), not with the area. With ``--sahi-python`` (the
    Python of a separate environment with ``sahi==0.12.8``, which needs other versions of our
    dependencies), SAHI's ``get_sliced_prediction`` (1024 px slices, 0.2 overlap, a model that
    finds nothing) runs on the same scene right after, measured the same way; target: our default
@@ -321,7 +325,8 @@ def main(argv: list[str] | None = None) -> None:
                   f"wall {sahi['wall']:.1f} s; ours / SAHI = {r['peak_mb'] / sahi['peak_mb']:.2f} (target < 1)",
                   flush=True)
     ratio_16k_8k = rss[16384] / rss[8192] if 16384 in rss and 8192 in rss else math.nan
-    print(f"rss ratio 16384/8192 = {ratio_16k_8k:.3f} (requirement <= 1.1)", flush=True)
+    print(f"rss ratio 16384/8192 = {ratio_16k_8k:.3f} (the per-window engine's requirement <= 1.1; "
+          "the one-pass read's peak grows with the scene's width)", flush=True)
 
     light_mb = math.nan
     if not args.no_light:
