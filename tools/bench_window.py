@@ -32,8 +32,8 @@ detections agree (each mmrotate detection matched to hbdnet's by rotated IoU; sc
 differences), a per-stage table (median over repeats, ms), the end-to-end times (best and median),
 the ratio of the best times, and last ``window_ratio_hbdnet_over_mmrotate=<x>`` (median over median;
 <= 1 means hbdnet is at least as fast). On a machine shared with other work the two disagree: the
-best times are those of the moments when the machine was free. The two sides run different torch builds (their environments'); the first lines
-say which.
+best times are those of the moments when the machine was free. The two sides run different torch
+builds (their environments'); the first lines say which.
 """
 
 from __future__ import annotations

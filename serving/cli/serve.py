@@ -85,7 +85,8 @@ def run(args: argparse.Namespace) -> int:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise CliError(f"cannot create the data folder {settings.data_dir}: {exc.strerror or exc}") from exc
-    model = resolve_model(args.model, args.device, args.precision)  # a bad --model fails here, before the server listens
+    # A bad --model fails here, before the server listens.
+    model = resolve_model(args.model, args.device, args.precision)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = create_app(settings, JobService(settings, model))
     uvicorn.run(app, host=args.host, port=args.port, log_level="info", timeout_graceful_shutdown=30)

@@ -213,9 +213,10 @@ def detect_scene(
     """Detect bridges in the scene at ``uri`` (path, /vsicurl/ or http(s) URL, s3:// URL).
 
     ``workers``: None = what pays here (``make_pool``): one Ray actor per GPU, or this process on a
-    machine without one; 0 = in this process; n = n Ray actors. ``ray_address`` joins an existing Ray cluster. ``pool`` reuses workers that the
-    caller owns (a batch of scenes); it is not closed here, and ``workers``, ``ray_address`` and
-    ``batch_size`` are then the pool's. ``progress(done, total)`` is called as windows complete.
+    machine without one; 0 = in this process; n = n Ray actors. ``ray_address`` joins an existing Ray
+    cluster. ``pool`` reuses workers that the caller owns (a batch of scenes); it is not closed here,
+    and ``workers``, ``ray_address`` and ``batch_size`` are then the pool's. ``progress(done, total)``
+    is called as windows complete.
     """
     t_start = time.perf_counter()
     info = open_scene(uri)  # a missing or unreadable scene fails here, before any worker starts,
