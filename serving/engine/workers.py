@@ -123,6 +123,10 @@ class PoolConfig:
     # several actors, so that one scene keeps them all busy.
     ray_one_pass: bool | None = None
 
+    def ray_reads_in_one_pass(self, actors: int | None) -> bool:
+        """Whether a Ray pool of ``actors`` (None: not known) reads each scene in one pass."""
+        return self.ray_one_pass if self.ray_one_pass is not None else actors == 1
+
 
 @dataclass(frozen=True)
 class WindowTask:
@@ -488,7 +492,7 @@ class RayPool:
         retries = max(0, config.max_attempts - 1)
         self._actor_class = ray.remote(**options, max_restarts=retries, max_task_retries=retries)(WindowWorker)
         self.actors = [self._new_actor() for _ in range(n)]
-        self.one_pass = config.ray_one_pass if config.ray_one_pass is not None else n == 1
+        self.one_pass = config.ray_reads_in_one_pass(n)
         # Wait for the actors to be up, so that start-up time is not counted as streaming time, and so
         # that asking for more workers than the cluster can place fails here instead of hanging.
         try:
@@ -670,10 +674,8 @@ def reads_in_one_pass(pool: InProcessPool | RayPool | tuple[DetectorSpec, PoolCo
     spec, config = pool
     if runs_in_process(spec, config):
         return config.one_pass
-    if config.ray_one_pass is not None:
-        return config.ray_one_pass
     actors = config.workers or (None if config.ray_address is not None else max(1, local_gpus(spec)))
-    return actors == 1
+    return config.ray_reads_in_one_pass(actors)
 
 
 def local_gpus(detector_spec: DetectorSpec) -> int:
