@@ -114,6 +114,10 @@ def release_free_heap() -> None:
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
+    """``auto`` -> ``cuda`` when this process sees a GPU, else ``cpu``; ``ValueError`` for CUDA asked
+    for where there is none."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("CUDA was asked for but torch sees no GPU (use --device cpu)")

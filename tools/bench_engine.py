@@ -113,10 +113,11 @@ def ensure_light_model(cache_dir: Path, given: str | None) -> tuple[str | None, 
 # --- one engine run in this process (the subprocess side) ------------------------------------------
 
 def run_one(scene: str, detector: str, model: str | None, workers: int | None) -> None:
-    from serving.engine.detectors import DetectorSpec
-    from serving.engine.pipeline import detect_scene
 
-    spec = DetectorSpec("noop") if detector == "noop" else DetectorSpec("model", path=model, device="cpu")
+    from serving.engine.detectors import ModelSpec, NoopSpec
+    from serving.testing.engine_runs import detect_file as detect_scene
+
+    spec = NoopSpec() if detector == "noop" else ModelSpec(path=model, device="cpu")
     t = time.perf_counter()
 
     def progress(done: int, total: int) -> None:
@@ -264,11 +265,12 @@ def read_only_seconds(scene: Path) -> float:
 
 
 def in_process_engine_seconds(scene: Path) -> float:
-    from serving.engine.detectors import DetectorSpec
-    from serving.engine.pipeline import detect_scene
+
+    from serving.engine.detectors import NoopSpec
+    from serving.testing.engine_runs import detect_file as detect_scene
 
     t = time.perf_counter()
-    detect_scene(str(scene), DetectorSpec("noop"), workers=0)
+    detect_scene(str(scene), NoopSpec(), workers=0)
     return time.perf_counter() - t
 
 

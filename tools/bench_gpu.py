@@ -35,6 +35,8 @@ import sys
 import time
 from pathlib import Path
 
+from serving.engine.detectors import ModelSpec
+
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as a script from a checkout
     sys.path.insert(0, str(REPO))
@@ -108,9 +110,8 @@ def main(argv: list[str] | None = None) -> None:
 
     import torch
 
-    from serving.engine.detectors import DetectorSpec
-    from serving.engine.pipeline import detect_scene
-    from serving.engine.workers import PoolConfig, make_pool
+    from serving.engine.pools import PoolConfig, make_pool
+    from serving.testing.engine_runs import detect_file as detect_scene
 
     on_gpu = args.device.startswith("cuda")
     if on_gpu and not torch.cuda.is_available():
@@ -133,7 +134,7 @@ def main(argv: list[str] | None = None) -> None:
         note = f"faithful R50 ({R50_CONFIG.name}), random weights, {args.roi_pass:.0%} of RoIs above threshold"
     print(f"model: {model} ({note})", flush=True)
 
-    spec = DetectorSpec("model", path=model, device=args.device, precision=args.precision)
+    spec = ModelSpec(path=model, device=args.device, precision=args.precision)
     t = time.perf_counter()
     with make_pool(spec, PoolConfig(workers=0, batch_size=args.batch_size)) as pool:
         worker = pool._worker

@@ -32,6 +32,8 @@ import sys
 import time
 from pathlib import Path
 
+from serving.engine.detectors import NoopSpec
+
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as a script from a checkout
     sys.path.insert(0, str(REPO))
@@ -80,10 +82,10 @@ def run_current(path: str) -> int:
 
 
 def run_engine(path: str) -> int:
-    from serving.engine.detectors import DetectorSpec
-    from serving.engine.pipeline import detect_scene
 
-    return detect_scene(path, DetectorSpec("noop"), workers=0).windows
+    from serving.testing.engine_runs import detect_file as detect_scene
+
+    return detect_scene(path, NoopSpec(), workers=0).windows
 
 
 MODES = {

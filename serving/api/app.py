@@ -24,7 +24,7 @@ def create_app(settings: Settings, service: JobService | None = None) -> FastAPI
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         svc = service
         if svc is None:
-            from serving.cli.detect import resolve_model
+            from serving.model_ref import resolve_model
 
             svc = JobService(settings, resolve_model(settings.model, settings.device, settings.precision))
         svc.start()

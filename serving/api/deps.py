@@ -13,6 +13,7 @@ from serving.api.models import Link, StatusInfo, WindowProgress
 from serving.api.service import JobService
 from serving.api.settings import API_KEY_HEADER, Settings
 from serving.api.store import JobRecord
+from serving.outputs.geo_output import OUTPUT_FORMATS
 
 _api_key_header = APIKeyHeader(name=API_KEY_HEADER, auto_error=False,
                                description="the server's API key, when it was started with one")
@@ -60,7 +61,7 @@ def status_info(job: JobRecord, request: Request) -> StatusInfo:
         fmt = job.options.get("format", "geojson")
         links.append(Link(href=f"{base}/jobs/{job.id}/results", rel="http://www.opengis.net/def/rel/ogc/1.0/results",
                           type=MEDIA_TYPES[fmt], title=f"the bridges ({fmt})"))
-        for f in ("geojson", "gpkg", "fgb"):
+        for f in OUTPUT_FORMATS:
             links.append(Link(href=f"{base}/jobs/{job.id}/results?f={f}", rel="alternate", type=MEDIA_TYPES[f],
                               title=f"the bridges as {f}"))
     total, done = job.windows_total, job.windows_done

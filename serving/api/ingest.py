@@ -20,8 +20,8 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
 from serving.api.errors import ApiError
-from serving.engine.reader import select_bands
-from serving.engine.scene import SceneError, SceneInfo, check_scene_size, gdal_path, open_scene
+from serving.detect import DetectOptions
+from serving.engine.scene import SceneError, SceneInfo, gdal_path, open_scene
 
 DRIVERS = ["GTiff", "COG", "PNG", "JPEG", "JP2OpenJPEG"]
 CHUNK = 1 << 20  # bytes written per disk write
@@ -202,8 +202,7 @@ def check_scene(uri: str, *, bands: list[int] | None, fmt: str, max_pixels: int,
     try:
         driver = _driver(path)
         info = open_scene(uri)
-        select_bands(info, bands)
-        check_scene_size(info, max_pixels)
+        DetectOptions(bands=tuple(bands) if bands else None, max_pixels=max_pixels).check(info)
         if fmt == "geojson" and info.crs is None:
             raise SceneError(f"the {driver} scene has no CRS, and GeoJSON is WGS84 longitude/latitude: ask for "
                              "format gpkg or fgb to get pixel coordinates")

@@ -14,9 +14,10 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from serving.outputs.geo_output import OutputFormat
+
 PROCESS_ID = "detect-bridges"
 JobStatus = Literal["accepted", "running", "successful", "failed", "dismissed"]
-OutputFormat = Literal["geojson", "gpkg", "fgb"]
 MEDIA_TYPES: dict[str, str] = {
     "geojson": "application/geo+json",
     "gpkg": "application/geopackage+sqlite3",

@@ -2,10 +2,9 @@
 
 The model is loaded once when the service starts (``make_pool``: the engine's Ray actors, or the
 in-process pool with ``workers=0``) and the pool stays up between jobs. A dispatcher thread takes
-accepted jobs oldest first and runs each through the pool with the batch code's steps
-(``open_for_output`` plans the scene, ``pool.run`` streams its windows with a progress callback and
-a cancel hook, ``finish_scene`` merges, ``write_detections`` writes), so the HTTP side only reads
-records and never waits for a job.
+accepted jobs oldest first and runs each through the pool on the one scene path of ``hbdnet detect``
+(``serving.detect.detect`` with a progress callback and a cancel hook, then ``write``), so the HTTP
+side only reads records and never waits for a job.
 
 Restart. Every accepted job is a committed row before its 202 is sent. At start, jobs found
 ``running`` (the server was killed while they ran) are queued again and run from the start, once:
@@ -13,7 +12,7 @@ a job interrupted a second time is failed with the reason "interrupted". Queued 
 results on disk are served as before.
 
 Cancel. ``dismiss`` marks the job dismissed at once; a queued job then never starts, and a running
-one stops at the pool's next check (no further window is dispatched; see ``serving.engine.workers``),
+one stops at the pool's next check (no further window is dispatched; see ``serving.engine.pools``),
 after which its folder is deleted. A job that runs past ``job_timeout_s`` is stopped the same way and
 failed with the reason.
 """
@@ -33,15 +32,15 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from serving.api.settings import Settings
 from serving.api.store import FINAL, JobRecord, JobStore, SqliteJobStore, now
-from serving.batch.runner import DetectOptions, ModelRef, open_for_output, plan_notes
-from serving.engine.pipeline import finish_scene
+from serving.detect import DetectOptions, PreparedScene, detect, write
+from serving.engine.pools import InProcessPool, PoolConfig, RayPool, make_pool
 from serving.engine.scene import SceneError
-from serving.engine.workers import Cancelled, InProcessPool, PoolConfig, RayPool, make_pool
-from serving.outputs.geo_output import OutputError, write_detections
+from serving.engine.tasks import Cancelled
+from serving.model_ref import ModelRef
+from serving.outputs.geo_output import OUTPUT_FORMATS, OutputError
 
 log = logging.getLogger("hbdnet.serve")
 
-FORMATS = ("geojson", "gpkg", "fgb")
 INPUT_NAME = "input"
 RESULT_STEM = "bridges"
 INTERRUPTED = ("interrupted: the server stopped twice while this job ran; submit it again, and tell the "
@@ -137,7 +136,7 @@ class JobService:
         return self.job_dir(job_id) / INPUT_NAME
 
     def result_path(self, job_id: str, fmt: str) -> Path:
-        if fmt not in (*FORMATS, "qml"):
+        if fmt not in (*OUTPUT_FORMATS, "qml"):
             raise ValueError(fmt)
         return self.job_dir(job_id) / f"{RESULT_STEM}.{fmt}"
 
@@ -219,9 +218,9 @@ class JobService:
         folder = self.job_dir(job.id)
         uri = str(self.input_path(job.id)) if job.source == "upload" else job.source
         label = opts.get("filename") or job.source
-        options = DetectOptions(score_thr=self.model.score_threshold(opts.get("score_threshold")),
+        options = DetectOptions(score_thr=opts.get("score_threshold"),
                                 bands=tuple(opts["bands"]) if opts.get("bands") else None,
-                                **_max_pixels(self.settings.max_pixels))
+                                max_pixels=self.settings.max_pixels)
         fmt = opts.get("format", "geojson")
         t0 = time.perf_counter()
         deadline = time.monotonic() + self.settings.job_timeout_s
@@ -246,25 +245,18 @@ class JobService:
                 last["saved"] = t
                 self.store.update(job.id, windows_done=done, windows_total=total)
 
+        outputs = [self.result_path(job.id, fmt)]  # the format asked for is checked against the scene first
+
+        def on_plan(prepared: PreparedScene) -> None:
+            self.store.update(job.id, windows_total=len(prepared.plan.items), notes=prepared.notes)
+
         try:
             folder.mkdir(parents=True, exist_ok=True)
-            prepared = open_for_output(uri, self.result_path(job.id, fmt), self.model, options)
-            notes = plan_notes(prepared)
-            self.store.update(job.id, windows_total=len(prepared.plan.items), notes=notes)
-            t_run = time.perf_counter()
-            run = self.pool.run(prepared.plan.spec, prepared.plan.items, progress, cancel=cancel)  # type: ignore[union-attr]
-            stream_s = time.perf_counter() - t_run
-            result = finish_scene(prepared, run, options.merge_config)
-            keep = result.scores >= options.score_thr
-            written = []
-            for f in FORMATS:
-                if f == "geojson" and result.scene.crs is None:
-                    continue  # GeoJSON is WGS84; a scene without CRS has gpkg and fgb only
-                write_detections(self.result_path(job.id, f), result.boxes[keep], result.scores[keep],
-                                 result.labels[keep], result.levels[keep], transform=result.scene.transform,
-                                 crs=result.scene.crs, scene=label, model=self.model.label,
-                                 class_names=self.model.class_names)
-                written.append(f)
+            result = detect(uri, self.model, options, outputs=outputs, pool=self.pool, progress=progress,
+                            cancel=cancel, on_plan=on_plan)
+            # Every format is written; GeoJSON is WGS84, so a scene without CRS has gpkg and fgb only.
+            formats = [f for f in OUTPUT_FORMATS if f != "geojson" or result.scene.crs is not None]
+            notes = write(result, [self.result_path(job.id, f) for f in formats], self.model, scene_label=label)
         except Cancelled:
             self._stopped(job, timed_out.is_set(), last["done"])
             return
@@ -277,15 +269,16 @@ class JobService:
                                         f"{_user_line(exc, uri, str(folder), label)}")
             return
         total_s = time.perf_counter() - t0
-        timings = {k: round(v, 3) for k, v in result.timings.items() if k in ("open", "plan", "merge", "read", "detect")}
-        timings.update(queued=round(queued_s, 3), stream=round(stream_s, 3), run=round(total_s, 3))
+        timings = {k: round(v, 3) for k, v in result.timings.items()
+                   if k in ("open", "plan", "merge", "read", "detect", "stream")}
+        timings.update(queued=round(queued_s, 3), run=round(total_s, 3))
         with self._lock:
             current = self.store.get(job.id)
             if current is None or current.status == "dismissed":
                 shutil.rmtree(folder, ignore_errors=True)
                 return
-            self.store.update(job.id, status="successful", finished=now(), windows_done=len(prepared.plan.items),
-                              detections=int(keep.sum()), timings=timings, message=None)
+            self.store.update(job.id, status="successful", finished=now(), windows_done=current.windows_total,
+                              detections=len(result.scores), timings=timings, notes=notes, message=None)
         self.metrics.job_seconds.observe(total_s)
         self.input_path(job.id).unlink(missing_ok=True)  # the results are what is kept
 
@@ -308,13 +301,6 @@ class JobService:
             current = self.store.get(job_id)
             if current is not None and current.status not in FINAL:
                 self.store.update(job_id, status="failed", finished=now(), message=message)
-
-
-def _max_pixels(n: int) -> dict[str, int]:
-    """``DetectOptions(max_pixels=)`` where this version of the batch code has it."""
-    import dataclasses
-
-    return {"max_pixels": n} if "max_pixels" in {f.name for f in dataclasses.fields(DetectOptions)} else {}
 
 
 def _user_line(exc: BaseException, uri: str, folder: str, label: str) -> str:

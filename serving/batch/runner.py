@@ -36,263 +36,39 @@ interleaving or on the number of workers.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import os
 import time
-import warnings
-from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any
 
-import numpy as np
-
-from serving.engine.detectors import DetectorSpec
-from serving.engine.pipeline import (PreparedScene, RunEstimate, finish_scene, plan_beside_workers, plan_summary,
-                                     prepare_scene)
-from serving.outputs.geo_output import OutputError, check_output_path, write_detections
 from serving.batch.inputs import SceneInput, short_hash
-from serving.merge.config import MergeConfig
-from serving.engine.reader import PyramidResampling, empty_windows_notice, select_bands
-from serving.engine.scene import (DEFAULT_MAX_PIXELS, SceneError, SceneInfo, check_scene_size, open_scene,
-                                  scene_reference)
-from serving.engine.workers import (InProcessPool, PoolConfig, PoolRun, Progress, RayPool, SceneJob, make_pool,
-                                    reads_in_one_pass)
+from serving.detect import (
+    DetectOptions,
+    PreparedScene,
+    SceneRequest,
+    detect_many,
+    write,
+)
+from serving.engine.pools import InProcessPool, PoolConfig, RayPool, make_pool
+from serving.engine.scene import SceneError
+from serving.model_ref import ModelRef
+from serving.outputs.geo_output import (
+    OUTPUT_FORMATS,
+    OutputError,
+    OutputFormat,
+    fsync_path,
+)
+from serving.reporting import RunEstimate, plan_summary
 
 MANIFEST_NAME = "manifest.jsonl"
-OutputFormat = Literal["gpkg", "geojson", "fgb"]
-OUTPUT_FORMATS: tuple[str, ...] = ("gpkg", "geojson", "fgb")
 Log = Callable[[str], None]
-T = TypeVar("T")
 
 
 class BatchError(Exception):
     """The batch cannot start (output folder, manifest in use); the message is one line."""
-
-
-@dataclass(frozen=True)
-class ModelRef:
-    """The detector to run and how outputs and the manifest name it.
-
-    ``sha256`` identifies the weights (of the checkpoint file for ``kind="model"``); ``window`` and
-    ``overlap`` are the pyramid the model was built for; ``class_names`` index its labels;
-    ``score_thr`` is the operating point stored with the model (None: none was chosen).
-    """
-
-    name: str
-    sha256: str
-    spec: DetectorSpec
-    class_names: tuple[str, ...] = ("bridge",)
-    window: int = 1024
-    overlap: int = 200
-    score_thr: float | None = None
-
-    def score_threshold(self, given: float | None) -> float:
-        """The threshold a run uses: ``given``, else the model's stored operating point, else 0."""
-        if given is not None:
-            return given
-        return self.score_thr if self.score_thr is not None else 0.0
-
-    @property
-    def label(self) -> str:
-        """What the ``model`` attribute of every output feature says."""
-        return f"{self.name}@{self.sha256[:12]}"
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def model_ref(spec: DetectorSpec, name: str | None = None) -> ModelRef:
-    """Describe ``spec``: for a checkpoint, its hash, classes and pyramid; for test doubles, their inputs.
-
-    Raises ``hbdnet.checkpoint.CheckpointError`` for a file that is not an hbdnet checkpoint (checked
-    here, in this process, so that a bad file is one clear error before any worker starts).
-    """
-    if spec.kind == "model":
-        if spec.path is None:
-            raise ValueError("DetectorSpec(kind='model') needs a checkpoint path")
-        from hbdnet.checkpoint import read_checkpoint
-
-        ckpt = read_checkpoint(spec.path)
-        config = ckpt.get("config") or {}
-        meta = ckpt.get("meta") or {}
-        num_classes = int((config.get("local") or {}).get("num_classes", 1))
-        classes = meta.get("classes")
-        if not (isinstance(classes, (list, tuple)) and len(classes) == num_classes):
-            classes = ["bridge"] if num_classes == 1 else [f"class_{i}" for i in range(num_classes)]
-        return ModelRef(
-            name=name or Path(spec.path).stem,
-            sha256=file_sha256(spec.path),
-            spec=spec,
-            class_names=tuple(str(c) for c in classes),
-            window=int(config.get("window", 1024)),
-            overlap=int(config.get("overlap", 200)),
-            score_thr=float(meta["score_thr"]) if meta.get("score_thr") is not None else None,
-        )
-    if spec.kind == "perfect":
-        truth = np.ascontiguousarray(np.asarray(spec.ground_truth, dtype=np.float64))
-        return ModelRef(name or "perfect", hashlib.sha256(truth.tobytes()).hexdigest(), spec)
-    return ModelRef(name or spec.kind, hashlib.sha256(spec.kind.encode()).hexdigest(), spec)
-
-
-@dataclass(frozen=True)
-class DetectOptions:
-    """What, besides the model, shapes a scene's output. ``score_thr`` filters merged boxes;
-    ``max_pixels`` refuses larger scenes (``check_scene_size``)."""
-
-    score_thr: float = 0.0
-    bands: tuple[int, ...] | None = None
-    merge_config: MergeConfig | None = None
-    resampling: PyramidResampling = "exact"
-    max_pixels: int = DEFAULT_MAX_PIXELS
-
-
-@dataclass(frozen=True)
-class SceneOutcome:
-    output: Path
-    detections: int
-    windows: int
-    seconds: float
-    notes: tuple[str, ...] = ()  # warnings about the scene: no CRS, a slow layout
-
-
-def detect_to_file(
-    uri: str,
-    output: str | Path,
-    model: ModelRef,
-    options: DetectOptions = DetectOptions(),
-    *,
-    pool: InProcessPool | RayPool | None = None,
-    pool_config: PoolConfig = PoolConfig(),
-    progress: Progress | None = None,
-    on_plan: Callable[[PreparedScene], None] | None = None,
-) -> SceneOutcome:
-    """Detect bridges in one scene and write them to ``output`` (format from its extension).
-
-    ``pool`` runs the windows (it stays open); without one, ``pool_config`` describes the workers
-    started for this scene alone. ``on_plan(prepared)`` is called once the scene is planned and the
-    workers are up, just before the windows run (the CLI prints the plan there). Raises
-    ``SceneError`` (unreadable scene, bad bands) and ``OutputError`` (output cannot be written,
-    GeoJSON of a scene without CRS) with one-line messages.
-    """
-    t0 = time.perf_counter()
-    output = Path(output)
-    info = open_checked(uri, output, options)  # a bad scene or output fails before workers start
-
-    def plan() -> PreparedScene:
-        # A pool that reads in one pass finds the empty windows itself: no coverage scan before it starts.
-        one_pass = reads_in_one_pass(pool if pool is not None else (model.spec, pool_config), options.resampling)
-        return prepare_scene(info, bands=options.bands, window=model.window, overlap=model.overlap,
-                             resampling=options.resampling, max_pixels=options.max_pixels,
-                             coverage_scan=not one_pass)
-
-    own_pool = pool is None
-    if pool is None:
-        prepared, pool, _ = plan_beside_workers(plan, lambda: make_pool(model.spec, pool_config))
-    else:
-        prepared = plan()
-    notes = plan_notes(prepared)
-    try:
-        if on_plan is not None:
-            on_plan(prepared)
-        run = pool.run(prepared.plan.spec, prepared.plan.items, progress)
-    finally:
-        if own_pool:
-            pool.close()
-    if run.skipped:  # windows a one-pass read found empty (planned without a coverage scan)
-        notes.append(str(empty_windows_notice(uri, run.skipped, len(prepared.plan.items))))
-    outcome = _noting(notes, lambda: write_output(prepared, run, output, model, options, t0, uri))
-    return replace(outcome, notes=tuple(notes))
-
-
-def open_for_output(uri: str, output: Path, model: ModelRef, options: DetectOptions) -> PreparedScene:
-    """``open_checked``, then plan the scene (no worker involved; it may run on any thread: what to
-    warn of is in ``prepared.plan.warnings``, see ``plan_notes``)."""
-    info = open_checked(uri, output, options)
-    return prepare_scene(info, bands=options.bands, window=model.window, overlap=model.overlap,
-                         resampling=options.resampling, max_pixels=options.max_pixels)
-
-
-def open_checked(uri: str, output: Path, options: DetectOptions) -> SceneInfo:
-    """Open the scene after checking that ``output`` can be written, and that the scene has the bands
-    asked for, a size within bounds and, for GeoJSON, a CRS: the cheap checks, made before any scan or
-    worker."""
-    check_output_path(output)
-    info = open_scene(uri)
-    select_bands(info, options.bands)
-    check_scene_size(info, options.max_pixels)
-    if output.suffix.lower() == ".geojson" and info.crs is None:
-        raise OutputError(f"cannot write {output}: scene {uri} has no CRS and GeoJSON must be WGS84 "
-                          "longitude/latitude; write .gpkg or .fgb to get pixel coordinates")
-    return info
-
-
-def write_output(prepared: PreparedScene, run: PoolRun, output: Path, model: ModelRef, options: DetectOptions,
-                 t0: float, scene: str | None = None) -> SceneOutcome:
-    """Merge the scene's window detections and write them to ``output``, synced to disk (no notes).
-
-    ``t0``: ``time.perf_counter()`` when the scene's work began. ``scene``: the URI the scene was
-    asked for (default: the path GDAL opened); the ``scene`` attribute holds it, a local path
-    made absolute (``scene_reference``)."""
-    result = finish_scene(prepared, run, options.merge_config)
-    keep = result.scores >= options.score_thr
-    write_detections(
-        output, result.boxes[keep], result.scores[keep], result.labels[keep], result.levels[keep],
-        transform=result.scene.transform, crs=result.scene.crs,
-        scene=scene_reference(scene if scene is not None else prepared.info.uri), model=model.label,
-        class_names=model.class_names)
-    _fsync_path(output)
-    _fsync_path(output.parent)  # the rename into place
-    return SceneOutcome(output, int(keep.sum()), result.windows, time.perf_counter() - t0)
-
-
-def plan_notes(prepared: PreparedScene) -> list[str]:
-    """The one-line notes of what planning the scene found to warn of (a striped layout)."""
-    return [str(w).strip().splitlines()[0] for w in prepared.plan.warnings]
-
-
-def _noting(notes: list[str], step: Callable[[], T]) -> T:
-    """Run ``step``, adding the serving warnings it raises to ``notes`` (see ``_scene_notes``).
-
-    Each step of a scene is wrapped on its own: in a batch, steps of two scenes alternate, so one
-    ``catch_warnings`` around a whole scene would catch the other scene's warnings too."""
-    caught: list[warnings.WarningMessage] = []
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            return step()
-    finally:
-        notes.extend(n for n in _scene_notes(caught) if n not in notes)
-
-
-def _scene_notes(caught: list[warnings.WarningMessage]) -> tuple[str, ...]:
-    """The serving warnings about this scene (no CRS, striped layout) as one-line notes, in order and
-    without repeats; any other warning is passed on as it came."""
-    notes: list[str] = []
-    for w in caught:
-        if issubclass(w.category, UserWarning) and w.category.__module__.startswith("serving."):
-            line = str(w.message).strip().splitlines()[0]
-            if line not in notes:
-                notes.append(line)
-        else:
-            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-    return tuple(notes)
-
-
-def _fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class Manifest:
@@ -378,7 +154,7 @@ def open_manifest(outdir: Path) -> Manifest:
         manifest.close()
         raise BatchError(f"output folder {outdir} is not writable")
     if not existed:
-        _fsync_path(outdir)
+        fsync_path(outdir)
     return manifest
 
 
@@ -482,15 +258,16 @@ class SceneBars:
 
 
 @dataclass
-class _OpenScene:
-    """A scene of the batch between its planning and its manifest line."""
+class _BatchScene:
+    """A scene of the batch from its planning to its manifest line: ``handed`` is when its windows
+    were handed to the pool (``time.perf_counter()``), so that its seconds do not count the time it
+    waited behind the scene before."""
 
     key: int
     scene: SceneInput
     output: Path
-    t0: float
-    prepared: PreparedScene
-    notes: list[str]
+    handed: float | None = None
+    plan_s: float = 0.0
 
 
 def run_batch(
@@ -508,17 +285,19 @@ def run_batch(
 ) -> BatchSummary:
     """Run ``scenes`` into ``outdir`` (see the module docstring); return what happened.
 
-    The pool is created from ``pool_config`` when some scene needs running (a run with nothing
-    left to do starts no workers) and closed at the end, unless ``pool`` is given (then it is used
-    and left open). With Ray, up to ``pool_config.open_scenes`` scenes (a given pool's own config)
-    are in flight at once; a Ctrl-C loses those. A scene that fails is recorded and the run goes
-    on; ``BatchError`` (output folder, manifest locked, workers that do not start) and
-    ``KeyboardInterrupt`` propagate. ``log`` receives one line per failed scene and per warning.
+    Each scene takes the one scene path (``serving.detect.detect_many``, then ``write``); this adds
+    the manifest, resuming, output names and progress. The pool is created from ``pool_config`` when
+    some scene needs running (a run with nothing left to do starts no workers) and closed at the end,
+    unless ``pool`` is given (then it is used and left open). With Ray, up to
+    ``pool_config.open_scenes`` scenes (a given pool's own config) are in flight at once; a Ctrl-C
+    loses those. A scene that fails is recorded and the run goes on; ``BatchError`` (output folder,
+    manifest locked, workers that do not start) and ``KeyboardInterrupt`` propagate. ``log`` receives
+    one line per failed scene and per warning.
     """
     if fmt not in OUTPUT_FORMATS:
         raise ValueError(f"unknown output format {fmt!r}; expected one of {OUTPUT_FORMATS}")
     outdir = Path(outdir)
-    params = {"format": fmt, "score_thr": float(options.score_thr),
+    params = {"format": fmt, "score_thr": float(model.score_threshold(options.score_thr)),
               "bands": list(options.bands) if options.bands is not None else None,
               "window": model.window, "overlap": model.overlap}
     model_entry = {"name": model.name, "sha256": model.sha256}
@@ -544,65 +323,46 @@ def run_batch(
         bars = SceneBars(len(todo), show_progress)
         say = log if log is not None else (lambda line: None)
 
-        def finish(scene: SceneInput, output: Path, t0: float, outcome: SceneOutcome | Exception,
-                   key: int | None) -> None:
-            record: dict[str, Any] = {"scene": scene.uri, "output": output.name}
+        def record(bs: _BatchScene, outcome: tuple[int, int, list[str]] | Exception, t_end: float) -> None:
+            """The scene's manifest line; ``outcome`` is (bridges, windows, notes) or its error."""
+            seconds = round(bs.plan_s + (t_end - bs.handed if bs.handed is not None else 0.0), 3)
+            rec: dict[str, Any] = {"scene": bs.scene.uri, "output": bs.output.name}
             if isinstance(outcome, Exception):  # a bad scene must not stop the others; the reason is recorded
-                record.update(status="failed", detections=0, windows=0,
-                              seconds=round(time.perf_counter() - t0, 3), error=_error_line(outcome), warnings=[])
+                rec.update(status="failed", detections=0, windows=0, seconds=seconds, error=_error_line(outcome),
+                           warnings=[])
                 summary.ran_failed += 1
-                say(f"failed: {scene.uri}: {record['error']}")
+                say(f"failed: {bs.scene.uri}: {rec['error']}")
             else:
-                record.update(status="ok", detections=outcome.detections, windows=outcome.windows,
-                              seconds=round(outcome.seconds, 3), error=None, warnings=list(outcome.notes))
+                bridges, windows, notes = outcome
+                rec.update(status="ok", detections=bridges, windows=windows, seconds=seconds, error=None,
+                           warnings=notes)
                 summary.ran_ok += 1
-                summary.detections += outcome.detections
-                for note in outcome.notes:
+                summary.detections += bridges
+                for note in notes:
                     say(f"warning: {note}")
-            record.update(model=model_entry, params=params, source=scene.source,
-                          finished_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
-            manifest.append(record)
-            final[scene.uri] = record
-            bars.scene_done(key)
+            rec.update(model=model_entry, params=params, source=bs.scene.source,
+                       finished_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
+            manifest.append(rec)
+            final[bs.scene.uri] = rec
+            bars.scene_done(bs.key if bs.handed is not None else None)
 
-        def jobs() -> Iterator[SceneJob]:
-            """The scenes, each planned on a thread while the pool runs the one before (one scene
-            ahead); one that cannot be planned is recorded as failed here and never reaches the pool."""
-            planner = ThreadPoolExecutor(1, thread_name_prefix="hbdnet-plan")
-            ahead: deque[tuple[int, SceneInput, Path, float, Future[PreparedScene]]] = deque()
-            pending = iter(enumerate(todo))
+        def requests() -> Iterator[SceneRequest]:
+            for key, scene in enumerate(todo):
+                bs = _BatchScene(key, scene, outdir / names[scene.uri])
+                estimate = RunEstimate(say, label=scene.name)
 
-            def plan_next() -> None:
-                nxt = next(pending, None)
-                if nxt is not None:
-                    key, scene = nxt
-                    output = outdir / names[scene.uri]
-                    future = planner.submit(open_for_output, scene.uri, output, model, options)
-                    ahead.append((key, scene, output, time.perf_counter(), future))
-
-            try:
-                plan_next()
-                while ahead:
-                    key, scene, output, t0, future = ahead.popleft()
-                    plan_next()
-                    try:
-                        prepared = future.result()
-                    except Exception as exc:
-                        finish(scene, output, t0, exc, None)
-                        continue
-                    bars.start(key, scene.name)
-                    say(f"plan: {scene.name}: {plan_summary(prepared)}")
-                    estimate = RunEstimate(say, label=scene.name)
+                def on_plan(prepared: PreparedScene, bs: _BatchScene = bs, estimate: RunEstimate = estimate) -> None:
+                    bs.handed = time.perf_counter()
+                    bs.plan_s = prepared.timings["open"] + prepared.timings["plan"]
+                    bars.start(bs.key, bs.scene.name)
+                    say(f"plan: {bs.scene.name}: {plan_summary(prepared.info, prepared.plan)}")
                     estimate.start()
 
-                    def progress(done: int, total: int, key: int = key, estimate: RunEstimate = estimate) -> None:
-                        bars.windows(key, done, total)
-                        estimate(done, total)
+                def progress(done: int, total: int, key: int = key, estimate: RunEstimate = estimate) -> None:
+                    bars.windows(key, done, total)
+                    estimate(done, total)
 
-                    yield SceneJob(prepared.plan.spec, prepared.plan.items, progress=progress,
-                                   key=_OpenScene(key, scene, output, t0, prepared, plan_notes(prepared)))
-            finally:  # an interrupted run does not wait for a plan nobody will use
-                planner.shutdown(wait=False, cancel_futures=True)
+                yield SceneRequest(scene.uri, outputs=(bs.output,), progress=progress, on_plan=on_plan, key=bs)
 
         own_pool = pool is None
         try:
@@ -613,18 +373,17 @@ def run_batch(
                     raise BatchError(f"cannot start the workers: {_error_line(exc)}") from exc
             if todo:
                 assert pool is not None
-                for job, result in pool.run_many(jobs()):
-                    op: _OpenScene = job.key  # type: ignore[assignment]
-                    if isinstance(result, Exception):  # a worker could not read or detect this scene
-                        finish(op.scene, op.output, op.t0, result, op.key)
+                for request, result in detect_many(requests(), model, options, pool):
+                    bs: _BatchScene = request.key  # type: ignore[assignment]
+                    if isinstance(result, Exception):
+                        record(bs, result, time.perf_counter())
                         continue
                     try:
-                        outcome = _noting(op.notes, lambda: write_output(op.prepared, result, op.output, model,
-                                                                          options, op.t0, op.scene.uri))
+                        notes = write(result, [bs.output], model)
                     except Exception as exc:
-                        finish(op.scene, op.output, op.t0, exc, op.key)
+                        record(bs, exc, time.perf_counter())
                     else:
-                        finish(op.scene, op.output, op.t0, replace(outcome, notes=tuple(op.notes)), op.key)
+                        record(bs, (len(result.scores), result.windows, notes), time.perf_counter())
         finally:
             bars.close()
             if own_pool and pool is not None:

@@ -1,37 +1,245 @@
-"""The ``hbdnet`` command: one entry point, one subcommand per job.
+"""The ``hbdnet`` command: the entry point and every subcommand's arguments, in one table here.
 
-Each subcommand lives in the module that owns its job and exposes ``add_parser(subparsers)``;
-modules are imported lazily so that ``hbdnet --help`` stays fast and a missing optional
-dependency only affects the subcommand that needs it.
+Each subcommand's ``run(args) -> int`` lives in a module of its own (``serving.cli.detect`` ...), which
+imports the library only when it runs, so that ``hbdnet --help`` stays fast and a missing optional
+dependency affects only the subcommand that needs it. Exit codes: 0 done, 1 the input could not be
+processed, 2 usage or setup errors, 130 interrupted (each command's ``--help`` says more).
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
+from pathlib import Path
 
-from hbdnet.commands import CliError
+from serving.cli import batch, convert, detect, evaluate, export, plan, serve, train
+from serving.cli.arguments import (
+    device,
+    one_line_errors,
+    parse_bands,
+    positive_number,
+    precision,
+    score,
+    size_in_bytes,
+    whole_number,
+)
+from serving.cli.errors import CliError
 
-# name -> module providing add_parser(subparsers) and run(args) -> int
-SUBCOMMANDS: dict[str, str] = {
-    "plan": "hbdnet.commands.plan",
-    "convert": "hbdnet.commands.convert",
-    "train": "hbdnet.commands.train",
-    "export": "hbdnet.commands.export",
-    "eval": "serving.cli.evaluate",
-    "detect": "serving.cli.detect",
-    "batch": "serving.cli.batch",
-    "serve": "serving.cli.serve",
-}
+Subparsers = argparse._SubParsersAction
+
+
+class _ShowDefaults(argparse.HelpFormatter):
+    """Help that ends each option with its default, unless it has none to show (None, off) or says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if ("%(default)" in text or "(default" in text or not action.option_strings
+                or action.default in (None, False, argparse.SUPPRESS)):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+def _command(sub: Subparsers, name: str, run, summary: str, description: str) -> argparse.ArgumentParser:
+    """A subcommand whose ``--help`` shows ``description`` and every default."""
+    p = sub.add_parser(name, help=summary, description=description, formatter_class=_ShowDefaults)
+    p.set_defaults(run=run)
+    return p
+
+
+def _debug(p: argparse.ArgumentParser) -> None:
+    # SUPPRESS: `hbdnet --debug detect` and `hbdnet detect --debug` both work; absent, the top level decides.
+    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks on errors")
+
+
+def _model_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", metavar="NAME|PATH", default=None,
+                   help="hbdnet model file (.safetensors or .pth), or the name of a bundled model "
+                        "(default: the bundled 'default' model)")
+    p.add_argument("--device", type=device, default="auto",
+                   help="auto, cpu, cuda or cuda:N (auto: cuda when this machine has a GPU)")
+
+
+def _run_arguments(p: argparse.ArgumentParser) -> None:
+    """The model and worker options that ``detect`` and ``batch`` share."""
+    _model_arguments(p)
+    p.add_argument("--precision", type=precision, default="auto", metavar="P",
+                   help="auto, float32 or bfloat16: the model's heavy convolutions and products in bfloat16 "
+                        "(auto: bfloat16 on a GPU that has it, float32 on a CPU)")
+    p.add_argument("--workers", type=whole_number("workers", 0), default=None, metavar="N",
+                   help="0 runs the model in this process without Ray; N starts N Ray workers "
+                        "(default: one per GPU; without a GPU, this process)")
+    p.add_argument("--read-threads", type=whole_number("read threads", 1), default=None, metavar="N",
+                   help="threads reading windows ahead in each worker (default: 2 beside a CPU model; beside a "
+                        "GPU, enough to feed it from the host's cores; each costs a little memory)")
+    p.add_argument("--ray-address", metavar="ADDR", help="join this Ray cluster ('auto' or host:port)")
+    p.add_argument("--score-thr", type=score, default=None, metavar="X",
+                   help="drop merged bridges scoring below X (default: the operating point stored with the "
+                        "model, else 0; 0 keeps everything the model reports)")
+    # None stands for serving.engine.scene.DEFAULT_MAX_PIXELS (not imported here: it brings rasterio).
+    p.add_argument("--max-pixels", type=whole_number("max pixels", 1), default=None, metavar="N",
+                   help="refuse scenes of more than N pixels, width x height (default: 2,000,000,000)")
+    p.add_argument("--bands", type=parse_bands, metavar="R,G,B",
+                   help="1-based bands to use as R,G,B (or one band as grey); default: the first three")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    _debug(p)
+
+
+def _add_plan(sub: Subparsers) -> None:
+    p = _command(sub, "plan", plan.run, "show the pyramid levels and windows HBD-Net runs on a scene",
+                 "Show the pyramid levels and windows HBD-Net runs on a scene. Sizes are width x height, in "
+                 "pixels. Exit codes: 0 done, 2 a bad size, window or overlap, or a file that is not a raster.")
+    p.add_argument("scene", help="a raster path/URL, or a size such as 16384 or 5000x3000 (width x height)")
+    p.add_argument("--window", type=whole_number("window", 1, "px"), default=1024, metavar="PX", help="window side")
+    p.add_argument("--overlap", type=whole_number("overlap", 0, "px"), default=200, metavar="PX",
+                   help="overlap of neighbouring windows, less than --window")
+
+
+def _add_convert(sub: Subparsers) -> None:
+    p = _command(sub, "convert", convert.run, "convert the authors' mmrotate checkpoint into an hbdnet model file",
+                 "Convert the authors' released mmrotate checkpoint (Oriented_rcnn_HBDNet.pth) into an hbdnet "
+                 "model file, with a report of the keys that did not match. Exit codes: 0 written, 2 a file or "
+                 "config that cannot be read or written, 3 the checkpoint does not match the model.")
+    p.add_argument("checkpoint", help="the authors' .pth (e.g. Oriented_rcnn_HBDNet.pth)")
+    p.add_argument("-o", "--output", required=True, help="hbdnet model file to write")
+    p.add_argument("--config", help="experiment YAML whose model section describes the architecture "
+                   "(default: the faithful ResNet-50 HBD-Net)")
+    p.add_argument("--iff", action="store_true", help="keep fusion_convs and turn inter-layer fusion on")
+    p.add_argument("--allow-partial", action="store_true", help="write the model even if keys are missing or mis-shaped")
+    p.add_argument("--trust-pickle", action="store_true",
+                   help="allow pickled Python objects in the file (trusted files only)")
+
+
+def _add_train(sub: Subparsers) -> None:
+    p = _command(sub, "train", train.run, "train HBD-Net on DOTA-format data, stage by stage (resumable)",
+                 "Train HBD-Net stage by stage on DOTA-format data (DATA/images, DATA/labelTxt). Rerunning the "
+                 "same command resumes from each stage's latest.pth. Exit codes: 0 done, 2 a bad config, data "
+                 "folder or device, 130 interrupted (the stage is saved).")
+    p.add_argument("--config", required=True, help="experiment YAML (see configs/)")
+    p.add_argument("--data", required=True, help="folder with images/ and labelTxt/ (GLH-Bridge / DOTA layout)")
+    p.add_argument("--work-dir", help="where checkpoints and logs go (default: runs/<config name>)")
+    p.add_argument("--device", type=device, default="auto", help="auto, cpu, cuda or cuda:N (auto: cuda when present)")
+    p.add_argument("--stage", action="append", dest="stages", help="train only this stage (repeatable)")
+    p.add_argument("--epochs", type=whole_number("epochs", 1),
+                   help="override every stage's epochs (schedule steps scale with it)")
+    p.add_argument("--max-iters", type=whole_number("max iters", 1),
+                   help="stop each stage at this iteration and save it (latest.pth); "
+                        "the same command without it (or with a larger one) resumes")
+    p.add_argument("--checkpoint-every", type=whole_number("checkpoint every", 0),
+                   help="iterations between resumable saves (default: the config's train.checkpoint_every)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _add_export(sub: Subparsers) -> None:
+    p = _command(sub, "export", export.run,
+                 "write a model as safetensors (the shipping format: no pickle, optional fp16)",
+                 "Write a trained model as safetensors, the shipping format (no pickle), with its config and "
+                 "operating point inside. Exit codes: 0 written, 2 a model or output that cannot be used.")
+    p.add_argument("model", help="hbdnet model file (.pth from train or convert, or .safetensors)")
+    p.add_argument("-o", "--output", required=True,
+                   help="the .safetensors file to write, e.g. hbdnet/weights/default.safetensors")
+    p.add_argument("--fp16", action="store_true", help="store the large weights as float16 (half the size)")
+    p.add_argument("--score-thr", type=score, metavar="X",
+                   help="operating point stored with the weights (used unless --score-thr is given at detect)")
+    p.add_argument("--name", help="model name recorded in the metadata (default: the source's)")
+    p.add_argument("--note", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra metadata, e.g. --note val_AP50=0.71 (repeatable)")
+
+
+def _add_eval(sub: Subparsers) -> None:
+    p = _command(sub, "eval", evaluate.run, "evaluate a model on whole labelled images (AP50, AP75, mAP, by length)",
+                 "Evaluate a model on whole labelled images (DATA/images, DATA/labelTxt in DOTA format): each "
+                 "image goes through the same pyramid, workers and merge as a scene. Prints AP50, AP75, mAP "
+                 "(0.50:0.95) and AP by bridge length (a length bin without any bridge has no AP: n/a). "
+                 "Exit codes: 0 done, 2 a model, data folder or output that cannot be used.")
+    _model_arguments(p)
+    p.add_argument("--data", required=True, help="folder with images/ and labelTxt/")
+    p.add_argument("--task", choices=["obb", "hbb"], default="obb", help="rotated (obb) or axis-aligned (hbb) IoU")
+    p.add_argument("--merge", choices=["holistic", "authors"], default="holistic",
+                   help="how window detections are merged (authors = per-level NMS 0.4, then 0.5 across levels)")
+    p.add_argument("--metric", choices=["voc07", "area"], default="voc07",
+                   help="11-point VOC07 AP (the authors') or area AP")
+    p.add_argument("--workers", type=whole_number("workers", 0), default=0, help="Ray workers (0: in this process)")
+    p.add_argument("--output", help="also write the metrics as JSON here (strict JSON: a metric without "
+                                    "value, such as the AP of a length bin with no bridge, is null)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+
+def _add_detect(sub: Subparsers) -> None:
+    p = _command(sub, "detect", detect.run, "detect bridges in one scene and write them as a GIS file",
+                 "Detect bridges in one scene and write them as a GIS file (format from the -o extension: "
+                 ".gpkg, .geojson or .fgb). Exit codes: 0 done, 1 the scene could not be processed, 2 usage or "
+                 "setup error (arguments, model, output path).")
+    p.add_argument("scene", help="GeoTIFF / COG / any raster: local path, http(s):// URL, /vsicurl/..., s3://")
+    p.add_argument("-o", "--output", metavar="OUT",
+                   help="output file, .gpkg, .geojson or .fgb (default: ./<scene stem>_bridges.gpkg)")
+    _run_arguments(p)
+
+
+def _add_batch(sub: Subparsers) -> None:
+    from serving.outputs.geo_output import OUTPUT_FORMATS
+
+    p = _command(sub, "batch", batch.run, "detect bridges in many scenes (files, folders, lists, STAC), resumably",
+                 "Detect bridges in many scenes through one worker pool. INPUTS: raster files or URLs; folders "
+                 "(searched recursively for .tif .tiff .vrt .jp2 .img); list files (.txt/.list: one path or URL "
+                 "per line, # comments); STAC Items, Catalogs, Collections or ItemCollections (.json). One "
+                 "output per scene in OUTDIR and a manifest OUTDIR/manifest.jsonl; re-running skips scenes done "
+                 "with the same model and settings. Exit codes: 0 all ok, 1 some scene failed, 2 usage or setup "
+                 "error, 130 interrupted.")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="raster, folder, list file or STAC JSON")
+    p.add_argument("-o", "--output-dir", dest="outdir", required=True, metavar="OUTDIR",
+                   help="folder for the outputs and manifest.jsonl (created if missing)")
+    p.add_argument("--format", choices=OUTPUT_FORMATS, default="gpkg", help="output format")
+    p.add_argument("--retry-failed", action="store_true",
+                   help="run again the scenes that failed in an earlier run (default: keep their failure)")
+    _run_arguments(p)
+
+
+def _add_serve(sub: Subparsers) -> None:
+    from serving.api.settings import API_KEY_ENV, API_KEY_HEADER
+
+    p = _command(sub, "serve", serve.run, "run the job service: POST a GeoTIFF, get the bridges back",
+                 "Run the HTTP job service (OpenAPI docs at /docs; OGC API - Processes at /). The model (the "
+                 "bundled 'default' unless --model) is loaded once and the workers stay up between jobs; jobs "
+                 "and results persist in --data-dir. Exit codes: 0 stopped, 2 usage or setup error (model, "
+                 "data folder).")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    p.add_argument("--port", type=whole_number("port", 0), default=8000, help="port")
+    _model_arguments(p)
+    p.add_argument("--precision", type=precision, default="auto", metavar="P",
+                   help="auto, float32 or bfloat16 (auto: bfloat16 on a GPU that has it, else float32)")
+    p.add_argument("--data-dir", type=Path, default=Path("hbdnet-data"), metavar="DIR",
+                   help="job database, uploads and results")
+    p.add_argument("--workers", type=whole_number("workers", 0), default=None, metavar="N",
+                   help="0 runs the model in the server process without Ray; N starts N Ray workers "
+                        "(default: as hbdnet detect, Ray only where it pays)")
+    p.add_argument("--read-threads", type=whole_number("read threads", 1), default=None, metavar="N",
+                   help="threads reading windows ahead in each worker (default: 2 beside a CPU model, more beside "
+                        "a GPU)")
+    p.add_argument("--ray-address", metavar="ADDR", help="join this Ray cluster ('auto' or host:port)")
+    p.add_argument("--api-key", default=None, metavar="KEY",
+                   help=f"require this key in the {API_KEY_HEADER} header on every route but /healthz and /readyz "
+                        f"(default: ${API_KEY_ENV}; unset: no key)")
+    p.add_argument("--max-upload", type=size_in_bytes, default=4 * 2**30, metavar="SIZE",
+                   help="largest upload in bytes (4G, 512M ... accepted); larger ones get 413")
+    p.add_argument("--max-pixels", type=whole_number("max pixels", 1), default=None, metavar="N",
+                   help="largest scene in pixels (default: 2,000,000,000); larger ones get 422")
+    p.add_argument("--max-queue", type=whole_number("max queue", 1), default=64, metavar="N",
+                   help="jobs waiting to run; more get 429")
+    p.add_argument("--job-timeout", type=positive_number("job timeout", "seconds"), default=6 * 3600.0, metavar="S",
+                   help="a job running longer than S seconds is stopped and failed")
+    p.add_argument("--sync-max-pixels", type=whole_number("sync max pixels", 0), default=25_000_000, metavar="N",
+                   help="largest scene a synchronous OGC execution waits for")
+    _debug(p)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hbdnet", description="Holistic bridge detection in large scenes.")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, module in SUBCOMMANDS.items():
-        importlib.import_module(module).add_parser(sub)
+    for add in (_add_plan, _add_convert, _add_train, _add_export, _add_eval, _add_detect, _add_batch, _add_serve):
+        add(sub)
+    for p in sub.choices.values():
+        one_line_errors(p)
     return parser
 
 

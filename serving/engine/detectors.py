@@ -1,13 +1,17 @@
-"""The detector interface the engine runs on batches of windows, and how a worker builds one.
+"""The detector interface the engine runs on batches of windows, and the specs workers build one from.
 
 A worker never receives a detector object: it receives a ``DetectorSpec`` (small, picklable) and
-builds the detector itself with ``build_detector``, inside its own process and on its own device.
+calls its ``build()`` inside its own process and on its own device. The engine knows no detector by
+name: the caller passes the spec in (``ModelSpec`` for an HBD-Net model file, ``NoopSpec`` to
+measure the reading alone; tests bring their own, ``serving.testing.simulate.PerfectSpec``).
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
@@ -15,8 +19,6 @@ from hbdnet.pyramid import PlanWindow
 
 # One window's result: boxes (N, 5) le90 (cx, cy, w, h, theta) in window pixels, scores (N,), labels (N,).
 WindowResult = tuple[np.ndarray, np.ndarray, np.ndarray]
-
-DetectorKind = Literal["noop", "perfect", "model"]
 
 
 class WindowDetector(Protocol):
@@ -27,26 +29,59 @@ class WindowDetector(Protocol):
         ...
 
 
-@dataclass(frozen=True, eq=False)
-class DetectorSpec:
-    """What to build inside a worker.
+class DetectorSpec(Protocol):
+    """What a worker builds its detector from: picklable, small, built where it runs.
 
-    * ``"noop"``: finds nothing (for measuring the reading pipeline).
-    * ``"perfect"``: ``serving.testing.simulate.PerfectDetector`` over ``ground_truth`` ((N, 5) le90 boxes in
-      scene pixels): a test double that returns the visible parts of those boxes in each window.
-    * ``"model"``: an HBD-Net checkpoint at ``path`` on ``device``, loaded by
-      ``hbdnet.inference.load_window_detector``. ``device="auto"`` is resolved by the process that
-      builds the detector (``resolve_device``), so each Ray actor uses the GPU it was given, and a
-      CPU-only driver that joins a GPU cluster does not decide for the cluster. ``precision``
-      (``hbdnet.precision``): ``auto`` is bfloat16 on a GPU that has it, float32 on a CPU; resolved
-      where the model runs, like the device.
+    ``name`` names the detector in outputs; ``uses_gpu`` says whether it runs on a GPU where one is
+    available (decided without importing torch); ``fingerprint()`` identifies its weights (sha256
+    hex) for a detector that is not a model file.
     """
 
-    kind: DetectorKind = "noop"
-    path: str | None = None
+    name: str
+    uses_gpu: bool
+
+    def build(self) -> WindowDetector: ...
+
+    def fingerprint(self) -> str: ...
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """An HBD-Net model file at ``path``, run on ``device`` in ``precision``.
+
+    ``device="auto"`` is resolved by the process that builds the detector
+    (``hbdnet.inference.resolve_device``), so each Ray actor uses the GPU it was given, and a CPU-only
+    driver that joins a GPU cluster does not decide for the cluster. ``precision``
+    (``hbdnet.precision``): ``auto`` is bfloat16 on a GPU that has it, float32 on a CPU; resolved where
+    the model runs, like the device.
+    """
+
+    path: str
     device: str = "cpu"
-    ground_truth: Any = None
     precision: str = "auto"
+
+    @property
+    def name(self) -> str:
+        return Path(self.path).stem
+
+    @property
+    def uses_gpu(self) -> bool:
+        return self.device != "cpu"
+
+    def build(self) -> WindowDetector:
+        from hbdnet.inference import (  # torch: only where a model runs
+            load_window_detector,
+            resolve_device,
+        )
+
+        return load_window_detector(self.path, resolve_device(self.device), self.precision)
+
+    def fingerprint(self) -> str:
+        h = hashlib.sha256()
+        with open(self.path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        return h.hexdigest()
 
 
 class NoopDetector:
@@ -59,47 +94,25 @@ class NoopDetector:
                 for _ in images]
 
 
-class PerfectWindowDetector:
-    """``serving.testing.simulate.PerfectDetector`` (one window at a time, ignores pixels) as a WindowDetector."""
+@dataclass(frozen=True)
+class NoopSpec:
+    """A detector that finds nothing, for measuring the reading pipeline."""
 
-    name = "perfect"
+    name: str = "noop"
+    uses_gpu: bool = False
 
-    def __init__(self, ground_truth: np.ndarray):
-        from serving.testing.simulate import PerfectDetector
+    def build(self) -> WindowDetector:
+        return NoopDetector()
 
-        self._perfect = PerfectDetector(np.asarray(ground_truth, dtype=np.float64).reshape(-1, 5))
-
-    def detect(self, images: list[np.ndarray], windows: list[PlanWindow]) -> list[WindowResult]:
-        results = [self._perfect(w) for w in windows]
-        return [(d.boxes, d.scores, d.labels) for d in results]
+    def fingerprint(self) -> str:
+        return hashlib.sha256(b"noop").hexdigest()
 
 
-def resolve_device(device: str) -> str:
-    """``auto`` -> ``cuda`` when this process sees a GPU, else ``cpu``; other values as they are."""
-    if device != "auto":
-        return device
+def local_gpus(detector_spec: DetectorSpec) -> int:
+    """The GPUs of this machine that the detector would use (0 for detectors that never use one,
+    which are decided without importing torch)."""
+    if not detector_spec.uses_gpu:
+        return 0
     import torch
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def uses_gpu(spec: DetectorSpec) -> bool:
-    """Whether the detector runs on a GPU where one is available: a model not pinned to the CPU."""
-    return spec.kind == "model" and spec.device != "cpu"
-
-
-def build_detector(spec: DetectorSpec) -> WindowDetector:
-    """Build the detector ``spec`` describes. Imports are lazy: a noop worker never imports torch."""
-    if spec.kind == "noop":
-        return NoopDetector()
-    if spec.kind == "perfect":
-        if spec.ground_truth is None:
-            raise ValueError("DetectorSpec(kind='perfect') needs ground_truth boxes (N, 5)")
-        return PerfectWindowDetector(spec.ground_truth)
-    if spec.kind == "model":
-        if spec.path is None:
-            raise ValueError("DetectorSpec(kind='model') needs a checkpoint path")
-        from hbdnet.inference import load_window_detector
-
-        return load_window_detector(spec.path, resolve_device(spec.device), spec.precision)
-    raise ValueError(f"unknown detector kind {spec.kind!r}; expected 'noop', 'perfect' or 'model'")
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0

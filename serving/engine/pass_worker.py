@@ -6,7 +6,7 @@ batch is flushed when it is full, and every partial batch at the end). Results a
 index, as from the per-window path, so the merge sees the same detections in the same order.
 
 For a GPU model, a thread takes the windows from the pass and starts their upload to the GPU
-(``workers.device_stager``) up to a batch ahead, so the next batch is on its way while the GPU
+(``window_batches.device_stager``) up to a batch ahead, so the next batch is on its way while the GPU
 works on the current one; a CPU model takes the pass's windows as they come.
 """
 
@@ -22,7 +22,8 @@ from serving.engine.ahead import ahead
 from serving.engine.detectors import WindowDetector
 from serving.engine.pyramid_pass import PassConfig, PyramidPass
 from serving.engine.reader import ReadItem, ReadSpec
-from serving.engine.workers import TaskResult, WindowWorker, _SceneState, detect_batch, device_stager
+from serving.engine.tasks import SceneState, TaskResult
+from serving.engine.window_batches import detect_batch, device_stager
 
 
 def _detect(detector: WindowDetector, one_pass: PyramidPass, batch: list[tuple[ReadItem, np.ndarray]],
@@ -83,8 +84,9 @@ def pass_results(detector: WindowDetector, spec: ReadSpec, items: Sequence[ReadI
             yield result, skips
 
 
-def run_scene_in_one_pass(worker: WindowWorker, scene: _SceneState, buffer_bytes: int | None = None) -> None:
-    """Every window of ``scene`` through ``worker``'s detector from one pass (``InProcessPool``).
+def run_scene_in_one_pass(detector: WindowDetector, batch_size: int, scene: SceneState,
+                          buffer_bytes: int | None = None) -> None:
+    """Every window of ``scene`` through ``detector`` from one pass (``InProcessPool``).
 
     The scene's per-task queue is not used; an error fails the scene alone, as in the task loop. The
     windows the pass found without a valid pixel are counted in ``PoolRun.skipped``.
@@ -94,7 +96,7 @@ def run_scene_in_one_pass(worker: WindowWorker, scene: _SceneState, buffer_bytes
     scene.pending.clear()
     windows_done = run = 0
     try:
-        for result, windows in pass_results(worker.detector, job.spec, job.items, worker.batch_size, config,
+        for result, windows in pass_results(detector, job.spec, job.items, batch_size, config,
                                             cancel=scene.cancelled):
             scene.add(result, windows)
             windows_done += windows

@@ -47,8 +47,9 @@ from rasterio.windows import Window
 from hbdnet.pyramid import PlanWindow, context_crops, level_size
 from serving.engine.ahead import ahead
 from serving.engine.gdal_cache import CacheHold
+from serving.engine.reader import ReadItem, ReadSpec, window_image
 from serving.engine.scene import describe
-from serving.engine.reader import ReadItem, ReadSpec, _valid_mask, window_image
+from serving.engine.stretch import valid_mask
 
 DEFAULT_BUFFER_BYTES = 128 * 2**20  # level stores held in memory; the rest go to temporary files
 DEFAULT_STRIP_BYTES = 8 * 2**20  # full-resolution bytes decoded at once (at least one block row)
@@ -332,7 +333,7 @@ class PyramidPass:
             for y0 in range(0, self.height, rows):
                 window = Window(0, y0, self.width, min(rows, self.height - y0))
                 data = ds.read(bands, window=window)
-                valid = _valid_mask(ds, bands, window=window) if self.masked else None
+                valid = valid_mask(ds, bands, window=window) if self.masked else None
                 yield _Strip(y0, data, valid)
 
     def _decode_threads(self) -> str:

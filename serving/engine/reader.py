@@ -7,7 +7,7 @@ The scene is never held in memory. What is computed once per scene (``prepare_re
 * **Value stretch** (``Stretch``). uint8 scenes are used as they are. Every other data type is mapped
   per band with a per-scene linear stretch: the 2nd and 98th percentiles (``percentiles``) of the
   band's valid pixels, estimated once from a sample of the scene's own blocks (at most 64, spread
-  over the scene, decimated to at most 1024 x 1024 samples: ``serving.engine.stretch_sample``; a
+  over the scene, decimated to at most 1024 x 1024 samples: ``serving.engine.stretch``; a
   scene of at most that many pixels is sampled whole), go to 0 and 255; values outside are clipped
   and NaN becomes 0. The same map is used at every window and level, so a
   bridge looks the same wherever it is cut.
@@ -54,13 +54,18 @@ from typing import Literal
 
 import numpy as np
 import rasterio
-from rasterio.enums import Resampling
 from rasterio.windows import Window
 
 from hbdnet.data.raster import DEFAULT_MAX_CHUNK_BYTES, read_pyramid_window
 from hbdnet.pyramid import PlanWindow, plan_pyramid
 from serving.engine.gdal_cache import CacheHold
 from serving.engine.scene import SceneError, SceneInfo, open_scene
+from serving.engine.stretch import (
+    Stretch,
+    sample_stretch,
+    stretch_from_samples,
+    valid_mask,
+)
 
 PyramidResampling = Literal["exact", "overview"]
 
@@ -80,25 +85,6 @@ class EmptyWindowsWarning(UserWarning):
 def has_float_bands(info: SceneInfo, bands: Sequence[int]) -> bool:
     """Whether any of ``bands`` is floating point, so that NaN and infinities may mark nodata."""
     return any(np.dtype(info.dtypes[b - 1]).kind == "f" for b in bands)
-
-
-@dataclass(frozen=True)
-class Stretch:
-    """Per-band linear map to 0-255: ``clip((x - low) * 255 / (high - low), 0, 255)``, NaN to 0.
-
-    ``low`` and ``high`` have one entry per band in the order of ``ReadSpec.read_bands``.
-    """
-
-    low: tuple[float, ...]
-    high: tuple[float, ...]
-
-    def apply(self, data: np.ndarray) -> np.ndarray:
-        """(C, h, w) of any dtype -> (C, h, w) uint8."""
-        lo = np.asarray(self.low, dtype=np.float32)[:, None, None]
-        span = np.asarray(self.high, dtype=np.float32)[:, None, None] - lo
-        out = (data.astype(np.float32) - lo) * (255.0 / span)
-        np.nan_to_num(out, copy=False, nan=0.0, posinf=255.0, neginf=0.0)
-        return np.rint(np.clip(out, 0.0, 255.0, out=out), out=out).astype(np.uint8)
 
 
 @dataclass(frozen=True)
@@ -217,21 +203,6 @@ def cache_mb_for(info: SceneInfo, read_bands: Sequence[int], window: int) -> int
     return max(32, math.ceil((row_bytes + chunk_bytes) * 1.1 / 2**20) + 8)
 
 
-def _valid_mask(ds: rasterio.io.DatasetReader, bands: Sequence[int], window: Window | None = None,
-                out_shape: tuple[int, int] | None = None, data: np.ndarray | None = None) -> np.ndarray:
-    """Boolean (h, w): valid where any of ``bands`` is valid (nearest sampling when decimated).
-
-    ``data``: the bands' values at the same pixels, for floating-point bands; a band is then valid
-    where GDAL's mask says so and its value is finite."""
-    kwargs = {}
-    if out_shape is not None:
-        kwargs = {"out_shape": (len(bands), *out_shape), "resampling": Resampling.nearest}
-    masks = ds.read_masks(list(bands), window=window, **kwargs) != 0
-    if data is not None and data.dtype.kind == "f":
-        masks &= np.isfinite(data)
-    return masks.any(axis=0)
-
-
 def valid_at(info: SceneInfo, spec: ReadSpec, coverage: CoverageMap | None, cols: np.ndarray,
              rows: np.ndarray) -> np.ndarray:
     """Boolean (N,): whether scene pixels (``cols``, ``rows``), inside the scene, are valid.
@@ -252,20 +223,8 @@ def valid_at(info: SceneInfo, spec: ReadSpec, coverage: CoverageMap | None, cols
             for i in unsure:
                 window = Window(int(cols[i]), int(rows[i]), 1, 1)
                 data = ds.read(bands, window=window) if spec.finite_only else None
-                valid[i] = bool(_valid_mask(ds, bands, window=window, data=data)[0, 0])
+                valid[i] = bool(valid_mask(ds, bands, window=window, data=data)[0, 0])
     return valid
-
-
-def _stretch_from_samples(samples: np.ndarray, valid: np.ndarray, percentiles: tuple[float, float]) -> Stretch:
-    """Per-band percentiles of ``samples`` (C, n) where ``valid`` (n,) and the value is finite."""
-    lows, highs = [], []
-    for band in samples:
-        keep = valid & np.isfinite(band) if band.dtype.kind == "f" else valid
-        values = band[keep]
-        lo, hi = (float(v) for v in np.percentile(values, percentiles)) if values.size else (0.0, 1.0)
-        lows.append(lo)
-        highs.append(hi if hi > lo else lo + 1.0)  # a constant band gets a unit span and maps to 0
-    return Stretch(tuple(lows), tuple(highs))
 
 
 def scan_scene(ds: rasterio.io.DatasetReader, read_bands: Sequence[int], *, stretch: bool, masked: bool,
@@ -302,7 +261,7 @@ def scan_scene(ds: rasterio.io.DatasetReader, read_bands: Sequence[int], *, stre
         window = Window(0, r0, w, rows)
         first = (-r0) % f  # first strip row whose scene row is a multiple of f
         data = ds.read(bands, window=window) if (masked and finite_only) or (stretch and first < rows) else None
-        valid = _valid_mask(ds, bands, window=window, data=data if finite_only else None) if masked else None
+        valid = valid_mask(ds, bands, window=window, data=data if finite_only else None) if masked else None
         if masked:
             pad_h, pad_w = math.ceil(rows / cell) * cell - rows, gw * cell - w
             g0, g1 = r0 // cell, r0 // cell + math.ceil(rows / cell)
@@ -318,7 +277,7 @@ def scan_scene(ds: rasterio.io.DatasetReader, read_bands: Sequence[int], *, stre
                                     else np.ones(samples[-1].shape[1], bool))
     result_stretch = None
     if stretch:
-        result_stretch = _stretch_from_samples(np.concatenate(samples, axis=1), np.concatenate(sample_valid),
+        result_stretch = stretch_from_samples(np.concatenate(samples, axis=1), np.concatenate(sample_valid),
                                                percentiles)
     coverage = CoverageMap(cell, any_valid, all_valid) if masked else None
     return result_stretch, coverage
@@ -329,7 +288,7 @@ def prepare_read(info: SceneInfo, *, bands: Sequence[int] | None = None, window:
                  cache_mb: int | None = None, coverage_scan: bool = True) -> tuple[ReadSpec, CoverageMap | None]:
     """The per-scene read description (bands, stretch, cache) and, for masked scenes, its coverage.
 
-    The stretch comes from a sample of the scene's blocks (``serving.engine.stretch_sample``).
+    The stretch comes from a sample of the scene's blocks (``serving.engine.stretch``).
     ``coverage_scan=False`` skips the coverage scan (it reads the whole mask): for a reader that finds
     the windows without a valid pixel itself (``serving.engine.pyramid_pass``).
     """
@@ -345,8 +304,6 @@ def prepare_read(info: SceneInfo, *, bands: Sequence[int] | None = None, window:
     stretch, cover = None, None
     scan_coverage = masked and coverage_scan
     if needs_stretch or scan_coverage:
-        from serving.engine.stretch_sample import sample_stretch  # it imports this module
-
         with CacheHold(cache * 2**20), rasterio.open(info.uri) as ds:
             if needs_stretch:
                 stretch = sample_stretch(ds, read_bands, masked=masked, finite_only=finite_only,
@@ -461,15 +418,15 @@ class WindowReader:
         s, ds, bands = window.scale, self._ds, self.spec.read_bands
         x0, y0, w, h = window.col_off * s, window.row_off * s, window.width, window.height
         if s == 1:
-            return _valid_mask(ds, bands, window=Window(x0, y0, w, h))
+            return valid_mask(ds, bands, window=Window(x0, y0, w, h))
         if self.spec.resampling == "overview":
-            return _valid_mask(ds, bands, window=Window(x0, y0, w * s, h * s), out_shape=(h, w))
+            return valid_mask(ds, bands, window=Window(x0, y0, w * s, h * s), out_shape=(h, w))
         lo = s // 2 - 1
         out = np.empty((h, w), dtype=bool)
         level_rows = max(1, self.mask_chunk_bytes // (len(bands) * s * s * w))
         for r0 in range(0, h, level_rows):
             n = min(level_rows, h - r0)
-            full = _valid_mask(ds, bands, window=Window(x0, y0 + r0 * s, w * s, n * s)).reshape(n, s, w, s)
+            full = valid_mask(ds, bands, window=Window(x0, y0 + r0 * s, w * s, n * s)).reshape(n, s, w, s)
             out[r0:r0 + n] = (full[:, lo, :, lo] & full[:, lo, :, lo + 1]
                               & full[:, lo + 1, :, lo] & full[:, lo + 1, :, lo + 1])
         return out

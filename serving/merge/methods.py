@@ -111,7 +111,7 @@ from serving.merge.relations import (
     relations,
 )
 from serving.merge.suppress import suppress
-from serving.engine.window_detections import SceneDetections, WindowDetections, to_scene
+from serving.merge.window_detections import SceneDetections, WindowDetections, to_scene
 
 __all__ = ["MergeConfig", "MergedDetections", "merge", "merge_authors", "merge_holistic"]
 

@@ -38,6 +38,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Literal
 from xml.sax.saxutils import escape as xml_escape
 
 import numpy as np
@@ -58,7 +59,9 @@ from serving.outputs.geometry_attrs import (
 GEOMETRY_COLUMN = "geom"
 GEOJSON_DECIMALS = 7  # 1e-7 degree is about 1 cm on the ground (RFC7946=YES's default, said explicitly)
 GPKG_VERSION = "1.2"  # GDAL's default, 1.4, makes QGIS 3.22 / GDAL 3.6 warn "may only be partially supported"
-SUPPORTED_SUFFIXES = (".geojson", ".gpkg", ".fgb")
+OutputFormat = Literal["geojson", "gpkg", "fgb"]
+OUTPUT_FORMATS: tuple[OutputFormat, ...] = ("geojson", "gpkg", "fgb")  # the formats, declared here only
+SUPPORTED_SUFFIXES = tuple(f".{fmt}" for fmt in OUTPUT_FORMATS)
 _GDAL_ERRORS = (
     pyogrio.errors.DataSourceError,
     pyogrio.errors.DataLayerError,
@@ -204,6 +207,15 @@ def check_output_path(path: Path) -> None:
         raise OutputError(f"cannot write {path}: folder {parent} is not writable "
                           f"({exc.strerror or type(exc).__name__})") from exc
     probe.close()
+
+
+def fsync_path(path: Path) -> None:
+    """Sync ``path`` (a file, or a folder after a rename into it) to disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _first_file(folder: Path) -> Path:

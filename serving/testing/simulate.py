@@ -18,6 +18,7 @@ bridges of 50 to 6,000 px; :func:`near_miss_scene` lays out the pairs that a mer
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
 from collections.abc import Callable
@@ -32,7 +33,7 @@ from hbdnet.boxes.convention import obb_to_poly, poly_to_obb, regularize_le90
 from hbdnet.boxes.iou import box_iou_rotated
 from hbdnet.pyramid import PlanWindow, plan_pyramid
 from serving.merge.methods import MergeConfig, merge
-from serving.engine.window_detections import SceneDetections, WindowDetections, to_scene
+from serving.merge.window_detections import SceneDetections, WindowDetections, to_scene
 
 
 @dataclass(frozen=True)
@@ -209,6 +210,36 @@ class PerfectDetector:
         own = regularize_le90(torch.from_numpy(own)).numpy()
         tie = own[:, 2] * own[:, 3] <= rects[:, 2] * rects[:, 3] * (1 + 1e-9)
         return np.where(tie[:, None], own, rects), c1 - c0
+
+
+class PerfectWindowDetector:
+    """``PerfectDetector`` (one window at a time, ignores pixels) as the engine's ``WindowDetector``."""
+
+    name = "perfect"
+
+    def __init__(self, ground_truth: np.ndarray):
+        self._perfect = PerfectDetector(np.asarray(ground_truth, dtype=np.float64).reshape(-1, 5))
+
+    def detect(self, images: list[np.ndarray], windows: list[PlanWindow]) -> list[tuple[np.ndarray, ...]]:
+        results = [self._perfect(w) for w in windows]
+        return [(d.boxes, d.scores, d.labels) for d in results]
+
+
+@dataclass(frozen=True, eq=False)
+class PerfectSpec:
+    """The engine's ``DetectorSpec`` of a ``PerfectWindowDetector`` over ``ground_truth`` ((N, 5) le90
+    boxes in scene pixels): a test double that returns the visible parts of those boxes in each window."""
+
+    ground_truth: np.ndarray
+    name: str = "perfect"
+    uses_gpu: bool = False
+
+    def build(self) -> PerfectWindowDetector:
+        return PerfectWindowDetector(self.ground_truth)
+
+    def fingerprint(self) -> str:
+        truth = np.ascontiguousarray(np.asarray(self.ground_truth, dtype=np.float64))
+        return hashlib.sha256(truth.tobytes()).hexdigest()
 
 
 ScoreMode = Literal["constant", "noisy", "coarse_higher", "coarse_lower"]

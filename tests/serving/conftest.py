@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
-from rasterio.enums import ColorInterp, Resampling
 from affine import Affine
+from rasterio.enums import ColorInterp, Resampling
 
 
 def _write_geotiff(
@@ -70,7 +70,7 @@ def ray_runtime() -> Iterator[None]:
     3 logical CPUs, so that a 2-actor pool and a 1-actor pool can be up at the same time.
     """
     ray = pytest.importorskip("ray")
-    from serving.engine.workers import ensure_ray
+    from serving.engine.pools import ensure_ray
 
     started = ensure_ray(num_cpus=3)
     yield

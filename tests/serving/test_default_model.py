@@ -26,8 +26,8 @@ import torch
 
 from hbdnet.boxes.iou import box_iou_rotated
 from hbdnet.checkpoint import bundled_model_path, load_model
-from serving.engine.detectors import DetectorSpec
-from serving.engine.pipeline import detect_scene
+from serving.engine.detectors import DetectorSpec, ModelSpec
+from serving.testing.engine_runs import detect_file as detect_scene
 
 REPO = Path(__file__).resolve().parents[2]
 SHARED = Path(os.environ.get("HBDNET_SHARED_DATA", REPO / ".." / "shared" / "data"))
@@ -39,7 +39,7 @@ NWPU_VAL = SHARED / "nwpu-bridges" / "val"
 
 
 def default_spec() -> DetectorSpec:
-    return DetectorSpec(kind="model", path=str(bundled_model_path("default")), device="cpu")
+    return ModelSpec(path=str(bundled_model_path("default")), device="cpu")
 
 
 def default_threshold() -> float:
@@ -135,7 +135,7 @@ def model_card_ap50() -> float:
 @pytest.mark.skipif(not NWPU_VAL.is_dir(), reason="../shared/data/nwpu-bridges is not here")
 def test_default_model_val_ap50_is_the_model_cards():
     from hbdnet.data.dota import load_dota_folder
-    from serving.engine.whole_images import evaluate_model
+    from serving.evaluate import evaluate_model
 
     metrics = evaluate_model(load_dota_folder(NWPU_VAL), bundled_model_path("default"))
     assert metrics["AP50"] == pytest.approx(model_card_ap50(), abs=0.005), metrics

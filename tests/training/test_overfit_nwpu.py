@@ -9,11 +9,17 @@ from pathlib import Path
 import pytest
 
 from hbdnet.data.dota import load_dota_folder
-from serving.engine.whole_images import evaluate_model
 from hbdnet.models.build import ModelConfig
 from hbdnet.models.hbdnet import HBDNetConfig
-from hbdnet.training.config import DataConfig, ExperimentConfig, OptimConfig, StageConfig, TrainConfig
+from hbdnet.training.config import (
+    DataConfig,
+    ExperimentConfig,
+    OptimConfig,
+    StageConfig,
+    TrainConfig,
+)
 from hbdnet.training.trainer import train
+from serving.evaluate import evaluate_model
 
 SHARED = Path(os.environ.get("HBDNET_SHARED_DATA", Path(__file__).resolve().parents[2] / ".." / "shared" / "data"))
 NWPU_TRAIN = SHARED / "nwpu-bridges" / "train"

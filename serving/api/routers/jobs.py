@@ -9,11 +9,26 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import FileResponse, JSONResponse
 
 from serving.api import submit
-from serving.api.deps import base_url, get_job, get_service, require_api_key, status_info
+from serving.api.deps import (
+    base_url,
+    get_job,
+    get_service,
+    require_api_key,
+    status_info,
+)
 from serving.api.errors import OGC_EXCEPTIONS, ApiError
-from serving.api.models import MEDIA_TYPES, JobHrefRequest, JobList, JobOptions, Link, OgcException, StatusInfo
+from serving.api.models import (
+    MEDIA_TYPES,
+    JobHrefRequest,
+    JobList,
+    JobOptions,
+    Link,
+    OgcException,
+    StatusInfo,
+)
 from serving.api.service import JobService
 from serving.api.store import JobRecord
+from serving.outputs.geo_output import OutputFormat
 
 router = APIRouter(tags=["jobs"], dependencies=[Depends(require_api_key)])
 
@@ -85,7 +100,7 @@ def get_status(request: Request, job: JobRecord = Depends(get_job)) -> StatusInf
 @router.get("/jobs/{job_id}/results", summary="A successful job's bridges",
             responses={200: {"description": "the bridges", "content": {t: {} for t in MEDIA_TYPES.values()}},
                        401: {"model": OgcException}, 404: {"model": OgcException}})
-def get_results(job: JobRecord = Depends(get_job), f: Literal["geojson", "gpkg", "fgb", "qml"] | None = Query(
+def get_results(job: JobRecord = Depends(get_job), f: OutputFormat | Literal["qml"] | None = Query(
         None, description="geojson (default: the job's format), gpkg (QGIS style inside), fgb, or qml (the "
                           "QGIS style for the fgb)"), service: JobService = Depends(get_service)) -> FileResponse:
     fmt = f or job.options.get("format", "geojson")

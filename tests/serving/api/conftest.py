@@ -15,6 +15,8 @@ import pytest
 import rasterio
 from affine import Affine
 
+from serving.engine.detectors import ModelSpec
+
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 
@@ -91,15 +93,15 @@ def serve(tmp_path, tiny_checkpoint) -> Iterator[Callable[..., Server]]:
     from serving.api.app import create_app
     from serving.api.service import JobService
     from serving.api.settings import Settings
-    from serving.batch.runner import model_ref
-    from serving.engine.detectors import DetectorSpec
+    from serving.model_ref import model_ref
+
 
     started: list[Server] = []
 
     def start(**settings) -> Server:
         settings.setdefault("data_dir", tmp_path / "data")
         settings.setdefault("workers", 0)
-        model = settings.pop("model_ref", None) or model_ref(DetectorSpec(kind="model", path=str(tiny_checkpoint)),
+        model = settings.pop("model_ref", None) or model_ref(ModelSpec(path=str(tiny_checkpoint)),
                                                              name="tiny")
         s = Settings(**settings)
         server = Server(create_app(s, JobService(s, model)), free_port()).start()

@@ -7,7 +7,7 @@ import time
 
 
 def test_jobs_run_on_one_long_lived_ray_pool(ray_runtime, serve, client, scene_file, wait_job):
-    from serving.engine.workers import RayPool
+    from serving.engine.pools import RayPool
 
     server = serve(workers=1)
     pool = server.service.pool

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import httpx
 
+from serving.engine.detectors import NoopSpec
+
 
 def _port() -> int:
     with socket.socket() as s:
@@ -82,8 +84,8 @@ def test_a_job_interrupted_twice_is_failed_with_the_reason(tmp_path, tiny_checkp
     from serving.api.service import INTERRUPTED, JobService
     from serving.api.settings import Settings
     from serving.api.store import JobRecord, SqliteJobStore, now
-    from serving.batch.runner import model_ref
-    from serving.engine.detectors import DetectorSpec
+    from serving.model_ref import model_ref
+
 
     settings = Settings(data_dir=tmp_path, workers=0)
     settings.jobs_dir.mkdir(parents=True)
@@ -94,7 +96,7 @@ def test_a_job_interrupted_twice_is_failed_with_the_reason(tmp_path, tiny_checkp
         store.create(JobRecord(id=job_id, status="running", source="upload", options={}, created=t, updated=t,
                                attempts=attempts))
     store.close()
-    service = JobService(settings, model_ref(DetectorSpec("noop")))
+    service = JobService(settings, model_ref(NoopSpec()))
     service.recover()
     once, twice = (service.store.get(i) for i in ("11111111-1111-4111-8111-111111111111",
                                                   "22222222-2222-4222-8222-222222222222"))

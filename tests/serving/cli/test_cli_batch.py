@@ -22,19 +22,14 @@ import torch
 from affine import Affine
 
 from hbdnet.boxes.convention import obb_to_poly
-from serving.cli.main import main
-from serving.batch.runner import (
-    MANIFEST_NAME,
-    BatchError,
-    DetectOptions,
-    Manifest,
-    ModelRef,
-    model_ref,
-    run_batch,
-)
-from serving.engine.detectors import DetectorSpec
 from serving.batch.inputs import SceneInput, expand_inputs
-from serving.engine.workers import PoolConfig, make_pool
+from serving.batch.runner import MANIFEST_NAME, BatchError, Manifest, run_batch
+from serving.cli.main import main
+from serving.detect import DetectOptions
+from serving.engine.detectors import NoopSpec
+from serving.engine.pools import PoolConfig, make_pool
+from serving.model_ref import ModelRef, model_ref
+from serving.testing.simulate import PerfectSpec
 
 REPO = Path(__file__).resolve().parents[3]
 H, W = 300, 400
@@ -70,7 +65,7 @@ def manifest_lines(outdir: Path) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def perfect() -> ModelRef:
-    return model_ref(DetectorSpec("perfect", ground_truth=TRUTH))
+    return model_ref(PerfectSpec(TRUTH))
 
 
 def read_polygons(path: Path) -> tuple[np.ndarray, dict, dict[str, np.ndarray]]:
@@ -179,7 +174,7 @@ def test_rerun_skips_done_scenes_unless_model_output_or_settings_change(tmp_path
     summary = run_batch(scenes_of(*tifs), out, perfect, pool_config=IN_PROCESS)
     assert (summary.skipped_ok, summary.ran_ok) == (2, 1) and manifest_lines(out)[-1]["scene"] == str(tifs[1])
 
-    other = model_ref(DetectorSpec("perfect", ground_truth=TRUTH[:1]))  # other weights: another hash
+    other = model_ref(PerfectSpec(TRUTH[:1]))  # other weights: another hash
     summary = run_batch(scenes_of(*tifs), out, other, pool_config=IN_PROCESS)
     assert summary.ran_ok == 3 and summary.detections == 3
     assert {r["model"]["sha256"] for r in manifest_lines(out)[-3:]} == {other.sha256} != {perfect.sha256}
@@ -232,7 +227,7 @@ DRIVER = textwrap.dedent("""
     import sys, time
     import serving.batch.runner as batch
     import serving.cli.batch as cli_batch
-    from serving.engine.detectors import DetectorSpec
+
 
     delay = float(sys.argv[1])
     real_prepare = batch.prepare_scene
@@ -242,7 +237,7 @@ DRIVER = textwrap.dedent("""
         return real_prepare(*args, **kwargs)
 
     batch.prepare_scene = slow_prepare
-    cli_batch.resolve_model = lambda arg, device, precision="auto": batch.model_ref(DetectorSpec("noop"))
+    cli_batch.resolve_model = lambda arg, device, precision="auto": batch.model_ref(NoopSpec())
     from serving.cli.main import main
     sys.exit(main(["batch", *sys.argv[2:]]))
 """)
@@ -287,7 +282,7 @@ def test_interrupted_and_killed_runs_resume_and_run_every_scene_once(tmp_path):
     assert done_after_first < done_after_second < n
 
     # the last run in this process (same noop model, same settings): the rest, and only the rest
-    third = run_batch(expand_inputs([str(tmp_path / "in")]), out, model_ref(DetectorSpec("noop")),
+    third = run_batch(expand_inputs([str(tmp_path / "in")]), out, model_ref(NoopSpec()),
                       pool_config=IN_PROCESS)
     assert (third.skipped_ok, third.ran_ok, third.failed) == (done_after_second, n - done_after_second, 0)
     records = manifest_lines(out)
@@ -375,8 +370,9 @@ def test_striped_scene_is_noted_in_its_manifest_line_only(tmp_path, perfect):
 
 def test_next_scene_is_planned_while_the_pool_runs_the_one_before(tmp_path, monkeypatch):
     """Planning (open, stretch and coverage scans) of scene k+1 runs beside the detection of scene k."""
-    import serving.batch.runner as batch
     import serving.engine.workers as workers
+
+    import serving.batch.runner as batch
 
     tifs = [write_tif(tmp_path / "in" / f"s{k}.tif", size=(64, 64)) for k in range(3)]
     events: list[tuple[str, str, float]] = []
@@ -398,7 +394,7 @@ def test_next_scene_is_planned_while_the_pool_runs_the_one_before(tmp_path, monk
 
     monkeypatch.setattr(batch, "prepare_scene", slow_prepare)
     monkeypatch.setattr(workers, "build_detector", lambda spec: SlowDetector())
-    summary = run_batch(scenes_of(*tifs), tmp_path / "out", model_ref(DetectorSpec("noop")), pool_config=IN_PROCESS)
+    summary = run_batch(scenes_of(*tifs), tmp_path / "out", model_ref(NoopSpec()), pool_config=IN_PROCESS)
     assert summary.ran_ok == 3
     kinds = [k for k, _, _ in events]
     # One window per scene: plan s0, then s1's planning starts before s0's detection ends, and so on.

@@ -16,14 +16,17 @@ import shapely
 import torch
 from affine import Affine
 
-from hbdnet.commands import CliError
-from serving.cli.main import main
-from serving.batch.runner import DetectOptions, detect_to_file, model_ref
 from hbdnet.checkpoint import bundled_models
-from serving.engine.detectors import DetectorSpec
-from serving.outputs.geo_output import OutputError
+from serving.cli.errors import CliError
+from serving.cli.main import main
+from serving.detect import DetectOptions
+from serving.engine.detectors import NoopSpec
+from serving.engine.pools import PoolConfig
 from serving.engine.scene import SceneError
-from serving.engine.workers import PoolConfig
+from serving.model_ref import model_ref
+from serving.outputs.geo_output import OutputError
+from serving.testing.engine_runs import detect_to_file
+from serving.testing.simulate import PerfectSpec
 
 UTM = ("EPSG:32631", Affine(0.5, 0.0, 500000.0, 0.0, -0.5, 5800000.0))
 LONLAT = ("EPSG:4326", Affine(1e-5, 0.0, 3.0, 0.0, -1e-5, 52.0))
@@ -88,7 +91,7 @@ def test_default_output_is_stem_bridges_gpkg_in_the_current_folder(tmp_path, tin
 def test_a_bridge_at_a_known_place_comes_back_there(tmp_path, crs_transform, suffix):
     truth = np.array([[700.0, 420.0, 240.0, 16.0, 0.6]])  # scene pixels
     tif = write_tif(tmp_path / "s.tif", crs_transform, size=(600, 900))
-    model = model_ref(DetectorSpec("perfect", ground_truth=truth))
+    model = model_ref(PerfectSpec(truth))
     outcome = detect_to_file(str(tif), tmp_path / f"b{suffix}", model, pool_config=IN_PROCESS)
     assert outcome.detections == 1 and outcome.windows == 1 and outcome.notes == ()
     meta, _, geometry, fields = pyogrio.raw.read(outcome.output, layer=outcome.output.stem)
@@ -164,7 +167,7 @@ def _scores(path: Path) -> np.ndarray:
 
 def test_scene_without_crs(tmp_path):
     tif = write_tif(tmp_path / "pixels.tif", None)
-    model = model_ref(DetectorSpec("perfect", ground_truth=np.array([[30.0, 30.0, 40.0, 6.0, 0.0]])))
+    model = model_ref(PerfectSpec(np.array([[30.0, 30.0, 40.0, 6.0, 0.0]])))
     outcome = detect_to_file(str(tif), tmp_path / "p.gpkg", model, pool_config=IN_PROCESS)
     assert outcome.detections == 1 and any("no CRS" in note for note in outcome.notes)
     with pytest.raises(OutputError, match="no CRS"):
@@ -240,9 +243,9 @@ def test_bad_arguments_exit_2(argv, capsys):
 
 
 def test_worker_options_reach_the_pool():
+    from serving.cli.arguments import pool_config
     from serving.cli.main import build_parser
-    from serving.cli.detect import pool_config
-    from serving.engine.workers import PoolConfig
+    from serving.engine.pools import PoolConfig
 
     for command in (["detect", "x.tif"], ["batch", "x.tif", "-o", "out"]):
         args = build_parser().parse_args([*command, "--workers", "3", "--read-threads", "4", "--ray-address", "auto"])
@@ -251,7 +254,7 @@ def test_worker_options_reach_the_pool():
 
 
 def test_scene_errors_from_the_library(tmp_path):
-    model = model_ref(DetectorSpec("noop"))
+    model = model_ref(NoopSpec())
     with pytest.raises(SceneError, match="scene not found"):
         detect_to_file(str(tmp_path / "nope.tif"), tmp_path / "o.gpkg", model, pool_config=IN_PROCESS)
     assert not (tmp_path / "o.gpkg").exists()

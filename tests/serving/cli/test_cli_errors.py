@@ -13,6 +13,7 @@ import torch
 from affine import Affine
 
 from serving.cli.main import main
+from serving.engine.detectors import NoopSpec
 
 
 def write_tif(path: Path) -> Path:
@@ -139,9 +140,10 @@ def test_bad_model_files_are_one_line(tmp_path, capsys):
 # --- eval --output ----------------------------------------------------------------------------------
 
 def test_eval_output_is_strict_json(tmp_path, capsys, monkeypatch):
+    import serving.engine.whole_images
+
     import hbdnet.checkpoint
     import hbdnet.data.dota
-    import serving.engine.whole_images
 
     monkeypatch.setattr(hbdnet.checkpoint, "read_checkpoint", lambda path: {})
     monkeypatch.setattr(hbdnet.data.dota, "load_dota_folder", lambda folder: ["image"])
@@ -167,7 +169,7 @@ def test_eval_output_is_strict_json(tmp_path, capsys, monkeypatch):
 # --- the plan up front and an estimate from the first windows --------------------------------------
 
 def test_run_estimate_from_the_first_windows():
-    from serving.engine.pipeline import RunEstimate
+    from serving.reporting import RunEstimate
 
     now = [100.0]
     said: list[str] = []
@@ -188,12 +190,12 @@ def test_run_estimate_from_the_first_windows():
 
 
 def test_detect_and_batch_print_the_plan_and_an_estimate(tmp_path, capsys, monkeypatch):
-    from serving.batch.runner import model_ref
     from serving.cli import batch as batch_cli
     from serving.cli import detect as detect_cli
-    from serving.engine.detectors import DetectorSpec
+    from serving.model_ref import model_ref
 
-    noop = model_ref(DetectorSpec("noop"))
+
+    noop = model_ref(NoopSpec())
     monkeypatch.setattr(detect_cli, "resolve_model", lambda arg, device="auto", precision="auto": noop)
     monkeypatch.setattr(batch_cli, "resolve_model", lambda arg, device="auto", precision="auto": noop)
     tif = tmp_path / "big.tif"

@@ -10,10 +10,12 @@ import rasterio
 from affine import Affine
 
 from serving.batch.inputs import expand_inputs
-from serving.batch.runner import detect_to_file, model_ref, run_batch
-from serving.engine.detectors import DetectorSpec
+from serving.batch.runner import run_batch
+from serving.engine.pools import PoolConfig
 from serving.engine.scene import scene_reference
-from serving.engine.workers import PoolConfig
+from serving.model_ref import model_ref
+from serving.testing.engine_runs import detect_to_file
+from serving.testing.simulate import PerfectSpec
 
 TRUTH = np.array([[120.0, 100.0, 150.0, 14.0, 0.4]])
 STEM = "rotterdam_pan2_0.5m_harbour"
@@ -28,7 +30,7 @@ def write_tif(path):
 
 @pytest.fixture
 def perfect():
-    return model_ref(DetectorSpec("perfect", ground_truth=TRUTH))
+    return model_ref(PerfectSpec(TRUTH))
 
 
 def scene_values(path):

@@ -6,13 +6,14 @@ import time
 
 import numpy as np
 import pytest
+import serving.engine.pipeline as engine
 
 from hbdnet.pyramid import plan_pyramid
-from serving.engine.detectors import DetectorSpec
-import serving.engine.pipeline as engine
-from serving.engine.pipeline import detect_scene, plan_beside_workers
+from serving.detect import plan_beside_workers
+from serving.engine.detectors import NoopSpec
 from serving.engine.scene import SceneError
-from serving.testing.simulate import score_against_truth, synthetic_scene
+from serving.testing.engine_runs import detect_file as detect_scene
+from serving.testing.simulate import PerfectSpec, score_against_truth, synthetic_scene
 
 H, W, WINDOW, OVERLAP = 1300, 1500, 256, 56
 
@@ -24,7 +25,7 @@ def bridges() -> np.ndarray:
 
 def test_whole_bridges_come_out_of_the_pyramid(geotiff, bridges):
     path = str(geotiff("scene.tif", np.full((3, H, W), 90, np.uint8)))
-    result = detect_scene(path, DetectorSpec("perfect", ground_truth=bridges), workers=0, window=WINDOW,
+    result = detect_scene(path, PerfectSpec(bridges), workers=0, window=WINDOW,
                           overlap=OVERLAP)
     plan = plan_pyramid(H, W, window=WINDOW, overlap=OVERLAP, max_side=WINDOW)
     assert result.windows == len(plan) and result.skipped == 0
@@ -47,7 +48,7 @@ def test_windows_without_valid_pixels_never_reach_the_detector(geotiff):
     truth = np.array([[300.0, 500.0, 200.0, 12.0, 0.3],  # in the nodata half
                       [900.0, 500.0, 200.0, 12.0, -0.4]])  # in the valid half
     path = str(geotiff("half.tif", data, nodata=0))
-    result = detect_scene(path, DetectorSpec("perfect", ground_truth=truth), workers=0, window=WINDOW,
+    result = detect_scene(path, PerfectSpec(truth), workers=0, window=WINDOW,
                           overlap=OVERLAP)
     assert result.skipped > 0
     assert len(result.window_detections) == result.windows - result.skipped
@@ -59,7 +60,7 @@ def test_windows_without_valid_pixels_never_reach_the_detector(geotiff):
 
 def test_a_scene_without_valid_pixels_reads_nothing(geotiff):
     path = str(geotiff("empty.tif", np.zeros((1, 500, 600), np.uint16), nodata=0))
-    result = detect_scene(path, DetectorSpec("noop"), workers=0, window=WINDOW, overlap=OVERLAP)
+    result = detect_scene(path, NoopSpec(), workers=0, window=WINDOW, overlap=OVERLAP)
     assert result.skipped == result.windows > 1
     assert result.window_detections == [] and result.boxes.shape == (0, 5)
 
@@ -67,7 +68,7 @@ def test_a_scene_without_valid_pixels_reads_nothing(geotiff):
 def test_progress_counts_every_window_read(geotiff):
     path = str(geotiff("scene.tif", np.zeros((3, 700, 900), np.uint8)))
     calls = []
-    result = detect_scene(path, DetectorSpec("noop"), workers=0, window=WINDOW, overlap=OVERLAP,
+    result = detect_scene(path, NoopSpec(), workers=0, window=WINDOW, overlap=OVERLAP,
                           progress=lambda done, total: calls.append((done, total)))
     assert calls[-1] == (result.windows, result.windows)
     assert [d for d, _ in calls] == sorted(d for d, _ in calls)
@@ -77,14 +78,14 @@ def test_progress_counts_every_window_read(geotiff):
 def test_single_band_uint16_scene_and_band_choice(geotiff):
     data = (np.arange(3 * 300 * 400, dtype=np.uint16) % 5000).reshape(3, 300, 400)
     path = str(geotiff("ms.tif", data))
-    assert detect_scene(path, DetectorSpec("noop"), workers=0, bands=(3, 2, 1)).windows == 1
+    assert detect_scene(path, NoopSpec(), workers=0, bands=(3, 2, 1)).windows == 1
     with pytest.raises(SceneError, match="out of range"):
-        detect_scene(path, DetectorSpec("noop"), workers=0, bands=(4, 2, 1))
+        detect_scene(path, NoopSpec(), workers=0, bands=(4, 2, 1))
 
 
 def test_missing_scene(tmp_path):
     with pytest.raises(SceneError, match="not found"):
-        detect_scene(str(tmp_path / "nope.tif"), DetectorSpec("noop"), workers=0)
+        detect_scene(str(tmp_path / "nope.tif"), NoopSpec(), workers=0)
 
 
 def test_bad_scene_or_bands_fail_before_any_worker_starts(geotiff, tmp_path, monkeypatch):
@@ -93,10 +94,10 @@ def test_bad_scene_or_bands_fail_before_any_worker_starts(geotiff, tmp_path, mon
 
     monkeypatch.setattr(engine, "make_pool", no_workers)
     with pytest.raises(SceneError, match="not found"):
-        detect_scene(str(tmp_path / "nope.tif"), DetectorSpec("noop"))
+        detect_scene(str(tmp_path / "nope.tif"), NoopSpec())
     path = str(geotiff("rgb.tif", np.zeros((3, 100, 100), np.uint8)))
     with pytest.raises(SceneError, match="out of range"):
-        detect_scene(path, DetectorSpec("noop"), bands=(4, 2, 1))
+        detect_scene(path, NoopSpec(), bands=(4, 2, 1))
 
 
 class _Pool:

@@ -11,14 +11,15 @@ import zlib
 
 import numpy as np
 import pytest
+import serving.engine.worker as worker_module
 
-import serving.engine.workers as workers
 from hbdnet.pyramid import PlanWindow
-from serving.engine.detectors import DetectorSpec, NoopDetector
+from serving.engine.detectors import NoopDetector, NoopSpec
+from serving.engine.pools import InProcessPool, PoolConfig
 from serving.engine.reader import plan_scene
 from serving.engine.scene import open_scene
-from serving.engine.workers import (GPU_BATCH_SIZE, InProcessPool, PoolConfig, WindowWorker, default_read_threads,
-                                    device_stager)
+from serving.engine.window_batches import device_stager
+from serving.engine.worker import GPU_BATCH_SIZE, WindowWorker, default_read_threads
 from serving.testing.simulate import texture
 
 
@@ -62,16 +63,14 @@ def test_default_read_threads():
 
 
 def test_a_worker_for_a_gpu_batches_and_reads_more(monkeypatch):
-    assert WindowWorker(DetectorSpec("noop")).batch_size == 1
-    assert WindowWorker(DetectorSpec("noop")).read_threads == 2
+    assert WindowWorker(NoopSpec()).batch_size == 1
+    assert WindowWorker(NoopSpec()).read_threads == 2
     # what the worker decides once the device resolves to a GPU (the detector itself stays a no-op here)
-    monkeypatch.setattr(workers, "uses_gpu", lambda spec: True)
-    monkeypatch.setattr(workers, "resolve_device", lambda device: "cuda")
-    monkeypatch.setattr(workers, "local_gpus", lambda spec: 1)
-    worker = WindowWorker(DetectorSpec("noop"))
+    monkeypatch.setattr(worker_module, "local_gpus", lambda spec: 1)
+    worker = WindowWorker(NoopSpec())
     assert worker.batch_size == GPU_BATCH_SIZE >= 8
     assert worker.read_threads == default_read_threads(True, gpus=1)
-    assert WindowWorker(DetectorSpec("noop"), batch_size=3, read_threads=5).batch_size == 3  # settings win
+    assert WindowWorker(NoopSpec(), batch_size=3, read_threads=5).batch_size == 3  # settings win
 
 
 def test_device_stager_only_for_detectors_that_upload_ahead():
@@ -87,7 +86,7 @@ def test_uploads_start_in_reading_threads_and_the_pixels_are_the_same(geotiff, o
     plan = plan_scene(open_scene(path), window=256, overlap=40)
 
     def run(detector):
-        with InProcessPool(DetectorSpec("noop"), PoolConfig(workers=0, one_pass=one_pass, batch_size=3)) as pool:
+        with InProcessPool(NoopSpec(), PoolConfig(workers=0, one_pass=one_pass, batch_size=3)) as pool:
             pool._worker.detector = detector
             return pool.run(plan.spec, plan.items)
 

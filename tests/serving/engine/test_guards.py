@@ -10,14 +10,23 @@ import numpy as np
 import pytest
 import rasterio
 from affine import Affine
+from serving.engine.pipeline import finish_scene, prepare_scene
 
-from serving.batch.runner import detect_to_file, model_ref
-from serving.engine.detectors import DetectorSpec
-from serving.engine.pipeline import detect_scene, finish_scene, prepare_scene
-from serving.engine.reader import EmptySceneWarning, EmptyWindowsWarning, WindowReader, valid_at
+from serving.engine.detectors import NoopSpec
+from serving.engine.pools import PoolConfig
+from serving.engine.reader import (
+    EmptySceneWarning,
+    EmptyWindowsWarning,
+    WindowReader,
+    valid_at,
+)
+from serving.engine.tasks import PoolRun
 from serving.engine.valid_area import clip_to_scene, corners, keep_on_valid_pixels
-from serving.engine.window_detections import WindowDetections
-from serving.engine.workers import PoolConfig, PoolRun
+from serving.merge.window_detections import WindowDetections
+from serving.model_ref import model_ref
+from serving.testing.engine_runs import detect_file as detect_scene
+from serving.testing.engine_runs import detect_to_file
+from serving.testing.simulate import PerfectSpec
 
 H, W = 300, 400
 
@@ -39,7 +48,7 @@ def texture(c=1, h=H, w=W) -> np.ndarray:
 def run(path, truth, **kw):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        result = detect_scene(path, DetectorSpec("perfect", ground_truth=np.asarray(truth, float)), workers=0,
+        result = detect_scene(path, PerfectSpec(np.asarray(truth, float)), workers=0,
                               **kw)
     return result, [w for w in caught if w.category.__module__.startswith("serving.")]
 
@@ -56,7 +65,7 @@ def test_an_all_nan_float_scene_gives_no_detection_and_one_notice(tmp_path):
 
 def test_the_notice_reaches_the_caller_as_one_line(tmp_path):
     path = float_tif(tmp_path / "inf.tif", np.full((3, H, W), np.inf, np.float32))
-    outcome = detect_to_file(path, tmp_path / "o.gpkg", model_ref(DetectorSpec("noop")),
+    outcome = detect_to_file(path, tmp_path / "o.gpkg", model_ref(NoopSpec()),
                              pool_config=PoolConfig(workers=0))
     assert outcome.detections == 0
     (note,) = [n for n in outcome.notes if "no valid pixel" in n]

@@ -11,8 +11,8 @@ from hbdnet.inference import _malloc_trim, load_window_detector, release_free_he
 from hbdnet.models.build import ModelConfig
 from hbdnet.models.hbdnet import HBDNet, HBDNetConfig
 from hbdnet.pyramid import PlanWindow
-from serving.engine.detectors import DetectorSpec
-from serving.engine.pipeline import detect_scene
+from serving.engine.detectors import ModelSpec
+from serving.testing.engine_runs import detect_file as detect_scene
 
 
 def tiny(**kw) -> ModelConfig:
@@ -40,7 +40,7 @@ def scene(tmp_path):
 
 
 def test_checkpoint_runs_over_the_pyramid(checkpoint, scene):
-    result = detect_scene(str(scene), DetectorSpec(kind="model", path=str(checkpoint)), workers=0,
+    result = detect_scene(str(scene), ModelSpec(path=str(checkpoint)), workers=0,
                           window=128, overlap=32)
     # 300 x 420 with 128 px windows: levels 0..2 (420 -> 210 -> 105)
     assert {d.window.level for d in result.window_detections} == {0, 1, 2}

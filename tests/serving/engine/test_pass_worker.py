@@ -10,12 +10,13 @@ import pytest
 from rasterio.enums import ColorInterp
 
 from hbdnet.pyramid import PlanWindow
-from serving.engine.detectors import DetectorSpec
+from serving.engine.detectors import NoopSpec
 from serving.engine.pass_worker import pass_results
+from serving.engine.pools import InProcessPool, PoolConfig
 from serving.engine.reader import ReadItem, WindowReader, plan_scene
 from serving.engine.scene import open_scene
-from serving.testing.simulate import texture
-from serving.engine.workers import Cancelled, InProcessPool, PoolConfig
+from serving.engine.tasks import Cancelled
+from serving.testing.simulate import PerfectSpec, texture
 
 WINDOW, OVERLAP = 256, 40
 
@@ -46,7 +47,7 @@ class ChecksumDetector:
 
 def run_pool(path: str, one_pass: bool, detector: ChecksumDetector, batch_size: int = 1, **plan_kw):
     plan = plan_scene(open_scene(path), window=WINDOW, overlap=OVERLAP, **plan_kw)
-    with InProcessPool(DetectorSpec("noop"), PoolConfig(workers=0, one_pass=one_pass, batch_size=batch_size)) as pool:
+    with InProcessPool(NoopSpec(), PoolConfig(workers=0, one_pass=one_pass, batch_size=batch_size)) as pool:
         pool._worker.detector = detector
         seen: list[tuple[int, int]] = []
         run = pool.run(plan.spec, plan.items, progress=lambda d, t: seen.append((d, t)))
@@ -106,7 +107,7 @@ def test_cancel_stops_the_pass_and_a_decode_error_fails_the_scene(geotiff, tmp_p
     path = str(geotiff("c.tif", texture(3, 1200, 1200, seed=10)))
     plan = plan_scene(open_scene(path), window=WINDOW, overlap=OVERLAP)
     detector = ChecksumDetector()
-    with InProcessPool(DetectorSpec("noop"), PoolConfig(workers=0)) as pool:
+    with InProcessPool(NoopSpec(), PoolConfig(workers=0)) as pool:
         pool._worker.detector = detector
         with pytest.raises(Cancelled):
             pool.run(plan.spec, plan.items, cancel=lambda: sum(detector.calls) >= 5)
@@ -120,7 +121,7 @@ def test_cancel_stops_the_pass_and_a_decode_error_fails_the_scene(geotiff, tmp_p
 def test_in_process_detect_scene_plans_without_a_coverage_scan_and_still_drops_boxes_on_nodata(geotiff,
                                                                                                 monkeypatch):
     import serving.engine.reader as reader_module
-    from serving.engine.pipeline import detect_scene
+    from serving.testing.engine_runs import detect_file as detect_scene
 
     data = np.full((3, 1000, 1200), 50, np.uint8)
     data[:, :, :600] = 0  # nodata
@@ -131,7 +132,7 @@ def test_in_process_detect_scene_plans_without_a_coverage_scan_and_still_drops_b
     scan = reader_module.scan_scene
     monkeypatch.setattr(reader_module, "scan_scene", lambda *a, **k: scans.append(k["masked"]) or scan(*a, **k))
     with pytest.warns(UserWarning, match="13 of 42 windows have no valid pixel"):
-        result = detect_scene(path, DetectorSpec("perfect", ground_truth=truth), workers=0, window=WINDOW,
+        result = detect_scene(path, PerfectSpec(truth), workers=0, window=WINDOW,
                               overlap=OVERLAP)
     assert scans == []  # no pass over the mask before the first window
     scanned = plan_scene(open_scene(path), window=WINDOW, overlap=OVERLAP)
@@ -157,7 +158,7 @@ def test_the_pool_passes_its_buffer_setting_to_the_pass(geotiff, monkeypatch):
     monkeypatch.setattr(pyramid_pass.LevelStore, "__init__", recording_init)
     runs = []
     for buffer in (0, 2**30):
-        with InProcessPool(DetectorSpec("noop"), PoolConfig(workers=0, pass_buffer_bytes=buffer)) as pool:
+        with InProcessPool(NoopSpec(), PoolConfig(workers=0, pass_buffer_bytes=buffer)) as pool:
             pool._worker.detector = ChecksumDetector()
             runs.append(pool.run(plan.spec, plan.items))
     assert spilled == [True] * 3 + [False] * 3  # levels 1-3 in files, then in memory
@@ -167,7 +168,8 @@ def test_the_pool_passes_its_buffer_setting_to_the_pass(geotiff, monkeypatch):
 def test_detect_to_file_in_process_skips_the_coverage_scan_and_notes_the_empty_windows(geotiff, tmp_path,
                                                                                        monkeypatch):
     import serving.engine.reader as reader_module
-    from serving.batch.runner import ModelRef, detect_to_file
+    from serving.model_ref import ModelRef
+    from serving.testing.engine_runs import detect_to_file
 
     data = np.full((3, 1000, 1200), 50, np.uint8)
     data[:, :, :600] = 0  # nodata
@@ -175,7 +177,7 @@ def test_detect_to_file_in_process_skips_the_coverage_scan_and_notes_the_empty_w
     scans: list[bool] = []
     scan = reader_module.scan_scene
     monkeypatch.setattr(reader_module, "scan_scene", lambda *a, **k: scans.append(True) or scan(*a, **k))
-    model = ModelRef("noop", "0" * 64, DetectorSpec("noop"), window=WINDOW, overlap=OVERLAP)
+    model = ModelRef("noop", "0" * 64, NoopSpec(), window=WINDOW, overlap=OVERLAP)
     outcome = detect_to_file(path, tmp_path / "o.gpkg", model, pool_config=PoolConfig(workers=0))
     assert scans == []
     assert [n for n in outcome.notes if "13 of 42 windows have no valid pixel" in n]

@@ -6,10 +6,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from serving.engine.detectors import DetectorSpec
+from serving.engine.detectors import NoopSpec
+from serving.engine.pools import InProcessPool, PoolConfig, RayPool, reads_in_one_pass
 from serving.engine.reader import plan_scene
 from serving.engine.scene import open_scene
-from serving.engine.workers import Cancelled, InProcessPool, PoolConfig, RayPool, SceneJob, reads_in_one_pass
+from serving.engine.tasks import Cancelled, SceneJob
+from serving.testing.simulate import PerfectSpec
 
 WINDOW, OVERLAP = 256, 40
 
@@ -30,7 +32,7 @@ def truth() -> np.ndarray:
 @pytest.fixture(scope="module")
 def pool(ray_runtime, truth):
     config = PoolConfig(workers=2, ray_one_pass=True, pass_buffer_bytes=0)  # levels in files, in the actor
-    with RayPool(DetectorSpec("perfect", ground_truth=truth), config) as p:
+    with RayPool(PerfectSpec(truth), config) as p:
         yield p
 
 
@@ -40,7 +42,7 @@ def test_streamed_passes_equal_the_in_process_pass(pool, truth, geotiff):
     paths = [str(geotiff("half.tif", data, nodata=0)), str(geotiff("full.tif", texture(3, 900, 1100, 1)))]
     plans = [plan_scene(open_scene(p), window=WINDOW, overlap=OVERLAP, coverage_scan=False) for p in paths]
     assert reads_in_one_pass(pool, "exact") and not reads_in_one_pass(pool, "overview")
-    with InProcessPool(DetectorSpec("perfect", ground_truth=truth), PoolConfig(workers=0)) as local:
+    with InProcessPool(PerfectSpec(truth), PoolConfig(workers=0)) as local:
         expected = [local.run(p.spec, p.items) for p in plans]
     progress: list[tuple[int, int]] = []
     jobs = [SceneJob(p.spec, p.items, key=i, progress=lambda d, t: progress.append((d, t))) for i, p in enumerate(plans)]
@@ -71,7 +73,7 @@ def test_cancel_stops_the_stream_and_a_bad_scene_fails_alone(pool, geotiff, tmp_
 
 
 def test_a_lone_actor_reads_in_one_pass_and_several_read_window_by_window(pool):
-    spec = DetectorSpec("noop")
+    spec = NoopSpec()
     assert pool.config.ray_one_pass and pool.one_pass  # asked for
     assert reads_in_one_pass((spec, PoolConfig(workers=1)), "exact")
     assert not reads_in_one_pass((spec, PoolConfig(workers=2)), "exact")
@@ -91,10 +93,10 @@ def test_a_pass_whose_actor_dies_runs_again_for_the_windows_not_back(ray_runtime
     data[:, :, :500] = 0  # empty windows, skipped by both passes and counted once
     path = str(geotiff("killed.tif", data, nodata=0))
     plan = plan_scene(open_scene(path), window=WINDOW, overlap=OVERLAP, coverage_scan=False)
-    with InProcessPool(DetectorSpec("perfect", ground_truth=truth), PoolConfig(workers=0)) as local:
+    with InProcessPool(PerfectSpec(truth), PoolConfig(workers=0)) as local:
         want = local.run(plan.spec, plan.items)
     killed: list[int] = []
-    with RayPool(DetectorSpec("perfect", ground_truth=truth), PoolConfig(workers=1, batch_size=1)) as lone:
+    with RayPool(PerfectSpec(truth), PoolConfig(workers=1, batch_size=1)) as lone:
         assert lone.one_pass and reads_in_one_pass(lone, "exact")
         pid = lone.worker_pids()[0]
 

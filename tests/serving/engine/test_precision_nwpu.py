@@ -15,7 +15,7 @@ import torch
 from hbdnet.boxes.iou import box_iou_rotated
 from hbdnet.data.dota import load_dota_folder
 from hbdnet.evaluation.rotated_map import evaluate
-from serving.engine.whole_images import detect_images
+from serving.evaluate import detect_images
 
 ROOT = Path(__file__).resolve().parents[3]
 SHARED = Path(os.environ.get("HBDNET_SHARED_DATA", ROOT / ".." / "shared" / "data"))

@@ -7,6 +7,7 @@ import pytest
 import rasterio
 from affine import Affine
 
+from serving.engine.detectors import NoopSpec
 from serving.engine.scene import (
     DEFAULT_MAX_PIXELS,
     MIN_SCENE_SIDE,
@@ -77,7 +78,7 @@ def test_prepare_scene_checks_the_size(tmp_path, geotiff):
 
 
 def test_cli_max_pixels_option(tmp_path, geotiff, capsys):
-    from serving.cli.detect import max_pixels
+    from serving.cli.arguments import max_pixels
     from serving.cli.main import build_parser, main
 
     for command in (["detect", "x.tif"], ["batch", "x.tif", "-o", "out"]):
@@ -89,13 +90,15 @@ def test_cli_max_pixels_option(tmp_path, geotiff, capsys):
     assert exit_info.value.code == 2 and "--max-pixels" in capsys.readouterr().err
 
     # The guard answers before any model is loaded or worker started: the test double needs neither.
-    from serving.batch.runner import DetectOptions, detect_to_file, model_ref, run_batch
     from serving.batch.inputs import SceneInput
-    from serving.engine.detectors import DetectorSpec
-    from serving.engine.workers import PoolConfig
+    from serving.batch.runner import run_batch
+    from serving.detect import DetectOptions
+    from serving.engine.pools import PoolConfig
+    from serving.model_ref import model_ref
+    from serving.testing.engine_runs import detect_to_file
 
     scene = str(geotiff("s.tif", np.ones((1, 64, 64), np.uint8)))
-    noop = model_ref(DetectorSpec("noop"))
+    noop = model_ref(NoopSpec())
     with pytest.raises(SceneError, match="too large.*limit of 4,095"):
         detect_to_file(scene, tmp_path / "o.gpkg", noop, DetectOptions(max_pixels=4095),
                        pool_config=PoolConfig(workers=0))

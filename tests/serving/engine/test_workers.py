@@ -22,14 +22,22 @@ import rasterio
 from affine import Affine
 
 from hbdnet.pyramid import PlanWindow
-from serving.engine.detectors import DetectorSpec, NoopDetector, build_detector
-from serving.engine.pipeline import SceneResult, detect_scene
 from serving.batch.inputs import expand_inputs
-from serving.engine.reader import WindowReader, ReadItem, plan_scene
+from serving.detect import SceneResult
+from serving.engine.detectors import (
+    DetectorSpec,
+    ModelSpec,
+    NoopDetector,
+    NoopSpec,
+    build_detector,
+)
+from serving.engine.pools import InProcessPool, PoolConfig, RayPool, make_pool
+from serving.engine.reader import ReadItem, WindowReader, plan_scene
 from serving.engine.scene import open_scene
-from serving.testing.simulate import synthetic_scene
-from serving.engine.workers import (InProcessPool, PoolConfig, RayPool, SceneJob, WindowTask, WindowWorker, make_pool,
-                                    make_tasks)
+from serving.engine.tasks import SceneJob, WindowTask, make_tasks
+from serving.engine.worker import WindowWorker
+from serving.testing.engine_runs import detect_file as detect_scene
+from serving.testing.simulate import PerfectSpec, synthetic_scene
 
 H, W, WINDOW, OVERLAP = 1300, 1500, 256, 56
 
@@ -53,14 +61,14 @@ def scene_path(tmp_path_factory) -> str:
 @pytest.fixture(scope="module")
 def reference(scene_path, bridges) -> SceneResult:
     """The in-process result every Ray run must reproduce."""
-    return detect_scene(scene_path, DetectorSpec("perfect", ground_truth=bridges), workers=0, window=WINDOW,
+    return detect_scene(scene_path, PerfectSpec(bridges), workers=0, window=WINDOW,
                         overlap=OVERLAP)
 
 
 @pytest.fixture(scope="module")
 def pool2(ray_runtime, bridges) -> Iterator[RayPool]:
     """Two CPU actors with the perfect detector, shared by the Ray tests (actor start-up imports torch)."""
-    with RayPool(DetectorSpec("perfect", ground_truth=bridges), PoolConfig(workers=2, task_windows=2)) as pool:
+    with RayPool(PerfectSpec(bridges), PoolConfig(workers=2, task_windows=2)) as pool:
         yield pool
 
 
@@ -90,7 +98,7 @@ def test_tasks_carry_descriptors_not_pixels(scene_path):
 
 def test_worker_keeps_the_two_latest_scenes_open(scene_path, geotiff):
     spec = plan_scene(open_scene(scene_path), window=WINDOW).spec
-    worker = WindowWorker(DetectorSpec("noop"), readers=2)
+    worker = WindowWorker(NoopSpec(), readers=2)
     items = (ReadItem(0, PlanWindow(0, 1, 0, 0, 64, 64)),)
     worker.run(WindowTask(spec, items))
     first = worker.reader(spec)
@@ -120,7 +128,7 @@ def test_reads_run_ahead_on_threads_and_match_single_reads(scene_path):
             seen.extend((int(im.sum()), str(w)) for im, w in zip(images, windows))
             return [(np.zeros((0, 5), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64)) for _ in images]
 
-    threaded = WindowWorker(DetectorSpec("noop"), read_threads=3)
+    threaded = WindowWorker(NoopSpec(), read_threads=3)
     threaded.detector = Recorder()
     threaded.run(WindowTask(spec, items))
     assert len(threaded.reader(spec)._all) == 3
@@ -131,8 +139,8 @@ def test_reads_run_ahead_on_threads_and_match_single_reads(scene_path):
 
 
 def test_build_detector_kinds(bridges):
-    assert isinstance(build_detector(DetectorSpec("noop")), NoopDetector)
-    perfect = build_detector(DetectorSpec("perfect", ground_truth=bridges))
+    assert isinstance(build_detector(NoopSpec()), NoopDetector)
+    perfect = build_detector(PerfectSpec(bridges))
     (boxes, scores, labels), = perfect.detect([np.zeros((3, 1024, 1024), np.uint8)], [PlanWindow(1, 2, 0, 0, 750, 650)])
     assert boxes.shape[1] == 5 and len(boxes) == len(scores) == len(labels) > 0
     with pytest.raises(ValueError, match="ground_truth"):
@@ -142,7 +150,7 @@ def test_build_detector_kinds(bridges):
 
 
 def test_results_do_not_depend_on_the_number_of_workers(ray_runtime, pool2, scene_path, bridges, reference):
-    spec = DetectorSpec("perfect", ground_truth=bridges)
+    spec = PerfectSpec(bridges)
     kwargs = dict(window=WINDOW, overlap=OVERLAP)
     assert sum(len(d.scores) for d in reference.window_detections) > len(bridges)
     with RayPool(spec, PoolConfig(workers=1, task_windows=3)) as pool1:
@@ -178,9 +186,9 @@ def test_a_killed_worker_is_restarted_and_the_result_is_complete(pool2, scene_pa
 
 def test_in_process_pool_is_reusable_across_scenes(scene_path, geotiff, bridges):
     other = str(geotiff("small.tif", np.zeros((3, 200, 250), np.uint8)))
-    with InProcessPool(DetectorSpec("perfect", ground_truth=bridges)) as pool:
-        a = detect_scene(scene_path, DetectorSpec("noop"), pool=pool, window=WINDOW, overlap=OVERLAP)
-        b = detect_scene(other, DetectorSpec("noop"), pool=pool, window=WINDOW, overlap=OVERLAP)
+    with InProcessPool(PerfectSpec(bridges)) as pool:
+        a = detect_scene(scene_path, NoopSpec(), pool=pool, window=WINDOW, overlap=OVERLAP)
+        b = detect_scene(other, NoopSpec(), pool=pool, window=WINDOW, overlap=OVERLAP)
     assert len(a.window_detections) == a.windows and len(b.window_detections) == b.windows == 1
     assert len(a.scores) > 0  # the pool's detector ran, not the spec passed alongside it
 
@@ -220,7 +228,7 @@ def test_batch_through_ray_overlaps_scenes_and_equals_the_sequential_run(
 
     import serving.batch.runner as batch
 
-    model = dataclasses.replace(batch.model_ref(DetectorSpec("perfect", ground_truth=bridges)), window=WINDOW,
+    model = dataclasses.replace(batch.model_ref(PerfectSpec(bridges)), window=WINDOW,
                                 overlap=OVERLAP)
     small = tmp_path / "small.tif"
     with rasterio.open(scene_path) as src:  # a third scene, a corner of the first
@@ -262,12 +270,12 @@ def _cancel_after(n: int):
 
 
 def test_in_process_cancel_stops_the_windows_and_the_pool_takes_the_next_scene(scene_path, reference):
-    from serving.engine.workers import Cancelled
+    from serving.engine.tasks import Cancelled
 
     scene_plan = plan_scene(open_scene(scene_path), window=WINDOW, overlap=OVERLAP)
     total = len(scene_plan.items)
     calls: list[int] = []
-    with InProcessPool(DetectorSpec("noop"), PoolConfig(workers=0, task_windows=4)) as pool:
+    with InProcessPool(NoopSpec(), PoolConfig(workers=0, task_windows=4)) as pool:
         detect = pool._worker.detector.detect
         pool._worker.detector.detect = lambda images, windows: calls.append(len(images)) or detect(images, windows)
         seen, progress, cancel = _cancel_after(10)
@@ -281,7 +289,7 @@ def test_in_process_cancel_stops_the_windows_and_the_pool_takes_the_next_scene(s
 
 
 def test_ray_cancel_stops_dispatching_and_the_pool_takes_the_next_scene(pool2, scene_path, reference):
-    from serving.engine.workers import Cancelled
+    from serving.engine.tasks import Cancelled
 
     scene_plan = plan_scene(open_scene(scene_path), window=WINDOW, overlap=OVERLAP)
     total = len(scene_plan.items)
@@ -304,9 +312,9 @@ import sys
 from serving.engine.detectors import DetectorSpec
 from serving.engine.pipeline import detect_scene
 from serving.engine.workers import InProcessPool, PoolConfig, make_pool
-with make_pool(DetectorSpec("noop"), PoolConfig()) as pool:
+with make_pool(NoopSpec(), PoolConfig()) as pool:
     assert isinstance(pool, InProcessPool), type(pool)
-    detect_scene({str(scene_path)!r}, DetectorSpec("noop"), pool=pool)
+    detect_scene({str(scene_path)!r}, NoopSpec(), pool=pool)
 print("torch" in sys.modules, "ray" in sys.modules)
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
@@ -319,14 +327,14 @@ def test_a_model_pinned_to_the_cpu_runs_in_process_and_workers_or_an_address_ask
 
     started = []
     monkeypatch.setattr(workers, "RayPool", lambda spec, config: started.append(config) or "ray pool")
-    cpu_model = DetectorSpec("model", path="unused.pth", device="cpu")
+    cpu_model = ModelSpec(path="unused.pth", device="cpu")
     monkeypatch.setattr(workers, "InProcessPool", lambda spec, config: "in-process pool")
     assert make_pool(cpu_model, PoolConfig()) == "in-process pool"
-    assert make_pool(DetectorSpec("noop"), PoolConfig(workers=2)) == "ray pool"
-    assert make_pool(DetectorSpec("noop"), PoolConfig(ray_address="auto")) == "ray pool"
+    assert make_pool(NoopSpec(), PoolConfig(workers=2)) == "ray pool"
+    assert make_pool(NoopSpec(), PoolConfig(ray_address="auto")) == "ray pool"
     monkeypatch.setattr(workers, "local_gpus", lambda spec: 2)
-    assert make_pool(DetectorSpec("model", path="unused.pth", device="auto"), PoolConfig()) == "ray pool"
-    assert make_pool(DetectorSpec("model", path="unused.pth", device="auto"), PoolConfig(workers=0)) == "in-process pool"
+    assert make_pool(ModelSpec(path="unused.pth", device="auto"), PoolConfig()) == "ray pool"
+    assert make_pool(ModelSpec(path="unused.pth", device="auto"), PoolConfig(workers=0)) == "in-process pool"
 
 
 def test_ray_starts_without_its_token_notice(ray_runtime):

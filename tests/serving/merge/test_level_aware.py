@@ -18,20 +18,21 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import serving.engine.workers as engine_workers
 import torch
 
-import serving.engine.workers as engine_workers
 from hbdnet.boxes.iou import box_iou_rotated
 from hbdnet.pyramid import PlanWindow
 from serving.engine.detectors import DetectorSpec
-from serving.engine.pipeline import detect_scene as engine_detect_scene
-from serving.engine.window_detections import SceneDetections, WindowDetections, to_scene
 from serving.merge.config import MergeConfig
 from serving.merge.fuse import end_cuts
 from serving.merge.methods import merge
+from serving.merge.window_detections import SceneDetections, WindowDetections, to_scene
+from serving.testing.engine_runs import detect_file as engine_detect_scene
 from serving.testing.simulate import (
     NEAR_MISS_CASES,
     CheckDetector,
+    PerfectSpec,
     SyntheticScene,
     check_scene,
     detect_scene,
@@ -309,7 +310,7 @@ H, W, WINDOW, OVERLAP = 2400, 3000, 256, 56
 @pytest.fixture
 def check_detector(monkeypatch):
     """Make the engine's workers build a CheckDetector (over ``truth``, with ``mode`` scores) for a
-    ``DetectorSpec("perfect", ground_truth=truth)``."""
+    ``PerfectSpec(truth)``."""
     chosen = {}
 
     def build(spec: DetectorSpec):
@@ -328,7 +329,7 @@ def test_engine_keeps_near_miss_pairs_apart_and_bridges_whole(geotiff, check_det
     assert near.scene.height <= H and near.scene.width <= W
     check_detector.update(mode=mode, seed=3)
     path = str(geotiff("scene.tif", np.full((3, H, W), 90, np.uint8)))
-    result = engine_detect_scene(path, DetectorSpec("perfect", ground_truth=truth), workers=0, window=WINDOW,
+    result = engine_detect_scene(path, PerfectSpec(truth), workers=0, window=WINDOW,
                                  overlap=OVERLAP)
     assert max(d.window.level for d in result.window_detections) >= 3
     score = score_against_truth(result.boxes, result.scores, truth)
@@ -354,6 +355,6 @@ def test_engine_keeps_the_glh_demo_twin_decks_apart(check_detector, mode):
         pytest.skip(f"glh-bridge-demo image not found at {image}")
     truth = np.array([[882.5, 1032.0, 458.0, 33.0, -math.pi / 2], [939.5, 1033.5, 455.0, 27.0, -math.pi / 2]])
     check_detector.update(mode=mode, seed=9)
-    result = engine_detect_scene(str(image), DetectorSpec("perfect", ground_truth=truth), workers=0,
+    result = engine_detect_scene(str(image), PerfectSpec(truth), workers=0,
                                  window=WINDOW, overlap=OVERLAP)
     assert one_to_one(result.boxes, truth, thr=0.8), result.boxes

@@ -8,17 +8,23 @@ import numpy as np
 import pytest
 import torch
 
-from hbdnet.boxes.iou import box_iou_rotated
-from hbdnet.pyramid import PlanWindow, plan_pyramid
 import serving.merge.methods as merge_module
 import serving.merge.pairs as merge_pairs
 import serving.merge.suppress as merge_suppress
+from hbdnet.boxes.iou import box_iou_rotated
+from hbdnet.pyramid import PlanWindow, plan_pyramid
 from serving.merge.methods import MergeConfig, merge, merge_authors
 from serving.merge.pairs import chunk_slices, connected_components, points_in_boxes
 from serving.merge.relations import attach_stub_groups
 from serving.merge.suppress import greedy_nms
-from serving.testing.simulate import PerfectDetector, SyntheticScene, benchmark_detections, detect_scene, time_merge
-from serving.engine.window_detections import SceneDetections, WindowDetections, to_scene
+from serving.merge.window_detections import SceneDetections, WindowDetections, to_scene
+from serving.testing.simulate import (
+    PerfectDetector,
+    SyntheticScene,
+    benchmark_detections,
+    detect_scene,
+    time_merge,
+)
 
 
 def scene_dets(boxes, scores=None, levels=None, labels=None, bounds=None) -> SceneDetections:

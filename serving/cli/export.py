@@ -4,26 +4,18 @@ from __future__ import annotations
 
 import argparse
 
-from hbdnet.commands import CliError
-
-
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("export", help="write a model as safetensors (the shipping format: no pickle, optional fp16)")
-    p.add_argument("model", help="hbdnet model file (.pth from train or convert, or .safetensors)")
-    p.add_argument("-o", "--output", required=True, help="the .safetensors file to write, e.g. hbdnet/weights/default.safetensors")
-    p.add_argument("--fp16", action="store_true", help="store the weights as float16 (half the size)")
-    p.add_argument("--score-thr", type=float,
-                   help="default operating point stored with the weights (used unless --score-thr is given at detect)")
-    p.add_argument("--name", help="model name recorded in the metadata (default: the source's)")
-    p.add_argument("--note", action="append", default=[], metavar="KEY=VALUE",
-                   help="extra metadata, e.g. --note val_AP50=0.71 (repeatable)")
-    p.set_defaults(run=run)
+from serving.cli.errors import CliError
 
 
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from hbdnet.checkpoint import SAFETENSORS_SUFFIX, CheckpointError, load_model, save_safetensors
+    from hbdnet.checkpoint import (
+        SAFETENSORS_SUFFIX,
+        CheckpointError,
+        load_model,
+        save_safetensors,
+    )
 
     out = Path(args.output)
     if out.suffix != SAFETENSORS_SUFFIX:

@@ -11,9 +11,14 @@ import pytest
 import rasterio
 
 from hbdnet.data.raster import read_pyramid_window
-from serving.engine.reader import Stretch, _stretch_from_samples, plan_scene, prepare_read
+from serving.engine.reader import plan_scene, prepare_read
 from serving.engine.scene import open_scene
-from serving.engine.stretch_sample import block_windows, sample_stretch
+from serving.engine.stretch import (
+    Stretch,
+    block_windows,
+    sample_stretch,
+    stretch_from_samples,
+)
 
 SHARED_PAN = (Path(os.environ.get("HBDNET_SHARED_DATA", Path(__file__).resolve().parents[3] / ".." / "shared" / "data"))
               / "geotiff" / "solaris-spacenet")
@@ -47,7 +52,7 @@ def textured_uint16(h: int, w: int, bands: int = 3, seed: int = 0) -> np.ndarray
 
 def full_stretch(data: np.ndarray, valid: np.ndarray | None = None) -> Stretch:
     v = np.ones(data[0].size, bool) if valid is None else valid.ravel()
-    return _stretch_from_samples(data.reshape(len(data), -1), v, (2.0, 98.0))
+    return stretch_from_samples(data.reshape(len(data), -1), v, (2.0, 98.0))
 
 
 def assert_close(got: Stretch, want: Stretch, tol: float = TOLERANCE) -> None:

@@ -41,48 +41,26 @@ from __future__ import annotations
 
 import logging
 import os
-import queue
-import time
-from collections import OrderedDict, deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
-import numpy as np
-
-from hbdnet.data.raster import DEFAULT_MAX_CHUNK_BYTES
-from hbdnet.pyramid import PlanWindow, context_crops
-from serving.engine.detectors import DetectorSpec, WindowDetector, build_detector, resolve_device, uses_gpu
+from serving.engine.detectors import DetectorSpec, local_gpus
+from serving.engine.pass_worker import run_scene_in_one_pass
 from serving.engine.pyramid_pass import DEFAULT_BUFFER_BYTES
-from serving.engine.reader import ReadItem, ReadSpec, WindowReader
-from serving.engine.window_detections import WindowDetections
+from serving.engine.reader import ReadItem, ReadSpec
+from serving.engine.tasks import (
+    Cancel,
+    JobResult,
+    PoolRun,
+    Progress,
+    SceneJob,
+    SceneState,
+    TaskResult,
+    WindowTask,
+)
+from serving.engine.worker import WindowWorker
 
 log = logging.getLogger(__name__)
-
-Progress = Callable[[int, int], None]  # (windows done, windows total)
-Cancel = Callable[[], bool]  # True: stop dispatching the scene's windows
-
-
-GPU_BATCH_SIZE = 8
-
-
-def default_read_threads(on_gpu: bool, cpus: int | None = None, gpus: int = 1) -> int:
-    """Reading threads of one worker: 2 beside a CPU model (the model wants the cores); beside a GPU,
-    this machine's cores shared among its GPUs, one left for the worker's own thread, from 2 to 16."""
-    if not on_gpu:
-        return 2
-    cpus = cpus or os.cpu_count() or 2
-    return max(2, min(16, cpus // max(1, gpus) - 1))
-
-
-def device_stager(detector: WindowDetector) -> Callable[[np.ndarray], object] | None:
-    """The detector's ``prepare`` (start sending an image to its GPU) where it pays to call it in the
-    reading threads, ahead of ``detect``; None for a CPU model and for detectors without one."""
-    return detector.prepare if getattr(detector, "prepare_ahead", False) else None  # type: ignore[attr-defined]
-
-
-class Cancelled(Exception):
-    """The scene's ``cancel`` answered True: its remaining windows were not run."""
 
 
 @dataclass(frozen=True)
@@ -128,268 +106,6 @@ class PoolConfig:
         return self.ray_one_pass if self.ray_one_pass is not None else actors == 1
 
 
-@dataclass(frozen=True)
-class WindowTask:
-    spec: ReadSpec
-    items: tuple[ReadItem, ...]
-
-
-@dataclass
-class TaskResult:
-    detections: list[tuple[int, WindowDetections]]  # (plan index, detections)
-    read_s: float = 0.0
-    detect_s: float = 0.0
-    started: float = 0.0  # wall clock (time.time(), comparable across the processes of one machine)
-    finished: float = 0.0
-
-
-@dataclass
-class PoolRun:
-    """Window detections in plan order, and where the time went (read/detect summed over workers).
-
-    ``started`` and ``finished``: wall clock (``time.time()``) of the scene's first task start and
-    last task end on the workers; 0.0 for a scene with no window to read.
-    """
-
-    detections: list[WindowDetections]
-    read_s: float = 0.0
-    detect_s: float = 0.0
-    started: float = 0.0
-    finished: float = 0.0
-    skipped: int = 0  # windows found without a valid pixel while reading (one-pass reads), not run
-
-
-@dataclass
-class SceneJob:
-    """One scene for ``run_many``: its reads, a progress callback, and ``key``, the caller's own
-    handle for the scene (returned with its result, never looked at by the pool)."""
-
-    spec: ReadSpec
-    items: Sequence[ReadItem]
-    progress: Progress | None = None
-    key: object = None
-    cancel: Cancel | None = None
-
-
-JobResult = tuple[SceneJob, PoolRun | Exception]  # a scene's windows, or the error that failed it
-
-
-def make_tasks(items: Sequence[ReadItem], task_windows: int) -> list[tuple[ReadItem, ...]]:
-    """Consecutive items of the same level and row, at most ``task_windows`` per task, in plan order.
-
-    A row of windows per task keeps each worker's reads inside the blocks its GDAL cache holds.
-    """
-    tasks: list[tuple[ReadItem, ...]] = []
-    run: list[ReadItem] = []
-    for it in items:
-        if run and ((it.window.level, it.window.row_off) != (run[0].window.level, run[0].window.row_off)
-                    or len(run) >= task_windows):
-            tasks.append(tuple(run))
-            run = []
-        run.append(it)
-    if run:
-        tasks.append(tuple(run))
-    return tasks
-
-
-def read_contexts(reader: ReaderSet | WindowReader, detector: WindowDetector, windows: list[PlanWindow]) -> list | None:
-    """The coarser crops around level-0 windows, for a detector with inter-layer feature fusion.
-
-    The detector says how many levels it fuses (``context_levels``) and the crop size
-    (``context_size``); None when it fuses none or the windows are not full-resolution ones.
-    """
-    levels = getattr(detector, "context_levels", 0)
-    if not levels or windows[0].level != 0:
-        return None
-    size = detector.context_size  # type: ignore[attr-defined]
-    return [
-        [(reader.read(c.window, needs_mask=True), c.rel_box)
-         for c in context_crops(w, reader.height, reader.width, levels, size)]
-        for w in windows
-    ]
-
-
-class ReaderSet:
-    """``n`` open readers of one scene, lent to reading threads one at a time (a dataset handle is not
-    thread-safe, and GDAL releases the GIL while it decodes, so n threads read about n times faster)."""
-
-    def __init__(self, spec: ReadSpec, n: int):
-        self.spec = spec
-        # The threads share the chunk budget of one reader, so memory does not grow with n.
-        self._all = [WindowReader(spec, DEFAULT_MAX_CHUNK_BYTES // max(1, n)) for _ in range(max(1, n))]
-        self._free: queue.SimpleQueue[WindowReader] = queue.SimpleQueue()
-        for r in self._all:
-            self._free.put(r)
-        self.height, self.width = self._all[0].height, self._all[0].width
-
-    def read(self, window: PlanWindow, needs_mask: bool = False) -> np.ndarray:
-        reader = self._free.get()
-        try:
-            return reader.read(window, needs_mask)
-        finally:
-            self._free.put(reader)
-
-    def close(self) -> None:
-        for r in self._all:
-            r.close()
-
-
-def run_items(reader: ReaderSet | WindowReader, detector: WindowDetector, items: Sequence[ReadItem],
-              batch_size: int, executor: ThreadPoolExecutor | None = None) -> TaskResult:
-    """Read ``items`` and detect on them in batches (all items of a task share one level).
-
-    With an ``executor``, every read of the task is started at once on its threads, so windows are
-    read ahead while the detector works on earlier ones (and, for a GPU model, sent to the GPU there).
-    """
-    result = TaskResult([], started=time.time())
-    if executor is not None:
-        stage = device_stager(detector)
-
-        def read(it: ReadItem) -> object:
-            image = reader.read(it.window, it.needs_mask)
-            return image if stage is None else stage(image)
-
-        pending = [executor.submit(read, it) for it in items]
-    for start in range(0, len(items), batch_size):
-        batch = items[start:start + batch_size]
-        t0 = time.perf_counter()
-        if executor is not None:
-            images = [f.result() for f in pending[start:start + batch_size]]
-        else:
-            images = [reader.read(it.window, it.needs_mask) for it in batch]
-        detect_batch(detector, reader, batch, images, result, t0)
-    result.finished = time.time()
-    return result
-
-
-def detect_batch(detector: WindowDetector, reader: ReaderSet | WindowReader, batch: Sequence[ReadItem],
-                 images: list[np.ndarray], result: TaskResult, t0: float) -> None:
-    """Run the detector on one batch of a level's windows, whose images were read since ``t0``
-    (``reader`` also gives a fusing model its context crops), adding detections and times to ``result``."""
-    windows = [it.window for it in batch]
-    contexts = read_contexts(reader, detector, windows)
-    t1 = time.perf_counter()
-    if contexts is None:
-        outputs = detector.detect(images, windows)
-    else:
-        outputs = detector.detect(images, windows, contexts=contexts)  # type: ignore[call-arg]
-    t2 = time.perf_counter()
-    if len(outputs) != len(batch):
-        raise RuntimeError(f"detector {detector.name} returned {len(outputs)} results for {len(batch)} windows")
-    for it, (boxes, scores, labels) in zip(batch, outputs):
-        result.detections.append((it.index, WindowDetections(it.window, boxes, scores, labels)))
-    result.read_s += t1 - t0
-    result.detect_s += t2 - t1
-
-
-class WindowWorker:
-    """A detector and the scenes it reads. Used as-is in-process and as a Ray actor class.
-
-    The ``readers`` most recently used scenes stay open (least recently used closed first): tasks of
-    two scenes in flight at once alternate on a worker, and reopening a raster on every switch would
-    lose its GDAL block cache.
-    """
-
-    def __init__(self, detector_spec: DetectorSpec, batch_size: int | None = None, readers: int = 2,
-                 read_threads: int | None = None):
-        self.detector = build_detector(detector_spec)
-        on_gpu = uses_gpu(detector_spec) and resolve_device(detector_spec.device).startswith("cuda")
-        self.batch_size = batch_size or (GPU_BATCH_SIZE if on_gpu else 1)
-        self.readers = max(1, readers)
-        self.read_threads = max(1, read_threads or default_read_threads(on_gpu, gpus=local_gpus(detector_spec)))
-        self._readers: OrderedDict[ReadSpec, ReaderSet] = OrderedDict()
-        self._executor = ThreadPoolExecutor(self.read_threads, thread_name_prefix="hbdnet-read")
-
-    def reader(self, spec: ReadSpec) -> ReaderSet:
-        """The open readers of ``spec``'s scene, opened (and the least recent scene closed) if needed."""
-        reader = self._readers.pop(spec, None)
-        if reader is None:
-            while len(self._readers) >= self.readers:
-                self._readers.popitem(last=False)[1].close()
-            reader = ReaderSet(spec, self.read_threads)
-        self._readers[spec] = reader
-        return reader
-
-    def run(self, task: WindowTask) -> TaskResult:
-        return run_items(self.reader(task.spec), self.detector, task.items, self.batch_size, self._executor)
-
-    def run_pass(self, spec: ReadSpec, items: tuple[ReadItem, ...],
-                 buffer_bytes: int) -> Iterator[tuple[TaskResult, int]]:
-        """A scene's windows from one pass (``serving.engine.pass_worker.pass_results``): per detector
-        batch, its result and the windows it accounts for. A Ray streaming generator in an actor."""
-        from serving.engine.pass_worker import pass_results  # it imports this module
-        from serving.engine.pyramid_pass import PassConfig
-
-        yield from pass_results(self.detector, spec, items, self.batch_size, PassConfig(buffer_bytes=buffer_bytes))
-
-    def pid(self) -> int:
-        return os.getpid()
-
-    def close(self) -> None:
-        while self._readers:
-            self._readers.popitem()[1].close()
-
-
-class _SceneState:
-    """The bookkeeping of one scene in the dispatch loop: tasks still to submit, results so far."""
-
-    def __init__(self, job: SceneJob, task_windows: int):
-        self.job = job
-        # Coarsest level first: a level-k window decodes 4**k times the pixels of a level-0 one, so the
-        # few expensive tasks start early and the scene does not end with one actor busy on the top
-        # level while the others idle. Within a level the plan's row order is kept (stable sort).
-        tasks = sorted(make_tasks(job.items, task_windows), key=lambda t: -t[0].window.level)
-        self.pending: deque[WindowTask] = deque(WindowTask(job.spec, t) for t in tasks)
-        self.outstanding = 0  # tasks submitted and not yet back
-        self.results: dict[int, WindowDetections] = {}
-        self.run = PoolRun([])
-        self.done = 0  # windows
-        self.error: Exception | None = None
-        self.passes = 0  # one-pass reads started (``RayPool``)
-
-    @property
-    def finished(self) -> bool:
-        return self.error is not None or (not self.pending and self.outstanding == 0)
-
-    def cancelled(self) -> bool:
-        """Ask the job's ``cancel``; when it says so, fail the scene with ``Cancelled`` (once)."""
-        if self.error is None and self.job.cancel is not None and self.job.cancel():
-            self.fail(Cancelled(f"cancelled after {self.done} of {len(self.job.items)} windows"))
-        return isinstance(self.error, Cancelled)
-
-    def add(self, res: TaskResult, windows: int) -> None:
-        self.results.update(res.detections)
-        run = self.run
-        run.read_s += res.read_s
-        run.detect_s += res.detect_s
-        run.started = res.started if not run.started else min(run.started, res.started)
-        run.finished = max(run.finished, res.finished)
-        self.done += windows
-        if self.job.progress is not None:
-            self.job.progress(self.done, len(self.job.items))
-
-    def start_pass(self) -> tuple[ReadItem, ...]:
-        """The windows for the scene's next one-pass read: those not back yet. A pass after a lost one
-        meets the empty windows again, so they are counted again (progress may step back by them)."""
-        self.passes += 1
-        if self.passes == 1:
-            return tuple(self.job.items)
-        self.run.skipped = 0
-        self.done = len(self.results)
-        return tuple(it for it in self.job.items if it.index not in self.results)
-
-    def fail(self, exc: Exception) -> None:
-        if self.error is None:
-            self.error = exc
-        self.pending.clear()
-
-    def outcome(self) -> JobResult:
-        if self.error is not None:
-            return self.job, self.error
-        self.run.detections = [self.results[i] for i in sorted(self.results)]
-        return self.job, self.run
-
-
 def _run_one(pool: InProcessPool | RayPool, spec: ReadSpec, items: Sequence[ReadItem],
              progress: Progress | None, cancel: Cancel | None = None) -> PoolRun:
     """One scene through ``pool.run_many``; its error (``Cancelled`` too), if any, is raised."""
@@ -413,11 +129,10 @@ class InProcessPool:
     def run_many(self, jobs: Iterable[SceneJob]) -> Iterator[JobResult]:
         """Each scene in turn (nothing runs beside this process, so there is nothing to overlap)."""
         for job in jobs:
-            scene = _SceneState(job, self.config.task_windows)
+            scene = SceneState(job, self.config.task_windows)
             if self.config.one_pass and job.spec.resampling == "exact":
-                from serving.engine.pass_worker import run_scene_in_one_pass  # it imports this module
-
-                run_scene_in_one_pass(self._worker, scene, self.config.pass_buffer_bytes)
+                run_scene_in_one_pass(self._worker.detector, self._worker.batch_size, scene,
+                                      self.config.pass_buffer_bytes)
             while scene.pending and scene.error is None and not scene.cancelled():
                 task = scene.pending.popleft()
                 try:
@@ -479,7 +194,7 @@ class RayPool:
         self._started_ray = ensure_ray(config.ray_address, local_cpus)
         resources = ray.cluster_resources()
         gpus = int(resources.get("GPU", 0))
-        if gpus and uses_gpu(detector_spec):
+        if gpus and detector_spec.uses_gpu:
             n = config.workers or gpus
             options = {"num_gpus": 1, "num_cpus": 1}
         else:
@@ -525,11 +240,11 @@ class RayPool:
         cfg = self.config
         jobs = iter(jobs)
         more = True
-        open_scenes: list[_SceneState] = []
+        open_scenes: list[SceneState] = []
         load = [0] * len(self.actors)
-        in_flight: dict[ray.ObjectRef, tuple[int, _SceneState, WindowTask]] = {}
-        to_stream: list[_SceneState] = []  # one-pass scenes waiting for a free actor
-        streams: dict[ray.ObjectRefGenerator, tuple[int, _SceneState]] = {}
+        in_flight: dict[ray.ObjectRef, tuple[int, SceneState, WindowTask]] = {}
+        to_stream: list[SceneState] = []  # one-pass scenes waiting for a free actor
+        streams: dict[ray.ObjectRefGenerator, tuple[int, SceneState]] = {}
         while open_scenes or more:
             while (more and len(open_scenes) < max(1, cfg.open_scenes)
                    and not any(s.pending for s in open_scenes) and not to_stream):
@@ -537,7 +252,7 @@ class RayPool:
                 if job is None:
                     more = False
                 else:
-                    open_scenes.append(_SceneState(job, cfg.task_windows))
+                    open_scenes.append(SceneState(job, cfg.task_windows))
                     if reads_in_one_pass(self, job.spec.resampling):
                         open_scenes[-1].pending.clear()
                         to_stream.append(open_scenes[-1])
@@ -590,7 +305,7 @@ class RayPool:
                 if scene.error is None and not scene.cancelled():
                     scene.add(res, len(task.items))
 
-    def _stream_step(self, stream, streams: dict, load: list[int], to_stream: list[_SceneState]) -> None:
+    def _stream_step(self, stream, streams: dict, load: list[int], to_stream: list[SceneState]) -> None:
         """Take the next result of a scene's one-pass stream (``run_pass``), or its end or error. A pass
         whose actor died goes back to ``to_stream`` (Ray restarts the actor), for the windows not yet
         back, until ``max_attempts`` passes have run."""
@@ -676,13 +391,3 @@ def reads_in_one_pass(pool: InProcessPool | RayPool | tuple[DetectorSpec, PoolCo
         return config.one_pass
     actors = config.workers or (None if config.ray_address is not None else max(1, local_gpus(spec)))
     return config.ray_reads_in_one_pass(actors)
-
-
-def local_gpus(detector_spec: DetectorSpec) -> int:
-    """The GPUs of this machine that the detector would use (0 for detectors that never use one,
-    which are decided without importing torch)."""
-    if not uses_gpu(detector_spec):
-        return 0
-    import torch
-
-    return torch.cuda.device_count() if torch.cuda.is_available() else 0

@@ -1,6 +1,7 @@
-"""The per-scene percentile stretch from a sample of the scene's blocks, not from every pixel.
+"""The per-scene value stretch (``Stretch``), the validity of pixels (``valid_mask``), and the stretch's
+percentiles from a sample of the scene's blocks, not from every pixel.
 
-A uint16 or float scene is mapped to 0-255 with per-band percentiles (``reader.Stretch``). Taking them
+A uint16 or float scene is mapped to 0-255 with per-band percentiles (``Stretch``). Taking them
 from every pixel (or from every f-th row, which decodes every block of a tiled file) costs a whole
 decode before the first window, and for a URL a whole download. Here they come from a spread subset
 of the file's own blocks (tiles, or strips of a striped file): at most ``max_blocks`` blocks on a
@@ -20,12 +21,59 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import rasterio
+from rasterio.enums import Resampling
 from rasterio.windows import Window
 
-from serving.engine.reader import Stretch, _stretch_from_samples, _valid_mask
+
+@dataclass(frozen=True)
+class Stretch:
+    """Per-band linear map to 0-255: ``clip((x - low) * 255 / (high - low), 0, 255)``, NaN to 0.
+
+    ``low`` and ``high`` have one entry per band in the order of ``ReadSpec.read_bands``.
+    """
+
+    low: tuple[float, ...]
+    high: tuple[float, ...]
+
+    def apply(self, data: np.ndarray) -> np.ndarray:
+        """(C, h, w) of any dtype -> (C, h, w) uint8."""
+        lo = np.asarray(self.low, dtype=np.float32)[:, None, None]
+        span = np.asarray(self.high, dtype=np.float32)[:, None, None] - lo
+        out = (data.astype(np.float32) - lo) * (255.0 / span)
+        np.nan_to_num(out, copy=False, nan=0.0, posinf=255.0, neginf=0.0)
+        return np.rint(np.clip(out, 0.0, 255.0, out=out), out=out).astype(np.uint8)
+
+
+def valid_mask(ds: rasterio.io.DatasetReader, bands: Sequence[int], window: Window | None = None,
+               out_shape: tuple[int, int] | None = None, data: np.ndarray | None = None) -> np.ndarray:
+    """Boolean (h, w): valid where any of ``bands`` is valid (nearest sampling when decimated).
+
+    ``data``: the bands' values at the same pixels, for floating-point bands; a band is then valid
+    where GDAL's mask says so and its value is finite."""
+    kwargs = {}
+    if out_shape is not None:
+        kwargs = {"out_shape": (len(bands), *out_shape), "resampling": Resampling.nearest}
+    masks = ds.read_masks(list(bands), window=window, **kwargs) != 0
+    if data is not None and data.dtype.kind == "f":
+        masks &= np.isfinite(data)
+    return masks.any(axis=0)
+
+
+def stretch_from_samples(samples: np.ndarray, valid: np.ndarray, percentiles: tuple[float, float]) -> Stretch:
+    """Per-band percentiles of ``samples`` (C, n) where ``valid`` (n,) and the value is finite."""
+    lows, highs = [], []
+    for band in samples:
+        keep = valid & np.isfinite(band) if band.dtype.kind == "f" else valid
+        values = band[keep]
+        lo, hi = (float(v) for v in np.percentile(values, percentiles)) if values.size else (0.0, 1.0)
+        lows.append(lo)
+        highs.append(hi if hi > lo else lo + 1.0)  # a constant band gets a unit span and maps to 0
+    return Stretch(tuple(lows), tuple(highs))
+
 
 DEFAULT_MAX_BLOCKS = 64
 DEFAULT_MAX_SAMPLES = 2**20  # per band, as the former 1024 x 1024 regular sample
@@ -55,7 +103,7 @@ def _samples(ds: rasterio.io.DatasetReader, bands: list[int], windows: list[Wind
     for window in windows:
         data = ds.read(bands, window=window)
         if masked:
-            valid = _valid_mask(ds, bands, window=window, data=data if finite_only else None)
+            valid = valid_mask(ds, bands, window=window, data=data if finite_only else None)
         else:
             valid = np.ones(data.shape[1:], bool)
         yield data[:, ::step, ::step].reshape(len(bands), -1), valid[::step, ::step].ravel()
@@ -85,5 +133,5 @@ def sample_stretch(ds: rasterio.io.DatasetReader, read_bands: Sequence[int], *, 
         valid_blocks = sum(bool(p[1].any()) for p in parts)
         enough = int(valid.sum()) >= min_valid and valid_blocks >= min(min_valid_blocks, len(windows))
         if enough or len(windows) >= total_blocks or len(windows) == 1:
-            return _stretch_from_samples(samples, valid, percentiles)
+            return stretch_from_samples(samples, valid, percentiles)
         n_blocks *= 2

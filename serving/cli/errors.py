@@ -1,4 +1,4 @@
-"""The model library's subcommands (plan, convert, train); the ``hbdnet`` entry point is ``serving.cli.main``."""
+"""The error every ``hbdnet`` subcommand raises for its user: one line and an exit code."""
 
 
 class CliError(Exception):

@@ -4,26 +4,17 @@ from __future__ import annotations
 
 import argparse
 
-from hbdnet.commands import CliError
-
-
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("convert", help="convert the authors' mmrotate checkpoint into an hbdnet model file")
-    p.add_argument("checkpoint", help="the authors' .pth (e.g. Oriented_rcnn_HBDNet.pth)")
-    p.add_argument("-o", "--output", required=True, help="hbdnet model file to write")
-    p.add_argument("--config", help="experiment YAML whose model section describes the architecture "
-                   "(default: the faithful ResNet-50 HBD-Net)")
-    p.add_argument("--iff", action="store_true", help="keep fusion_convs and turn inter-layer fusion on")
-    p.add_argument("--allow-partial", action="store_true", help="write the model even if keys are missing or mis-shaped")
-    p.add_argument("--trust-pickle", action="store_true",
-                   help="allow pickled Python objects in the file (trusted files only)")
-    p.set_defaults(run=run)
+from serving.cli.errors import CliError
 
 
 def run(args: argparse.Namespace) -> int:
     from hbdnet.checkpoint import save_checkpoint
     from hbdnet.config_io import ConfigError
-    from hbdnet.convert import ConversionError, convert_state_dict, read_authors_state_dict
+    from hbdnet.convert import (
+        ConversionError,
+        convert_state_dict,
+        read_authors_state_dict,
+    )
     from hbdnet.training.config import load_experiment
 
     try:
