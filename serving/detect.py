@@ -34,38 +34,15 @@ from typing import TypeVar
 
 import numpy as np
 
-from serving.engine.pools import (
-    InProcessPool,
-    PoolConfig,
-    RayPool,
-    make_pool,
-    reads_in_one_pass,
-)
-from serving.engine.reader import (
-    PyramidResampling,
-    ScenePlan,
-    empty_windows_notice,
-    plan_scene,
-    select_bands,
-)
-from serving.engine.scene import (
-    DEFAULT_MAX_PIXELS,
-    SceneInfo,
-    check_scene_size,
-    open_scene,
-    scene_reference,
-)
+from serving.engine.pools import InProcessPool, PoolConfig, RayPool, make_pool, reads_in_one_pass
+from serving.engine.reader import PyramidResampling, ScenePlan, empty_windows_notice, plan_scene, select_bands
+from serving.engine.scene import DEFAULT_MAX_PIXELS, SceneInfo, check_scene_size, open_scene, scene_reference
 from serving.engine.tasks import Cancel, PoolRun, Progress, SceneJob
 from serving.engine.valid_area import keep_on_valid_pixels
 from serving.merge.config import MergeConfig
 from serving.merge.window_detections import WindowDetections
 from serving.model_ref import ModelRef
-from serving.outputs.geo_output import (
-    OutputError,
-    check_output_path,
-    fsync_path,
-    write_detections,
-)
+from serving.outputs.formats import OutputError, check_output_path, fsync_path
 
 Pool = InProcessPool | RayPool
 T = TypeVar("T")
@@ -113,7 +90,9 @@ class SceneResult:
     came from. ``uri`` is the scene as asked for. ``window_detections`` are the workers' raw results in
     plan order (window pixels). ``timings`` in seconds: open, plan (band stretch and coverage included),
     startup (workers started for this scene, beside the plan), stream (wall time of reading +
-    detecting), read and detect (summed over workers), merge, total. ``notes``: one line each.
+    detecting), read and detect (summed over workers), merge, total. ``started`` and ``finished``:
+    wall clock (``time.time()``) of the scene's first task start and last task end on the workers.
+    ``notes``: one line each.
     """
 
     uri: str
@@ -129,6 +108,8 @@ class SceneResult:
     dropped: int = 0  # merged boxes dropped: centre outside the scene or on an invalid pixel
     clipped: int = 0  # merged boxes cut to the scene where they overhung it
     below_threshold: int = 0  # merged boxes dropped for scoring under ``score_thr``
+    started: float = 0.0
+    finished: float = 0.0
     notes: list[str] = field(default_factory=list)
     window_detections: list[WindowDetections] = field(default_factory=list)
 
@@ -189,9 +170,7 @@ def finish(prepared: PreparedScene, run: PoolRun, model: ModelRef, options: Dete
         notes.append(_one_line(str(empty_windows_notice(prepared.uri, run.skipped, len(prepared.plan.items)))))
     t = time.perf_counter()
     if any(len(d.scores) for d in run.detections):
-        from serving.merge.methods import (
-            merge,  # torch: imported only when there is something to merge
-        )
+        from serving.merge.methods import merge  # torch: imported only when there is something to merge
 
         merged = merge(run.detections, options.merge_config if options.merge_config is not None else MergeConfig())
         boxes, scores, labels, levels = merged.boxes, merged.scores, merged.labels, merged.levels
@@ -220,6 +199,8 @@ def finish(prepared: PreparedScene, run: PoolRun, model: ModelRef, options: Dete
         dropped=int((~kept.keep).sum()),
         clipped=kept.clipped,
         below_threshold=int((~keep).sum()),
+        started=run.started,
+        finished=run.finished,
         notes=notes,
         window_detections=run.detections,
     )
@@ -369,6 +350,8 @@ def write(detections: SceneResult, outputs: Sequence[Path], model: ModelRef, *,
     place complete, then synced to disk with its folder). The ``scene`` attribute says ``scene_label``
     (default: the scene's URI, a local path made absolute). Returns the scene's notes, with those of
     the writing added (no CRS: pixel coordinates), one line each. ``OutputError``, one line."""
+    from serving.outputs.geo_output import write_detections  # GDAL and torch: only where bridges are written
+
     label = scene_label if scene_label is not None else scene_reference(detections.uri)
     info = detections.scene
     notes = list(detections.notes)

@@ -13,7 +13,7 @@ from serving.api.models import Link, StatusInfo, WindowProgress
 from serving.api.service import JobService
 from serving.api.settings import API_KEY_HEADER, Settings
 from serving.api.store import JobRecord
-from serving.outputs.geo_output import OUTPUT_FORMATS
+from serving.outputs.formats import OUTPUT_FORMATS
 
 _api_key_header = APIKeyHeader(name=API_KEY_HEADER, auto_error=False,
                                description="the server's API key, when it was started with one")

@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from serving.outputs.geo_output import OutputFormat
+from serving.outputs.formats import OutputFormat
 
 PROCESS_ID = "detect-bridges"
 JobStatus = Literal["accepted", "running", "successful", "failed", "dismissed"]

@@ -37,7 +37,7 @@ from serving.engine.pools import InProcessPool, PoolConfig, RayPool, make_pool
 from serving.engine.scene import SceneError
 from serving.engine.tasks import Cancelled
 from serving.model_ref import ModelRef
-from serving.outputs.geo_output import OUTPUT_FORMATS, OutputError
+from serving.outputs.formats import OUTPUT_FORMATS, OutputError
 
 log = logging.getLogger("hbdnet.serve")
 

@@ -17,178 +17,36 @@ recorded and skipped on re-runs unless ``retry_failed`` (a scene that is bad sta
 error is worth a retry, which the user asks for). A changed model or changed params run every
 scene again. Skipped scenes add no line, so each run of a scene is one line.
 
-Output names come from the scene's stem. A name already used in the manifest stays with its scene;
-a stem that two scenes share (case-insensitive), or that an earlier scene in the manifest holds, gets
-the first 8 hex digits of the SHA-1 of the scene URI appended, so names never depend on order.
+Output names come from the scene's stem (``serving.batch.manifest.assign_outputs``).
 
-Scenes go through the shared pool's ``run_many``: with Ray, up to ``PoolConfig.open_scenes`` scenes
-are in flight at once. Each scene is planned (open, stretch and coverage scans) on a planning thread
-while the pool runs the scene before it, one scene ahead, so the workers do not wait for the scans
-of uint16 or masked scenes; the actors run the next scene's tasks while this process merges and
-writes the scene before; manifest lines therefore come in completion order. Planning returns what
-it has to warn of (``ScenePlan.warnings``) instead of warning, so nothing of it crosses threads;
-everything else happens in this one thread: ``run_many`` draws the next scene from a generator here
-and hands back finished ones, so the manifest, the progress bars and the warnings of each scene
-need no locks. Results are keyed by plan index per scene, so outputs do not depend on the
-interleaving or on the number of workers.
+Scenes take the one scene path, ``serving.detect.detect_many`` (each scene planned on a thread one
+scene ahead while the pool runs the one before; with Ray, up to ``PoolConfig.open_scenes`` scenes in
+flight at once), then ``serving.detect.write``; this module adds only the manifest, resuming, output
+names and progress. Manifest lines come in completion order; everything here happens in one thread
+(``detect_many`` hands back finished scenes), so the manifest and the progress bars need no locks.
+A scene's ``seconds`` are its own: its open and plan, then from the moment its windows were handed
+to the pool until its output was written, not the time it waited behind the scene before.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import json
-import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from serving.batch.inputs import SceneInput, short_hash
-from serving.detect import (
-    DetectOptions,
-    PreparedScene,
-    SceneRequest,
-    detect_many,
-    write,
-)
+from serving.batch.inputs import SceneInput
+from serving.batch.manifest import BatchError, assign_outputs, open_manifest
+from serving.detect import DetectOptions, PreparedScene, SceneRequest, detect_many, write
 from serving.engine.pools import InProcessPool, PoolConfig, RayPool, make_pool
 from serving.engine.scene import SceneError
 from serving.model_ref import ModelRef
-from serving.outputs.geo_output import (
-    OUTPUT_FORMATS,
-    OutputError,
-    OutputFormat,
-    fsync_path,
-)
+from serving.outputs.formats import OUTPUT_FORMATS, OutputError, OutputFormat
 from serving.reporting import RunEstimate, plan_summary
 
-MANIFEST_NAME = "manifest.jsonl"
 Log = Callable[[str], None]
-
-
-class BatchError(Exception):
-    """The batch cannot start (output folder, manifest in use); the message is one line."""
-
-
-class Manifest:
-    """``OUTDIR/manifest.jsonl``, opened for appending and locked against a second run on the folder."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self._file = open(path, "a+b")
-        try:
-            self._lock()
-            self._repair_tail()
-        except BaseException:
-            self._file.close()
-            raise
-
-    def _lock(self) -> None:
-        try:
-            import fcntl
-        except ImportError:  # not POSIX: no lock, the user keeps runs apart
-            return
-        try:
-            fcntl.flock(self._file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            raise BatchError(f"another hbdnet batch is running on {self.path.parent} "
-                             f"({self.path.name} is locked)") from exc
-
-    def _repair_tail(self) -> None:
-        """End a line cut short by a crash, so that the next record starts on a line of its own."""
-        self._file.seek(0, os.SEEK_END)
-        if self._file.tell() == 0:
-            return
-        self._file.seek(-1, os.SEEK_END)
-        if self._file.read(1) != b"\n":
-            self._file.write(b"\n")
-            self._sync()
-
-    def records(self) -> list[dict[str, Any]]:
-        """Every complete record in file order; a line cut short by a crash is skipped."""
-        self._file.seek(0)
-        out = []
-        for line in self._file.read().splitlines():
-            try:
-                rec = json.loads(line)
-            except (json.JSONDecodeError, UnicodeDecodeError):
-                continue
-            if isinstance(rec, dict) and isinstance(rec.get("scene"), str):
-                out.append(rec)
-        return out
-
-    def latest(self) -> dict[str, dict[str, Any]]:
-        """The last record of each scene."""
-        return {rec["scene"]: rec for rec in self.records()}
-
-    def append(self, record: dict[str, Any]) -> None:
-        self._file.write(json.dumps(record, ensure_ascii=False).encode("utf-8") + b"\n")
-        self._sync()
-
-    def _sync(self) -> None:
-        self._file.flush()
-        os.fsync(self._file.fileno())
-
-    def close(self) -> None:
-        self._file.close()
-
-    def __enter__(self) -> Manifest:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-def open_manifest(outdir: Path) -> Manifest:
-    """Create ``outdir`` if needed and open its manifest; ``BatchError`` if that is not possible."""
-    if outdir.exists() and not outdir.is_dir():
-        raise BatchError(f"output folder {outdir} is a file")
-    try:
-        outdir.mkdir(parents=True, exist_ok=True)
-        existed = (outdir / MANIFEST_NAME).exists()
-        manifest = Manifest(outdir / MANIFEST_NAME)
-    except OSError as exc:
-        raise BatchError(f"cannot write to output folder {outdir}: {exc.strerror or exc}") from exc
-    if not os.access(outdir, os.W_OK | os.X_OK):
-        manifest.close()
-        raise BatchError(f"output folder {outdir} is not writable")
-    if not existed:
-        fsync_path(outdir)
-    return manifest
-
-
-def assign_outputs(scenes: Sequence[SceneInput], previous: dict[str, dict[str, Any]],
-                   fmt: str) -> dict[str, str]:
-    """Output file name (in OUTDIR) for each scene URI; see the module docstring for the rule."""
-    names: dict[str, str] = {}
-    claimed: dict[str, str] = {}  # lower-cased base -> scene holding it, from the manifest
-    for uri, rec in previous.items():
-        out = rec.get("output")
-        if isinstance(out, str) and out:
-            claimed.setdefault(_base(out).lower(), uri)
-    fresh = []
-    for scene in scenes:
-        rec = previous.get(scene.uri)
-        out = rec.get("output") if rec else None
-        if isinstance(out, str) and out and claimed.get(_base(out).lower()) == scene.uri:
-            names[scene.uri] = f"{_base(out)}.{fmt}"
-        else:
-            fresh.append(scene)
-    counts: dict[str, int] = {}
-    for scene in fresh:
-        key = f"{scene.name}_bridges".lower()
-        counts[key] = counts.get(key, 0) + 1
-    for scene in fresh:
-        base = f"{scene.name}_bridges"
-        if counts[base.lower()] > 1 or base.lower() in claimed:
-            base = f"{scene.name}-{short_hash(scene.uri)}_bridges"
-        names[scene.uri] = f"{base}.{fmt}"
-    return names
-
-
-def _base(file_name: str) -> str:
-    return file_name.rsplit(".", 1)[0] if "." in file_name else file_name
 
 
 @dataclass
@@ -392,6 +250,14 @@ def run_batch(
     return summary
 
 
+def _error_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    first = text.splitlines()[0] if text else ""
+    if isinstance(exc, (SceneError, OutputError)):
+        return first or type(exc).__name__
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+
+
 def _settled(rec: dict[str, Any], model: ModelRef, params: dict[str, Any], outdir: Path,
              retry_failed: bool) -> str | None:
     """``"ok"`` or ``"failed"`` when the scene's last record stands for this run, None to run it."""
@@ -404,12 +270,3 @@ def _settled(rec: dict[str, Any], model: ModelRef, params: dict[str, Any], outdi
     if rec.get("status") == "failed" and not retry_failed:
         return "failed"
     return None
-
-
-def _error_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    first = text.splitlines()[0] if text else ""
-    if isinstance(exc, (SceneError, OutputError)):
-        return first or type(exc).__name__
-    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
-

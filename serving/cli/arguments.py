@@ -135,9 +135,7 @@ def max_pixels(args: argparse.Namespace) -> int:
 
 def pool_config(args: argparse.Namespace) -> PoolConfig:
     """The workers that ``detect`` and ``batch`` start, from their shared options."""
-    from serving.engine.pools import (
-        PoolConfig,  # not at import: `hbdnet --help` stays quick
-    )
+    from serving.engine.pools import PoolConfig  # not at import: `hbdnet --help` stays quick
 
     given = {} if args.read_threads is None else {"read_threads": args.read_threads}
     return PoolConfig(workers=args.workers, ray_address=args.ray_address, **given)

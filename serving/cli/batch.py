@@ -15,13 +15,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from serving.cli.arguments import (
-    check_device,
-    max_pixels,
-    pool_config,
-    resolve_model,
-    show_progress,
-)
+from serving.cli.arguments import check_device, max_pixels, pool_config, resolve_model, show_progress
 from serving.cli.errors import CliError
 
 
@@ -29,7 +23,8 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from serving.batch.inputs import InputError, expand_inputs
-    from serving.batch.runner import BatchError, run_batch
+    from serving.batch.manifest import BatchError
+    from serving.batch.runner import run_batch
     from serving.detect import DetectOptions
 
     check_device(args.device, args.ray_address)  # before any work

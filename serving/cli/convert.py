@@ -10,11 +10,7 @@ from serving.cli.errors import CliError
 def run(args: argparse.Namespace) -> int:
     from hbdnet.checkpoint import save_checkpoint
     from hbdnet.config_io import ConfigError
-    from hbdnet.convert import (
-        ConversionError,
-        convert_state_dict,
-        read_authors_state_dict,
-    )
+    from hbdnet.convert import ConversionError, convert_state_dict, read_authors_state_dict
     from hbdnet.training.config import load_experiment
 
     try:

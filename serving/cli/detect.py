@@ -18,13 +18,7 @@ import time
 from pathlib import Path
 
 from serving.batch.inputs import scene_stem
-from serving.cli.arguments import (
-    check_device,
-    max_pixels,
-    pool_config,
-    resolve_model,
-    show_progress,
-)
+from serving.cli.arguments import check_device, max_pixels, pool_config, resolve_model, show_progress
 from serving.cli.errors import CliError
 
 
@@ -33,7 +27,7 @@ def run(args: argparse.Namespace) -> int:
 
     from serving.detect import DetectOptions, PreparedScene, detect, write
     from serving.engine.scene import SceneError
-    from serving.outputs.geo_output import OutputError
+    from serving.outputs.formats import OutputError
     from serving.reporting import RunEstimate, plan_summary
 
     t0 = time.perf_counter()

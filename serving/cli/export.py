@@ -10,12 +10,7 @@ from serving.cli.errors import CliError
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from hbdnet.checkpoint import (
-        SAFETENSORS_SUFFIX,
-        CheckpointError,
-        load_model,
-        save_safetensors,
-    )
+    from hbdnet.checkpoint import SAFETENSORS_SUFFIX, CheckpointError, load_model, save_safetensors
 
     out = Path(args.output)
     if out.suffix != SAFETENSORS_SUFFIX:

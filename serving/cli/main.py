@@ -176,7 +176,7 @@ def _add_detect(sub: Subparsers) -> None:
 
 
 def _add_batch(sub: Subparsers) -> None:
-    from serving.outputs.geo_output import OUTPUT_FORMATS
+    from serving.outputs.formats import OUTPUT_FORMATS
 
     p = _command(sub, "batch", batch.run, "detect bridges in many scenes (files, folders, lists, STAC), resumably",
                  "Detect bridges in many scenes through one worker pool. INPUTS: raster files or URLs; folders "

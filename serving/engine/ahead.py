@@ -14,16 +14,20 @@ def ahead(source: Iterable[T], depth: int = 1, name: str = "hbdnet-ahead") -> It
     """``source``'s items, produced on a thread up to ``depth`` items ahead of the consumer.
 
     An exception raised by ``source`` is raised in the consumer. Closing the returned generator (or
-    dropping out of a loop over it) stops the thread after the item it is producing and waits for it,
-    so ``source`` is no longer running when this returns and may then be closed by the caller.
+    dropping out of a loop over it, or an exception such as Ctrl-C's in the consumer) stops the thread
+    after the item it is producing, closes ``source`` there and waits for it: a generator is closed in
+    the thread that ran it, where its context managers were entered (GDAL's environment is per
+    thread), not later by the garbage collector in another thread.
     """
     q: queue.Queue = queue.Queue(maxsize=max(1, depth))
     stop = threading.Event()
     done = object()
 
+    items = iter(source)
+
     def produce() -> None:
         try:
-            for item in source:
+            for item in items:
                 while not stop.is_set():
                     try:
                         q.put(item, timeout=0.1)
@@ -35,6 +39,10 @@ def ahead(source: Iterable[T], depth: int = 1, name: str = "hbdnet-ahead") -> It
             q.put(done)
         except BaseException as exc:  # handed to the consumer, raised there
             q.put(exc)
+        finally:
+            close = getattr(items, "close", None)
+            if close is not None:
+                close()
 
     thread = threading.Thread(target=produce, name=name, daemon=True)
     thread.start()

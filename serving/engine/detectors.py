@@ -69,10 +69,7 @@ class ModelSpec:
         return self.device != "cpu"
 
     def build(self) -> WindowDetector:
-        from hbdnet.inference import (  # torch: only where a model runs
-            load_window_detector,
-            resolve_device,
-        )
+        from hbdnet.inference import load_window_detector, resolve_device  # torch: only where a model runs
 
         return load_window_detector(self.path, resolve_device(self.device), self.precision)
 

@@ -48,16 +48,7 @@ from serving.engine.detectors import DetectorSpec, local_gpus
 from serving.engine.pass_worker import run_scene_in_one_pass
 from serving.engine.pyramid_pass import DEFAULT_BUFFER_BYTES
 from serving.engine.reader import ReadItem, ReadSpec
-from serving.engine.tasks import (
-    Cancel,
-    JobResult,
-    PoolRun,
-    Progress,
-    SceneJob,
-    SceneState,
-    TaskResult,
-    WindowTask,
-)
+from serving.engine.tasks import Cancel, JobResult, PoolRun, Progress, SceneJob, SceneState, TaskResult, WindowTask
 from serving.engine.worker import WindowWorker
 
 log = logging.getLogger(__name__)

@@ -60,12 +60,7 @@ from hbdnet.data.raster import DEFAULT_MAX_CHUNK_BYTES, read_pyramid_window
 from hbdnet.pyramid import PlanWindow, plan_pyramid
 from serving.engine.gdal_cache import CacheHold
 from serving.engine.scene import SceneError, SceneInfo, open_scene
-from serving.engine.stretch import (
-    Stretch,
-    sample_stretch,
-    stretch_from_samples,
-    valid_mask,
-)
+from serving.engine.stretch import Stretch, sample_stretch, stretch_from_samples, valid_mask
 
 PyramidResampling = Literal["exact", "overview"]
 

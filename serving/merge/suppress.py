@@ -8,13 +8,7 @@ import torch
 from hbdnet.boxes.convention import obb_to_poly
 from hbdnet.boxes.iou import box_iou_rotated
 from serving.merge.config import MergeConfig
-from serving.merge.pairs import (
-    PAIR_CHUNK,
-    chunk_slices,
-    points_in_boxes,
-    points_inside,
-    size_class,
-)
+from serving.merge.pairs import PAIR_CHUNK, chunk_slices, points_in_boxes, points_inside, size_class
 
 
 def suppress(

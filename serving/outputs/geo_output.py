@@ -31,14 +31,12 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-import tempfile
 import uuid
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Literal
 from xml.sax.saxutils import escape as xml_escape
 
 import numpy as np
@@ -47,6 +45,7 @@ import pyogrio.raw
 import shapely
 from rasterio.transform import Affine
 
+from serving.outputs.formats import OutputError, check_output_path
 from serving.outputs.geometry_attrs import (
     BridgeGeometry,
     MapFrame,
@@ -59,9 +58,6 @@ from serving.outputs.geometry_attrs import (
 GEOMETRY_COLUMN = "geom"
 GEOJSON_DECIMALS = 7  # 1e-7 degree is about 1 cm on the ground (RFC7946=YES's default, said explicitly)
 GPKG_VERSION = "1.2"  # GDAL's default, 1.4, makes QGIS 3.22 / GDAL 3.6 warn "may only be partially supported"
-OutputFormat = Literal["geojson", "gpkg", "fgb"]
-OUTPUT_FORMATS: tuple[OutputFormat, ...] = ("geojson", "gpkg", "fgb")  # the formats, declared here only
-SUPPORTED_SUFFIXES = tuple(f".{fmt}" for fmt in OUTPUT_FORMATS)
 _GDAL_ERRORS = (
     pyogrio.errors.DataSourceError,
     pyogrio.errors.DataLayerError,
@@ -70,10 +66,6 @@ _GDAL_ERRORS = (
     pyogrio.errors.GeometryError,
     pyogrio.errors.CRSError,
 )
-
-
-class OutputError(ValueError):
-    """An output that cannot be written; the message is one line, fit for a CLI to print."""
 
 
 class NoCRSWarning(UserWarning):
@@ -183,47 +175,6 @@ def write_detections(
 def _one_line(exc: BaseException) -> str:
     text = str(exc).strip() or type(exc).__name__
     return text.splitlines()[0]
-
-
-def check_output_path(path: Path) -> None:
-    """Refuse early, with a plain reason, what would otherwise fail deep inside GDAL: an unknown
-    extension, a missing or read-only folder, a file where the folder should be, a folder in the
-    file's place. Writability is tried (a file created and removed in the folder), not inferred from
-    permission bits, which say nothing for root, read-only mounts or ACLs."""
-    path = Path(path)
-    if path.suffix.lower() not in SUPPORTED_SUFFIXES:
-        raise OutputError(f"cannot write {path}: unknown output format {path.suffix or '(no extension)'!r}; "
-                          f"use one of {', '.join(SUPPORTED_SUFFIXES)}")
-    parent = path.parent
-    if not parent.is_dir():
-        if parent.exists() or any(p.exists() and not p.is_dir() for p in parent.parents):
-            raise OutputError(f"cannot write {path}: {_first_file(parent)} is a file, not a folder")
-        raise OutputError(f"cannot write {path}: folder {parent} does not exist")
-    if path.is_dir():
-        raise OutputError(f"cannot write {path}: it is a folder")
-    try:
-        probe = tempfile.NamedTemporaryFile(dir=parent, prefix=".hbdnet-write-test-")
-    except OSError as exc:
-        raise OutputError(f"cannot write {path}: folder {parent} is not writable "
-                          f"({exc.strerror or type(exc).__name__})") from exc
-    probe.close()
-
-
-def fsync_path(path: Path) -> None:
-    """Sync ``path`` (a file, or a folder after a rename into it) to disk."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _first_file(folder: Path) -> Path:
-    """The first component of ``folder`` that exists and is not a folder."""
-    for p in reversed([folder, *folder.parents]):
-        if p.exists() and not p.is_dir():
-            return p
-    return folder
 
 
 def _validate(boxes, scores, labels, levels, num_classes: int) -> Detections:

@@ -11,13 +11,7 @@ import pytest
 from hbdnet.data.dota import load_dota_folder
 from hbdnet.models.build import ModelConfig
 from hbdnet.models.hbdnet import HBDNetConfig
-from hbdnet.training.config import (
-    DataConfig,
-    ExperimentConfig,
-    OptimConfig,
-    StageConfig,
-    TrainConfig,
-)
+from hbdnet.training.config import DataConfig, ExperimentConfig, OptimConfig, StageConfig, TrainConfig
 from hbdnet.training.trainer import train
 from serving.evaluate import evaluate_model
 

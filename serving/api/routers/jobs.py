@@ -9,26 +9,12 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import FileResponse, JSONResponse
 
 from serving.api import submit
-from serving.api.deps import (
-    base_url,
-    get_job,
-    get_service,
-    require_api_key,
-    status_info,
-)
+from serving.api.deps import base_url, get_job, get_service, require_api_key, status_info
 from serving.api.errors import OGC_EXCEPTIONS, ApiError
-from serving.api.models import (
-    MEDIA_TYPES,
-    JobHrefRequest,
-    JobList,
-    JobOptions,
-    Link,
-    OgcException,
-    StatusInfo,
-)
+from serving.api.models import MEDIA_TYPES, JobHrefRequest, JobList, JobOptions, Link, OgcException, StatusInfo
 from serving.api.service import JobService
 from serving.api.store import JobRecord
-from serving.outputs.geo_output import OutputFormat
+from serving.outputs.formats import OutputFormat
 
 router = APIRouter(tags=["jobs"], dependencies=[Depends(require_api_key)])
 

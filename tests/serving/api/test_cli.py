@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from serving.cli.arguments import size_in_bytes as _size
 from serving.cli.main import main
-from serving.cli.serve import _size
 
 
 def test_bad_model_is_an_error_before_listening(tmp_path, capsys):

@@ -23,7 +23,8 @@ from affine import Affine
 
 from hbdnet.boxes.convention import obb_to_poly
 from serving.batch.inputs import SceneInput, expand_inputs
-from serving.batch.runner import MANIFEST_NAME, BatchError, Manifest, run_batch
+from serving.batch.manifest import MANIFEST_NAME, BatchError, Manifest
+from serving.batch.runner import run_batch
 from serving.cli.main import main
 from serving.detect import DetectOptions
 from serving.engine.detectors import NoopSpec
@@ -225,19 +226,20 @@ def test_torn_last_line_and_a_second_run_on_the_folder(tmp_path, perfect):
 DRIVER = textwrap.dedent("""
     # Runs the real `hbdnet batch` command with the noop detector, each scene made slower by a sleep.
     import sys, time
-    import serving.batch.runner as batch
     import serving.cli.batch as cli_batch
-
+    import serving.detect as scene_path
+    from serving.engine.detectors import NoopSpec
+    from serving.model_ref import model_ref
 
     delay = float(sys.argv[1])
-    real_prepare = batch.prepare_scene
+    real_prepare = scene_path.prepare
 
     def slow_prepare(*args, **kwargs):
         time.sleep(delay)
         return real_prepare(*args, **kwargs)
 
-    batch.prepare_scene = slow_prepare
-    cli_batch.resolve_model = lambda arg, device, precision="auto": batch.model_ref(NoopSpec())
+    scene_path.prepare = slow_prepare
+    cli_batch.resolve_model = lambda arg, device, precision="auto": model_ref(NoopSpec())
     from serving.cli.main import main
     sys.exit(main(["batch", *sys.argv[2:]]))
 """)
@@ -370,18 +372,16 @@ def test_striped_scene_is_noted_in_its_manifest_line_only(tmp_path, perfect):
 
 def test_next_scene_is_planned_while_the_pool_runs_the_one_before(tmp_path, monkeypatch):
     """Planning (open, stretch and coverage scans) of scene k+1 runs beside the detection of scene k."""
-    import serving.engine.workers as workers
-
-    import serving.batch.runner as batch
+    import serving.detect as batch
 
     tifs = [write_tif(tmp_path / "in" / f"s{k}.tif", size=(64, 64)) for k in range(3)]
     events: list[tuple[str, str, float]] = []
-    real_prepare = batch.prepare_scene
+    real_prepare = batch.prepare
 
-    def slow_prepare(scene, **kwargs):
+    def slow_prepare(*args, **kwargs):
         events.append(("plan", "", time.monotonic()))
         time.sleep(0.3)
-        return real_prepare(scene, **kwargs)
+        return real_prepare(*args, **kwargs)
 
     class SlowDetector:
         name = "slow"
@@ -392,9 +392,12 @@ def test_next_scene_is_planned_while_the_pool_runs_the_one_before(tmp_path, monk
             events.append(("detected", "", time.monotonic()))
             return [(np.zeros((0, 5)), np.zeros(0), np.zeros(0, dtype=np.int64)) for _ in images]
 
-    monkeypatch.setattr(batch, "prepare_scene", slow_prepare)
-    monkeypatch.setattr(workers, "build_detector", lambda spec: SlowDetector())
-    summary = run_batch(scenes_of(*tifs), tmp_path / "out", model_ref(NoopSpec()), pool_config=IN_PROCESS)
+    class SlowSpec(NoopSpec):
+        def build(self):
+            return SlowDetector()
+
+    monkeypatch.setattr(batch, "prepare", slow_prepare)
+    summary = run_batch(scenes_of(*tifs), tmp_path / "out", model_ref(SlowSpec()), pool_config=IN_PROCESS)
     assert summary.ran_ok == 3
     kinds = [k for k, _, _ in events]
     # One window per scene: plan s0, then s1's planning starts before s0's detection ends, and so on.

@@ -20,7 +20,7 @@ from hbdnet.checkpoint import bundled_models
 from serving.cli.errors import CliError
 from serving.cli.main import main
 from serving.detect import DetectOptions
-from serving.engine.detectors import NoopSpec
+from serving.engine.detectors import ModelSpec, NoopSpec
 from serving.engine.pools import PoolConfig
 from serving.engine.scene import SceneError
 from serving.model_ref import model_ref
@@ -131,7 +131,7 @@ def test_bundled_models_by_name_and_as_default(tiny_checkpoint, tmp_path, monkey
     named = cli_detect.resolve_model("r50", "cpu")
     by_path = cli_detect.resolve_model(str(tiny_checkpoint), "cpu")
     assert (default.name, named.name, by_path.name) == ("default", "r50", "tiny")
-    assert default.spec.kind == "model" and default.spec.path == str(tmp_path / "default.safetensors")
+    assert isinstance(default.spec, ModelSpec) and default.spec.path == str(tmp_path / "default.safetensors")
     assert default.spec.device == "cpu" and default.class_names == ("bridge",)
     assert (default.score_thr, named.score_thr, by_path.score_thr) == (0.4, None, None)
     with pytest.raises(CliError, match=r"unknown model name 'r18' \(bundled models: default, r50\)"):

@@ -104,12 +104,15 @@ def test_cuda_index_beyond_the_gpus(tmp_path, capsys, monkeypatch):
 def test_unwritable_output_stops_before_detection(tmp_path, capsys, monkeypatch):
     """Independent of the user: the output's folder is a regular file (root cannot write there
     either), and on Linux /proc, where no one can create a file."""
-    import serving.batch.runner as runner
+    import serving.detect
+    from serving.cli import detect as detect_cli
+    from serving.model_ref import model_ref
 
     def no_detection(*args, **kwargs):
         raise AssertionError("detection started")
 
-    monkeypatch.setattr(runner, "detect_to_file", no_detection)
+    monkeypatch.setattr(detect_cli, "resolve_model", lambda arg, device="auto", precision="auto": model_ref(NoopSpec()))
+    monkeypatch.setattr(serving.detect, "prepare", no_detection)  # the scene is never planned, let alone read
     tif = str(write_tif(tmp_path / "s.tif"))
     a_file = tmp_path / "notes.txt"
     a_file.write_text("x")
@@ -117,7 +120,7 @@ def test_unwritable_output_stops_before_detection(tmp_path, capsys, monkeypatch)
     if Path("/proc/self").is_dir():
         targets.append((Path("/proc/o.gpkg"), "folder /proc is not writable"))
     for target, message in targets:
-        assert main(["detect", tif, "-o", str(target), "--model", "nosuchmodel"]) == 2
+        assert main(["detect", tif, "-o", str(target)]) == 2
         line = one_line(capsys, "detect")
         assert message in line and ".partial" not in line, line
 
@@ -140,16 +143,16 @@ def test_bad_model_files_are_one_line(tmp_path, capsys):
 # --- eval --output ----------------------------------------------------------------------------------
 
 def test_eval_output_is_strict_json(tmp_path, capsys, monkeypatch):
-    import serving.engine.whole_images
-
-    import hbdnet.checkpoint
     import hbdnet.data.dota
+    import serving.evaluate
+    from serving.cli import evaluate as evaluate_cli
+    from serving.model_ref import model_ref
 
-    monkeypatch.setattr(hbdnet.checkpoint, "read_checkpoint", lambda path: {})
+    monkeypatch.setattr(evaluate_cli, "resolve_model", lambda arg, device="auto": model_ref(NoopSpec()))
     monkeypatch.setattr(hbdnet.data.dota, "load_dota_folder", lambda folder: ["image"])
     metrics = {"AP50": 0.5, "AP50_long": float("nan"), "AP75": np.float64("nan"), "inf": float("inf"),
                "images": 1}
-    monkeypatch.setattr(serving.engine.whole_images, "evaluate_model", lambda *a, **k: dict(metrics))
+    monkeypatch.setattr(serving.evaluate, "evaluate_model", lambda *a, **k: dict(metrics))
     out = tmp_path / "metrics.json"
     assert main(["eval", "--model", "m.pth", "--data", str(tmp_path), "--output", str(out)]) == 0
     text = out.read_text()
@@ -158,7 +161,7 @@ def test_eval_output_is_strict_json(tmp_path, capsys, monkeypatch):
         "AP50": 0.5, "AP50_long": None, "AP75": None, "inf": None, "images": 1}
     capsys.readouterr()
     # An output that cannot be written is refused before the evaluation runs.
-    monkeypatch.setattr(serving.engine.whole_images, "evaluate_model",
+    monkeypatch.setattr(serving.evaluate, "evaluate_model",
                         lambda *a, **k: pytest.fail("evaluation started"))
     a_file = tmp_path / "notes.txt"
     a_file.write_text("x")
@@ -205,11 +208,11 @@ def test_detect_and_batch_print_the_plan_and_an_estimate(tmp_path, capsys, monke
         ds.write(np.full((1, 1100, 2200), 90, np.uint8))
     assert main(["detect", str(tif), "-o", str(tmp_path / "o.gpkg"), "--workers", "0", "-q"]) == 0
     err = capsys.readouterr().err.strip().splitlines()
-    assert err[0] == "hbdnet detect: plan: 2200 x 1100 px, 9 windows to run: level 0 (1/1) 6, level 1 (1/2) 2, " \
+    assert err[0] == "hbdnet detect: plan: 2200 x 1100 px (width x height), 9 windows to run: level 0 (1/1) 6, level 1 (1/2) 2, " \
                      "level 2 (1/4) 1"
     assert len(err) == 2 and err[1].startswith("hbdnet detect: estimate: about ") and "from the first 3" in err[1]
     assert main(["batch", str(tif), "-o", str(tmp_path / "out"), "--workers", "0", "-q"]) == 0
     err = capsys.readouterr().err.strip().splitlines()
-    assert err[0] == "hbdnet batch: plan: big: 2200 x 1100 px, 9 windows to run: level 0 (1/1) 6, " \
+    assert err[0] == "hbdnet batch: plan: big: 2200 x 1100 px (width x height), 9 windows to run: level 0 (1/1) 6, " \
                      "level 1 (1/2) 2, level 2 (1/4) 1"
     assert err[1].startswith("hbdnet batch: estimate: big: about ")

@@ -62,3 +62,20 @@ def test_closing_stops_the_thread_and_frees_the_source():
     it.close()
     assert not any(t.name == "t-stop" for t in threading.enumerate())
     src.close()  # not running on the thread any more: closing it does not raise
+
+
+def test_a_source_left_early_is_closed_in_its_own_thread_before_ahead_returns():
+    """Its ``finally`` (a GDAL environment, in the engine) runs in the producing thread, at once, not
+    later in whatever thread the garbage collector runs in (an interrupted batch printed tracebacks)."""
+    closed_in: list[str] = []
+
+    def source():
+        try:
+            yield from range(100)
+        finally:
+            closed_in.append(threading.current_thread().name)
+
+    items = ahead(source(), depth=1, name="producer")
+    assert next(items) == 0
+    items.close()
+    assert closed_in == ["producer"]

@@ -6,8 +6,8 @@ import time
 
 import numpy as np
 import pytest
-import serving.engine.pipeline as engine
 
+import serving.detect as engine
 from hbdnet.pyramid import plan_pyramid
 from serving.detect import plan_beside_workers
 from serving.engine.detectors import NoopSpec

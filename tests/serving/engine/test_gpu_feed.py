@@ -11,8 +11,8 @@ import zlib
 
 import numpy as np
 import pytest
-import serving.engine.worker as worker_module
 
+import serving.engine.worker as worker_module
 from hbdnet.pyramid import PlanWindow
 from serving.engine.detectors import NoopDetector, NoopSpec
 from serving.engine.pools import InProcessPool, PoolConfig

@@ -15,7 +15,9 @@ import torch
 from hbdnet.boxes.iou import box_iou_rotated
 from hbdnet.data.dota import load_dota_folder
 from hbdnet.evaluation.rotated_map import evaluate
+from serving.engine.detectors import ModelSpec
 from serving.evaluate import detect_images
+from serving.model_ref import model_ref
 
 ROOT = Path(__file__).resolve().parents[3]
 SHARED = Path(os.environ.get("HBDNET_SHARED_DATA", ROOT / ".." / "shared" / "data"))
@@ -33,7 +35,7 @@ pytestmark = [
 
 def both(images):
     """(float32, bfloat16) merged detections of ``images``."""
-    return [detect_images(images, MODEL, "cpu", precision=p) for p in ("float32", "bfloat16")]
+    return [detect_images(images, model_ref(ModelSpec(str(MODEL), "cpu", precision=p))) for p in ("float32", "bfloat16")]
 
 
 def assert_top_boxes_matched(ref, got) -> None:

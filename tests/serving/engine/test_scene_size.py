@@ -8,13 +8,7 @@ import rasterio
 from affine import Affine
 
 from serving.engine.detectors import NoopSpec
-from serving.engine.scene import (
-    DEFAULT_MAX_PIXELS,
-    MIN_SCENE_SIDE,
-    SceneError,
-    check_scene_size,
-    open_scene,
-)
+from serving.engine.scene import DEFAULT_MAX_PIXELS, MIN_SCENE_SIDE, SceneError, check_scene_size, open_scene
 
 
 def _huge_sparse_tiff(path, side: int = 200_000):
@@ -65,16 +59,16 @@ def test_lower_limit_refuses_an_ordinary_scene(geotiff):
 # --- wired into the engine and the CLI ----------------------------------------------------------------
 
 def test_prepare_scene_checks_the_size(tmp_path, geotiff):
-    from serving.engine.pipeline import prepare_scene
+    from serving.detect import DetectOptions, open_checked
 
     with pytest.raises(SceneError, match="too small"):
-        prepare_scene(str(geotiff("dot.tif", np.ones((1, 1, 1), np.uint8))))
+        open_checked(str(geotiff("dot.tif", np.ones((1, 1, 1), np.uint8))), DetectOptions())
     with pytest.raises(SceneError, match="too large"):
-        prepare_scene(str(_huge_sparse_tiff(tmp_path / "huge.tif")))  # before any scan of its pixels
+        open_checked(str(_huge_sparse_tiff(tmp_path / "huge.tif")), DetectOptions())  # before any scan of its pixels
     ok = str(geotiff("ok.tif", np.ones((1, 64, 64), np.uint8)))
-    assert prepare_scene(ok).plan.plan
+    assert open_checked(ok, DetectOptions()).width == 64
     with pytest.raises(SceneError, match="limit of 100 "):
-        prepare_scene(ok, max_pixels=100)
+        open_checked(ok, DetectOptions(max_pixels=100))
 
 
 def test_cli_max_pixels_option(tmp_path, geotiff, capsys):

@@ -13,12 +13,7 @@ import rasterio
 from hbdnet.data.raster import read_pyramid_window
 from serving.engine.reader import plan_scene, prepare_read
 from serving.engine.scene import open_scene
-from serving.engine.stretch import (
-    Stretch,
-    block_windows,
-    sample_stretch,
-    stretch_from_samples,
-)
+from serving.engine.stretch import Stretch, block_windows, sample_stretch, stretch_from_samples
 
 SHARED_PAN = (Path(os.environ.get("HBDNET_SHARED_DATA", Path(__file__).resolve().parents[3] / ".." / "shared" / "data"))
               / "geotiff" / "solaris-spacenet")

@@ -24,18 +24,13 @@ from affine import Affine
 from hbdnet.pyramid import PlanWindow
 from serving.batch.inputs import expand_inputs
 from serving.detect import SceneResult
-from serving.engine.detectors import (
-    DetectorSpec,
-    ModelSpec,
-    NoopDetector,
-    NoopSpec,
-    build_detector,
-)
+from serving.engine.detectors import ModelSpec, NoopDetector, NoopSpec
 from serving.engine.pools import InProcessPool, PoolConfig, RayPool, make_pool
 from serving.engine.reader import ReadItem, WindowReader, plan_scene
 from serving.engine.scene import open_scene
 from serving.engine.tasks import SceneJob, WindowTask, make_tasks
 from serving.engine.worker import WindowWorker
+from serving.model_ref import model_ref
 from serving.testing.engine_runs import detect_file as detect_scene
 from serving.testing.simulate import PerfectSpec, synthetic_scene
 
@@ -138,15 +133,15 @@ def test_reads_run_ahead_on_threads_and_match_single_reads(scene_path):
     threaded.close()
 
 
-def test_build_detector_kinds(bridges):
-    assert isinstance(build_detector(NoopSpec()), NoopDetector)
-    perfect = build_detector(PerfectSpec(bridges))
+def test_detector_specs_build_their_detectors(bridges):
+    assert isinstance(NoopSpec().build(), NoopDetector)
+    perfect = PerfectSpec(bridges).build()
     (boxes, scores, labels), = perfect.detect([np.zeros((3, 1024, 1024), np.uint8)], [PlanWindow(1, 2, 0, 0, 750, 650)])
     assert boxes.shape[1] == 5 and len(boxes) == len(scores) == len(labels) > 0
-    with pytest.raises(ValueError, match="ground_truth"):
-        build_detector(DetectorSpec("perfect"))
-    with pytest.raises(ValueError, match="unknown detector kind"):
-        build_detector(DetectorSpec("magic"))  # type: ignore[arg-type]
+    # What identifies a detector for outputs and manifests: its weights (here, its truth).
+    assert PerfectSpec(bridges).fingerprint() == PerfectSpec(bridges.copy()).fingerprint()
+    assert PerfectSpec(bridges[:1]).fingerprint() != PerfectSpec(bridges).fingerprint()
+    assert not NoopSpec().uses_gpu and ModelSpec("m.pth", device="auto").uses_gpu
 
 
 def test_results_do_not_depend_on_the_number_of_workers(ray_runtime, pool2, scene_path, bridges, reference):
@@ -228,8 +223,7 @@ def test_batch_through_ray_overlaps_scenes_and_equals_the_sequential_run(
 
     import serving.batch.runner as batch
 
-    model = dataclasses.replace(batch.model_ref(PerfectSpec(bridges)), window=WINDOW,
-                                overlap=OVERLAP)
+    model = model_ref(PerfectSpec(bridges), window=WINDOW, overlap=OVERLAP)
     small = tmp_path / "small.tif"
     with rasterio.open(scene_path) as src:  # a third scene, a corner of the first
         profile = {**src.profile, "width": 700, "height": 600}
@@ -239,15 +233,15 @@ def test_batch_through_ray_overlaps_scenes_and_equals_the_sequential_run(
     sequential = batch.run_batch(scenes, tmp_path / "seq", model, pool_config=PoolConfig(workers=0))
 
     written: list[tuple[str, float, float]] = []  # scene, its first task's start, the end of its write
-    real_write = batch.write_output
+    real_write = batch.write
 
-    def slow_write(prepared, run, *args):
-        time.sleep(0.3)  # a slow merge and write, during which the next scene's tasks should run
-        outcome = real_write(prepared, run, *args)
-        written.append((prepared.info.uri, run.started, time.time()))
-        return outcome
+    def slow_write(result, *args, **kwargs):
+        time.sleep(0.3)  # a slow write, during which the next scene's tasks should run
+        notes = real_write(result, *args, **kwargs)
+        written.append((result.uri, result.started, time.time()))
+        return notes
 
-    monkeypatch.setattr(batch, "write_output", slow_write)
+    monkeypatch.setattr(batch, "write", slow_write)
     parallel = batch.run_batch(scenes, tmp_path / "ray", model, pool=pool2)
     assert parallel.ran_ok == sequential.ran_ok == 3
     assert [w[0] for w in written] == [s.uri for s in scenes]  # here scenes finish in input order
@@ -309,12 +303,12 @@ def test_without_a_gpu_the_default_pool_runs_in_process_and_never_imports_torch(
     detector that needs no model, no torch either (measured in a fresh interpreter)."""
     code = f"""
 import sys
-from serving.engine.detectors import DetectorSpec
-from serving.engine.pipeline import detect_scene
-from serving.engine.workers import InProcessPool, PoolConfig, make_pool
+from serving.engine.detectors import NoopSpec
+from serving.testing.engine_runs import detect_file
+from serving.engine.pools import InProcessPool, PoolConfig, make_pool
 with make_pool(NoopSpec(), PoolConfig()) as pool:
     assert isinstance(pool, InProcessPool), type(pool)
-    detect_scene({str(scene_path)!r}, NoopSpec(), pool=pool)
+    detect_file({str(scene_path)!r}, NoopSpec(), pool=pool)
 print("torch" in sys.modules, "ray" in sys.modules)
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
@@ -323,7 +317,7 @@ print("torch" in sys.modules, "ray" in sys.modules)
 
 
 def test_a_model_pinned_to_the_cpu_runs_in_process_and_workers_or_an_address_ask_for_ray(monkeypatch):
-    import serving.engine.workers as workers
+    import serving.engine.pools as workers
 
     started = []
     monkeypatch.setattr(workers, "RayPool", lambda spec, config: started.append(config) or "ray pool")

@@ -5,7 +5,7 @@ keeps decks inside a box drawn around both.
 The detector is ``serving.testing.simulate.CheckDetector``: the visible part of each true bridge in
 every window of every level, as a rectangle along the bridge, +-2 px of jitter in that level's pixels,
 with constant, noisy, coarse-higher and coarse-lower scores. The same cases run through ``merge``
-directly and through the engine (``serving.engine.pipeline.detect_scene`` on a GeoTIFF, the detector
+directly and through the engine (``serving.detect.detect`` on a GeoTIFF, the detector
 behind the engine's ``WindowDetector`` interface). ``python tools/bench_merge.py`` prints the figures
 for both merges.
 """
@@ -14,16 +14,15 @@ from __future__ import annotations
 
 import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
-import serving.engine.workers as engine_workers
 import torch
 
 from hbdnet.boxes.iou import box_iou_rotated
 from hbdnet.pyramid import PlanWindow
-from serving.engine.detectors import DetectorSpec
 from serving.merge.config import MergeConfig
 from serving.merge.fuse import end_cuts
 from serving.merge.methods import merge
@@ -307,17 +306,21 @@ def test_check_detector_reports_rectangles_along_the_bridge_within_the_jitter():
 H, W, WINDOW, OVERLAP = 2400, 3000, 256, 56
 
 
+@dataclass(frozen=True, eq=False)
+class CheckSpec(PerfectSpec):
+    """The engine's workers build a CheckDetector over ``ground_truth``, with ``mode`` scores."""
+
+    mode: str = "constant"
+    seed: int = 0
+
+    def build(self) -> CheckDetector:
+        return CheckDetector(np.asarray(self.ground_truth), scores=self.mode, seed=self.seed)
+
+
 @pytest.fixture
-def check_detector(monkeypatch):
-    """Make the engine's workers build a CheckDetector (over ``truth``, with ``mode`` scores) for a
-    ``PerfectSpec(truth)``."""
-    chosen = {}
-
-    def build(spec: DetectorSpec):
-        return CheckDetector(np.asarray(spec.ground_truth), scores=chosen["mode"], seed=chosen["seed"])
-
-    monkeypatch.setattr(engine_workers, "build_detector", build)
-    return chosen
+def check_detector():
+    """The settings of the ``CheckSpec`` a test runs (``mode``, ``seed``)."""
+    return {}
 
 
 @pytest.mark.parametrize("mode", ["noisy", "coarse_higher", "coarse_lower"])
@@ -329,7 +332,7 @@ def test_engine_keeps_near_miss_pairs_apart_and_bridges_whole(geotiff, check_det
     assert near.scene.height <= H and near.scene.width <= W
     check_detector.update(mode=mode, seed=3)
     path = str(geotiff("scene.tif", np.full((3, H, W), 90, np.uint8)))
-    result = engine_detect_scene(path, PerfectSpec(truth), workers=0, window=WINDOW,
+    result = engine_detect_scene(path, CheckSpec(truth, **check_detector), workers=0, window=WINDOW,
                                  overlap=OVERLAP)
     assert max(d.window.level for d in result.window_detections) >= 3
     score = score_against_truth(result.boxes, result.scores, truth)
@@ -355,6 +358,6 @@ def test_engine_keeps_the_glh_demo_twin_decks_apart(check_detector, mode):
         pytest.skip(f"glh-bridge-demo image not found at {image}")
     truth = np.array([[882.5, 1032.0, 458.0, 33.0, -math.pi / 2], [939.5, 1033.5, 455.0, 27.0, -math.pi / 2]])
     check_detector.update(mode=mode, seed=9)
-    result = engine_detect_scene(str(image), PerfectSpec(truth), workers=0,
+    result = engine_detect_scene(str(image), CheckSpec(truth, **check_detector), workers=0,
                                  window=WINDOW, overlap=OVERLAP)
     assert one_to_one(result.boxes, truth, thr=0.8), result.boxes

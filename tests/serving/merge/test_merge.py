@@ -18,13 +18,7 @@ from serving.merge.pairs import chunk_slices, connected_components, points_in_bo
 from serving.merge.relations import attach_stub_groups
 from serving.merge.suppress import greedy_nms
 from serving.merge.window_detections import SceneDetections, WindowDetections, to_scene
-from serving.testing.simulate import (
-    PerfectDetector,
-    SyntheticScene,
-    benchmark_detections,
-    detect_scene,
-    time_merge,
-)
+from serving.testing.simulate import PerfectDetector, SyntheticScene, benchmark_detections, detect_scene, time_merge
 
 
 def scene_dets(boxes, scores=None, levels=None, labels=None, bounds=None) -> SceneDetections:
