@@ -54,7 +54,7 @@ def validate_window(window: int, overlap: int) -> None:
 
 def pyramid_levels(height: int, width: int, max_side: int = 1024) -> list[PyramidLevel]:
     if height < 1 or width < 1:
-        raise ValueError(f"scene size must be positive, got {height} x {width}")
+        raise ValueError(f"scene size must be positive, got {width} x {height} (width x height)")
     if max_side < 1:  # the levels would never get small enough
         raise ValueError(f"max_side must be 1 px or more, got {max_side}")
     levels = [PyramidLevel(0, 1, height, width)]

@@ -3,8 +3,8 @@
     python tools/bench_window.py [--mmrotate-python /tmp/mmrotate-venv/bin/python] [--repeat 5]
         [--threads 2] [--rcnn-candidates 300] [--image samples/autzen_willamette_footbridge_0.30m.tif]
 
-The authors' stack runs in its own virtual environment (``../shared/wheels/README.md``;
-``tools/make_convert_golden.py`` says how to build it) as a subprocess of this script (``--worker``),
+The authors' stack runs in its own virtual environment (``docs/anchors.md`` and
+``tools/make_convert_golden.py`` say how to build it) as a subprocess of this script (``--worker``),
 which answers one request at a time, so the two sides never run at the same time.
 
 Same model: mmrotate 0.3.4 builds its Oriented R-CNN (ResNet-50, FPN 256, 2 x 1024 FC, angle ``oc``)
@@ -13,7 +13,7 @@ the state dict as safetensors; hbdnet converts it with ``hbdnet.convert``. Rando
 scores, so ``fc_cls``'s bridge bias is set, on mmrotate's proposals for this input, so that exactly
 ``--rcnn-candidates`` RoIs score above ``score_thr`` and enter the final rotated NMS (a trained model
 has tens to hundreds there on a window with bridges; an untrained one all 2000). Test settings are the
-authors' (``../shared/docs/hbdnet-method.md``): RPN top 2000 per level, horizontal NMS 0.8, 2000
+authors' (``docs/hbdnet-method.md``): RPN top 2000 per level, horizontal NMS 0.8, 2000
 proposals; RCNN score_thr 0.05, rotated NMS 0.4, at most 400 boxes.
 
 Same input: a 1024 x 1024 RGB crop of a real scene (by default the Autzen footbridge sample, read with

@@ -24,6 +24,7 @@ from serving.cli.arguments import (
     whole_number,
 )
 from serving.cli.errors import CliError
+from serving.outputs.formats import OUTPUT_FORMATS
 
 Subparsers = argparse._SubParsersAction
 
@@ -34,7 +35,7 @@ class _ShowDefaults(argparse.HelpFormatter):
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
         if ("%(default)" in text or "(default" in text or not action.option_strings
-                or action.default in (None, False, argparse.SUPPRESS)):
+                or action.default is None or action.default is False or action.default == argparse.SUPPRESS):
             return text
         return f"{text} (default: %(default)s)"
 
@@ -59,8 +60,8 @@ def _model_arguments(p: argparse.ArgumentParser) -> None:
                    help="auto, cpu, cuda or cuda:N (auto: cuda when this machine has a GPU)")
 
 
-def _run_arguments(p: argparse.ArgumentParser) -> None:
-    """The model and worker options that ``detect`` and ``batch`` share."""
+def _worker_arguments(p: argparse.ArgumentParser) -> None:
+    """The model, its precision and the workers it runs in: ``detect``, ``batch`` and ``serve``."""
     _model_arguments(p)
     p.add_argument("--precision", type=precision, default="auto", metavar="P",
                    help="auto, float32 or bfloat16: the model's heavy convolutions and products in bfloat16 "
@@ -72,6 +73,11 @@ def _run_arguments(p: argparse.ArgumentParser) -> None:
                    help="threads reading windows ahead in each worker (default: 2 beside a CPU model; beside a "
                         "GPU, enough to feed it from the host's cores; each costs a little memory)")
     p.add_argument("--ray-address", metavar="ADDR", help="join this Ray cluster ('auto' or host:port)")
+
+
+def _run_arguments(p: argparse.ArgumentParser) -> None:
+    """The options that ``detect`` and ``batch`` share."""
+    _worker_arguments(p)
     p.add_argument("--score-thr", type=score, default=None, metavar="X",
                    help="drop merged bridges scoring below X (default: the operating point stored with the "
                         "model, else 0; 0 keeps everything the model reports)")
@@ -176,8 +182,6 @@ def _add_detect(sub: Subparsers) -> None:
 
 
 def _add_batch(sub: Subparsers) -> None:
-    from serving.outputs.formats import OUTPUT_FORMATS
-
     p = _command(sub, "batch", batch.run, "detect bridges in many scenes (files, folders, lists, STAC), resumably",
                  "Detect bridges in many scenes through one worker pool. INPUTS: raster files or URLs; folders "
                  "(searched recursively for .tif .tiff .vrt .jp2 .img); list files (.txt/.list: one path or URL "
@@ -204,18 +208,9 @@ def _add_serve(sub: Subparsers) -> None:
                  "data folder).")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on")
     p.add_argument("--port", type=whole_number("port", 0), default=8000, help="port")
-    _model_arguments(p)
-    p.add_argument("--precision", type=precision, default="auto", metavar="P",
-                   help="auto, float32 or bfloat16 (auto: bfloat16 on a GPU that has it, else float32)")
+    _worker_arguments(p)
     p.add_argument("--data-dir", type=Path, default=Path("hbdnet-data"), metavar="DIR",
                    help="job database, uploads and results")
-    p.add_argument("--workers", type=whole_number("workers", 0), default=None, metavar="N",
-                   help="0 runs the model in the server process without Ray; N starts N Ray workers "
-                        "(default: as hbdnet detect, Ray only where it pays)")
-    p.add_argument("--read-threads", type=whole_number("read threads", 1), default=None, metavar="N",
-                   help="threads reading windows ahead in each worker (default: 2 beside a CPU model, more beside "
-                        "a GPU)")
-    p.add_argument("--ray-address", metavar="ADDR", help="join this Ray cluster ('auto' or host:port)")
     p.add_argument("--api-key", default=None, metavar="KEY",
                    help=f"require this key in the {API_KEY_HEADER} header on every route but /healthz and /readyz "
                         f"(default: ${API_KEY_ENV}; unset: no key)")

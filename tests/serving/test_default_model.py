@@ -136,6 +136,7 @@ def model_card_ap50() -> float:
 def test_default_model_val_ap50_is_the_model_cards():
     from hbdnet.data.dota import load_dota_folder
     from serving.evaluate import evaluate_model
+    from serving.model_ref import resolve_model
 
-    metrics = evaluate_model(load_dota_folder(NWPU_VAL), bundled_model_path("default"))
+    metrics = evaluate_model(load_dota_folder(NWPU_VAL), resolve_model("default", "cpu"))
     assert metrics["AP50"] == pytest.approx(model_card_ap50(), abs=0.005), metrics

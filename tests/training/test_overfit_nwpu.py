@@ -13,7 +13,9 @@ from hbdnet.models.build import ModelConfig
 from hbdnet.models.hbdnet import HBDNetConfig
 from hbdnet.training.config import DataConfig, ExperimentConfig, OptimConfig, StageConfig, TrainConfig
 from hbdnet.training.trainer import train
+from serving.engine.detectors import ModelSpec
 from serving.evaluate import evaluate_model
+from serving.model_ref import model_ref
 
 SHARED = Path(os.environ.get("HBDNET_SHARED_DATA", Path(__file__).resolve().parents[2] / ".." / "shared" / "data"))
 NWPU_TRAIN = SHARED / "nwpu-bridges" / "train"
@@ -43,6 +45,6 @@ def test_overfit_handful_of_real_bridges(tmp_path):
         stages=[StageConfig("local", [0], epochs=150, lr=0.005, lr_steps=[120])],
     )
     model = train(cfg, subset, tmp_path / "run", progress=False)
-    metrics = evaluate_model(load_dota_folder(subset), model)
+    metrics = evaluate_model(load_dota_folder(subset), model_ref(ModelSpec(str(model))))
     print(metrics)
     assert metrics["AP50"] >= 0.9, metrics

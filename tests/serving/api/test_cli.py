@@ -11,6 +11,7 @@ from serving.cli.main import main
 def test_bad_model_is_an_error_before_listening(tmp_path, capsys):
     assert main(["serve", "--model", str(tmp_path / "nope.pth"), "--data-dir", str(tmp_path / "d")]) == 2
     assert "model file not found" in capsys.readouterr().err
+    assert not (tmp_path / "d").exists()  # nothing made for a server that never starts
     not_a_model = tmp_path / "x.pth"
     not_a_model.write_bytes(b"garbage")
     assert main(["serve", "--model", str(not_a_model), "--data-dir", str(tmp_path / "d")]) == 2

@@ -41,6 +41,17 @@ def test_plan_through_main(capsys):
     assert "total windows: 53,308,545,486" in capsys.readouterr().out
 
 
+def test_plan_sizes_are_width_x_height_for_a_size_and_a_file_alike(tmp_path, capsys):
+    wide = tmp_path / "wide.tif"
+    with rasterio.open(wide, "w", driver="GTiff", width=3000, height=1000, count=1, dtype="uint8") as ds:
+        ds.write(np.zeros((1, 1000, 3000), np.uint8))
+    assert main(["plan", str(wide)]) == 0
+    from_file = capsys.readouterr().out
+    assert from_file.startswith("scene 3000 x 1000 px (width x height)") and "level 1: 1/2 -> 1500 x 500 px" in from_file
+    assert main(["plan", "3000x1000"]) == 0
+    assert capsys.readouterr().out == from_file
+
+
 @pytest.mark.parametrize(("argv", "message"), [
     (["0x5"], "at least 1 x 1 px, got 0 x 5"),
     (["16384", "--window", "512", "--overlap", "512"], "overlap must be in [0, window)"),
