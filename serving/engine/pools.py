@@ -1,11 +1,12 @@
-"""Model workers: read windows and run the detector on them, in this process or in Ray actors.
+"""Pools of model workers (``serving.engine.worker``): the windows of scenes run in this process or in
+Ray actors.
 
 Tasks carry window descriptors, never pixels: a ``WindowTask`` is the scene's ``ReadSpec`` (uri, bands,
 stretch, GDAL cache) and a short run of plan windows of one level and one row. Each worker opens the
 scene itself, keeps it open across tasks, reads its windows and runs batched inference. The same
 ``WindowWorker`` class does this in-process (``workers=0``) and inside every Ray actor. In process,
 an exact pyramid is read instead in one pass over the scene (``PoolConfig.one_pass``,
-``serving.engine.pass_worker``: every level from one decode, the same pixels). A Ray pool of one
+``serving.engine.worker``: every level from one decode, the same pixels). A Ray pool of one
 actor (one GPU) does the same, each scene in one pass on its actor, its results streamed back (pixels
 still go only from the actor's reader to its detector); several actors read window by window, so that
 one scene keeps them all busy (``PoolConfig.ray_one_pass`` chooses).
@@ -45,11 +46,10 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 from serving.engine.detectors import DetectorSpec, local_gpus
-from serving.engine.pass_worker import run_scene_in_one_pass
 from serving.engine.pyramid_pass import DEFAULT_BUFFER_BYTES
 from serving.engine.reader import ReadItem, ReadSpec
 from serving.engine.tasks import Cancel, JobResult, PoolRun, Progress, SceneJob, SceneState, TaskResult, WindowTask
-from serving.engine.worker import WindowWorker
+from serving.engine.worker import WindowWorker, run_scene_in_one_pass
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ class PoolConfig:
     max_attempts: int = 3  # per task, counting actor deaths (Ray's max_task_retries = max_attempts - 1)
     start_timeout_s: float = 300.0  # actors not up by then: the cluster lacks the resources asked for
     # In-process pool, exact pyramid: every level from one decode of the scene
-    # (``serving.engine.pass_worker``) instead of one exact read per window (6-7 decodes).
+    # (``serving.engine.worker``) instead of one exact read per window (6-7 decodes).
     one_pass: bool = True
     # Coarse levels of a one-pass read held in memory up to this; the rest in temporary files (TMPDIR).
     pass_buffer_bytes: int = DEFAULT_BUFFER_BYTES
@@ -366,7 +366,7 @@ def make_pool(detector_spec: DetectorSpec, config: PoolConfig) -> InProcessPool 
 
 def reads_in_one_pass(pool: InProcessPool | RayPool | tuple[DetectorSpec, PoolConfig], resampling: str) -> bool:
     """Whether ``pool`` (or the one ``make_pool`` gives for ``(detector_spec, config)``) reads a scene's
-    exact pyramid in one pass (``serving.engine.pass_worker``), finding its empty windows itself.
+    exact pyramid in one pass (``serving.engine.worker``), finding its empty windows itself.
 
     Before the pool exists its actor count is known only on this machine: a pool joining a cluster
     (``ray_address``) with ``ray_one_pass=None`` is assumed to read window by window (the plan then

@@ -18,8 +18,7 @@ from serving.engine.detectors import NoopDetector, NoopSpec
 from serving.engine.pools import InProcessPool, PoolConfig
 from serving.engine.reader import plan_scene
 from serving.engine.scene import open_scene
-from serving.engine.window_batches import device_stager
-from serving.engine.worker import GPU_BATCH_SIZE, WindowWorker, default_read_threads
+from serving.engine.worker import GPU_BATCH_SIZE, WindowWorker, default_read_threads, device_stager
 from serving.testing.simulate import texture
 
 

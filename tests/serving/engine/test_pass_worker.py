@@ -11,11 +11,11 @@ from rasterio.enums import ColorInterp
 
 from hbdnet.pyramid import PlanWindow
 from serving.engine.detectors import NoopSpec
-from serving.engine.pass_worker import pass_results
 from serving.engine.pools import InProcessPool, PoolConfig
 from serving.engine.reader import ReadItem, WindowReader, plan_scene
 from serving.engine.scene import open_scene
 from serving.engine.tasks import Cancelled
+from serving.engine.worker import pass_results
 from serving.testing.simulate import PerfectSpec, texture
 
 WINDOW, OVERLAP = 256, 40
