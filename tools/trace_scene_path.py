@@ -1,6 +1,7 @@
 """The files of ``serving/`` (and ``hbdnet/inference.py``) that one ``hbdnet`` command visits, from the
 subcommand's ``run`` to its end: how many, how many distinct caller-file -> callee-file steps, and how
-many of those steps go back into a file already visited. A measure of how far a reader has to follow
+many of those steps go back into a file already visited, then each step (caller file -> callee file,
+how many calls) and each file. A measure of how far a reader has to follow
 one scene through the code.
 
     python tools/trace_scene_path.py detect samples/rotterdam_pan1_0.5m.tif -o /tmp/r.gpkg -q
@@ -69,6 +70,8 @@ def main(argv: list[str]) -> int:
         seen.update((caller, callee))
     print(f"files: {len(files)}, distinct file steps: {len(steps)}, steps back into a file already visited: "
           f"{back_into}", file=sys.stderr)
+    for (caller, callee), n in steps.items():
+        print(f"  step {caller} -> {callee} x{n}", file=sys.stderr)
     for name in files:
         print(f"  {name}", file=sys.stderr)
     return code

@@ -405,3 +405,14 @@ def test_next_scene_is_planned_while_the_pool_runs_the_one_before(tmp_path, monk
     plans = [t for k, _, t in events if k == "plan"]
     ends = [t for k, _, t in events if k == "detected"]
     assert plans[1] < ends[0] and plans[2] < ends[1]
+
+
+def test_the_summary_counts_one_bridge_in_the_singular(tmp_path, capsys, monkeypatch):
+    import serving.cli.batch as cli_batch
+    from serving.model_ref import model_ref
+
+    one = model_ref(PerfectSpec(np.array([[200.0, 150.0, 160.0, 14.0, 0.4]])), window=256, overlap=56)
+    monkeypatch.setattr(cli_batch, "resolve_model", lambda arg, device, precision="auto": one)
+    write_tif(tmp_path / "in" / "a.tif")
+    assert main(["batch", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--workers", "0", "-q"]) == 0
+    assert "1 of 1 scenes ok, 1 bridge found now ->" in capsys.readouterr().out
