@@ -337,9 +337,10 @@ def detect_many(requests: Iterable[SceneRequest], model: ModelRef, options: Dete
             yield request, run
             continue
         try:
-            yield request, finish(prepared, run, model, options)
+            result: SceneResult | Exception = finish(prepared, run, model, options)
         except Exception as exc:
-            yield request, exc
+            result = exc
+        yield request, result
     while failed:
         yield failed.popleft()
 
