@@ -1,7 +1,7 @@
 """Scene boxes kept to the scene's valid pixels, once, after the merge.
 
 Windows smaller than the detector's input are padded, and windows at a nodata edge hold invalid
-pixels set to 0: a detector may report boxes there. After the merge (``pipeline.finish_scene``):
+pixels set to 0: a detector may report boxes there. After the merge (``serving.detect.finish``):
 
 * a box whose centre lies outside the scene, or on an invalid pixel (nodata, masked, NaN: the
   reader's rule, ``serving.engine.reader.valid_at``), is dropped;

@@ -58,7 +58,7 @@ def test_lower_limit_refuses_an_ordinary_scene(geotiff):
 
 # --- wired into the engine and the CLI ----------------------------------------------------------------
 
-def test_prepare_scene_checks_the_size(tmp_path, geotiff):
+def test_opening_a_scene_checks_the_size(tmp_path, geotiff):
     from serving.detect import DetectOptions, open_checked
 
     with pytest.raises(SceneError, match="too small"):
