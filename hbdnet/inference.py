@@ -14,6 +14,7 @@ import torch
 from hbdnet.checkpoint import load_model, resolve_model_path
 from hbdnet.models.deploy import inference_form
 from hbdnet.models.hbdnet import HBDNet
+from hbdnet.models.onnx_trunk import RUNTIMES, onnxruntime_available, use_onnx_trunks
 from hbdnet.precision import model_precision, resolve_precision, set_precision
 from hbdnet.pyramid import PlanWindow
 from hbdnet.transfer import HostToDevice, StagedImage
@@ -36,6 +37,7 @@ class HBDNetWindowDetector:
         self.device = device
         self.meta = dict(meta or {})
         self.precision = str(model_precision(model)).removeprefix("torch.")
+        self.runtime = "onnx" if getattr(model.local_detector, "trunk", None) is not None else "torch"
         self._transfer = HostToDevice(device)
         self.prepare_ahead = self._transfer.asynchronous
         # A model with inter-layer fusion needs the coarser crops around each level-0 window.
@@ -125,11 +127,13 @@ def resolve_device(device: str | torch.device) -> torch.device:
 
 
 def load_window_detector(path: str | Path, device: str | torch.device = "cpu",
-                         precision: str = "auto") -> HBDNetWindowDetector:
+                         precision: str = "auto", runtime: str = "auto") -> HBDNetWindowDetector:
     """The detector of a model file (``.pth`` or ``.safetensors``) or of a bundled model's name.
 
     ``precision``: ``auto`` (bfloat16 on a GPU that has it, else float32), ``float32`` or ``bfloat16``
-    (``hbdnet.precision``).
+    (``hbdnet.precision``). ``runtime``: ``torch``, ``onnx`` (the convolutional trunk in ONNX Runtime,
+    ``hbdnet.models.onnx_trunk``: CPU and float32 only) or ``auto`` (``onnx`` where it can run: on the
+    CPU, in float32, with ONNX Runtime installed, for a model without inter-layer fusion).
     """
     dev = resolve_device(device)
     dtype = resolve_precision(precision, dev)
@@ -137,4 +141,20 @@ def load_window_detector(path: str | Path, device: str | torch.device = "cpu",
     model, meta = load_model(path, dev)
     inference_form(model, dev)
     set_precision(model, dtype, dev.type)
+    if _runs_onnx(runtime, dev, dtype, model):
+        use_onnx_trunks(model)
     return HBDNetWindowDetector(model, str(meta.get("name", Path(path).stem)), dev, meta)
+
+
+def _runs_onnx(runtime: str, device: torch.device, dtype: torch.dtype, model: HBDNet) -> bool:
+    if runtime not in RUNTIMES:
+        raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
+    possible = device.type == "cpu" and dtype == torch.float32 and model.fusion is None
+    if runtime == "onnx":
+        if not possible:
+            raise ValueError("runtime onnx runs a float32 model without inter-layer fusion on the CPU; "
+                             f"this one is {dtype} on {device} (use runtime torch)")
+        if not onnxruntime_available():
+            raise ValueError("runtime onnx needs ONNX Runtime: pip install onnxruntime")
+        return True
+    return runtime == "auto" and possible and onnxruntime_available()

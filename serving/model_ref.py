@@ -86,9 +86,10 @@ def _looks_like_path(arg: str) -> bool:
             or not _NAME.fullmatch(arg) or Path(arg).exists())
 
 
-def resolve_model(arg: str | None, device: str = "auto", precision: str = "auto") -> ModelRef:
+def resolve_model(arg: str | None, device: str = "auto", precision: str = "auto", runtime: str = "auto") -> ModelRef:
     """The ``ModelRef`` that ``--model ARG`` names (None: the bundled ``default``), checked to be an
-    hbdnet checkpoint, to run on ``device`` in ``precision`` (``hbdnet.precision``).
+    hbdnet checkpoint, to run on ``device`` in ``precision`` (``hbdnet.precision``) with ``runtime``
+    (``hbdnet.models.onnx_trunk``).
 
     Raises ``ModelError`` for a missing file, an unknown NAME, no bundled default, or a file that is
     not an hbdnet checkpoint.
@@ -113,7 +114,7 @@ def resolve_model(arg: str | None, device: str = "auto", precision: str = "auto"
                              "pass --model PATH to use an hbdnet checkpoint")
         name, path = arg, bundled_model_path(arg)
     try:
-        return model_ref(ModelSpec(str(path), device=device, precision=precision), name=name)
+        return model_ref(ModelSpec(str(path), device=device, precision=precision, runtime=runtime), name=name)
     except CheckpointError as exc:
         raise ModelError(checkpoint_error_line(exc)) from exc
 

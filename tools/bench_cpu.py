@@ -1,8 +1,8 @@
 """The shipped light model on the CPU: where a window's time goes, per pyramid level, and a whole
 ``hbdnet detect`` of a large scene made of real imagery.
 
-    python tools/bench_cpu.py --profile --size 4096       # the stage table: ms per window, per level
-    python tools/bench_cpu.py --detect --size 16384       # the whole command, timed, per-level window times
+    python tools/bench_cpu.py --profile --size 4096       # the stage table (ms per window, per level), torch and onnx
+    python tools/bench_cpu.py --detect --size 16384       # the whole command, timed, torch and onnx
 
 The scene is a mosaic of real images, so that proposals are realistic (a flat or synthetic texture
 gives the RPN nothing to propose): 512 px cells cut from the NWPU VHR-10 images the tests use
@@ -18,7 +18,8 @@ convs, proposal NMS, RoIAlign, RoI head FCs, final rotated NMS, and the rest of 
 (normalising, anchors, top-k, box decoding). Times are per window, summed over the windows of each
 level (level 0 runs the local detector, the others the global one), with the merge and the reads of
 the whole scene after them. ``--detect`` times the ``hbdnet detect`` command itself (a subprocess,
-from start to written GeoPackage) and prints the windows per level from its plan line.
+from start to written GeoPackage) and prints the windows per level from its plan line. Each mode
+runs every ``--runtimes`` one after the other, so their ratio comes from one run.
 
 What else ran on the machine shows in the load averages printed at the start and the end.
 """
@@ -49,7 +50,8 @@ from bench_window import StageTimer
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("HBDNET_SHARED_DATA", ROOT / ".." / "shared" / "data"))
 CELL = 512
-STAGES = ("backbone", "FPN", "RPN head convs", "proposal NMS", "RoIAlign", "RoI head FCs", "final NMS", "rest")
+STAGES = ("backbone", "FPN", "RPN head convs", "ONNX trunk", "proposal NMS", "RoIAlign", "RoI head FCs", "final NMS",
+          "rest")
 
 
 def source_images() -> list[Path]:
@@ -119,7 +121,7 @@ class LevelTimes:
     seconds: dict[str, float] | None = None
 
 
-def instrumented_spec(levels: dict[int, LevelTimes]):
+def instrumented_spec(levels: dict[int, LevelTimes], runtime: str):
     """The default model's spec, whose detector is built with stage timers; per level, the windows and
     the seconds of each stage are added to ``levels``."""
     import hbdnet.models.roi_heads as roi_module
@@ -141,6 +143,8 @@ def instrumented_spec(levels: dict[int, LevelTimes]):
                 stack.enter_context(timer.wrap(det.rpn_head, "head", "RPN head convs"))
                 stack.enter_context(timer.wrap(det.roi_head.bbox_roi_extractor, "forward", "RoIAlign"))
                 stack.enter_context(timer.wrap(det.roi_head.bbox_head, "forward", "RoI head FCs"))
+                if det.trunk is not None:  # backbone, FPN and RPN head convs in one ONNX Runtime call
+                    stack.enter_context(timer.wrap(det, "trunk", "ONNX trunk"))
             stack.enter_context(timer.wrap(rpn_module, "batched_nms_horizontal", "proposal NMS"))
             stack.enter_context(timer.wrap(roi_module, "batched_nms_rotated", "final NMS"))
             detect = model.detect
@@ -162,23 +166,24 @@ def instrumented_spec(levels: dict[int, LevelTimes]):
             detector._profile_patches = stack  # keep the wrappers for the detector's life
             return detector
 
-    return ProfiledSpec(base.path, base.device, base.precision)
+    return ProfiledSpec(base.path, base.device, base.precision, runtime)
 
 
-def profile(scene: Path) -> None:
+def profile(scene: Path, runtime: str) -> float:
+    """Print the stage table of the default model run with ``runtime``; return the wall seconds."""
     from serving.detect import DetectOptions, detect
     from serving.engine.pools import PoolConfig
     from serving.model_ref import resolve_model
 
     levels: dict[int, LevelTimes] = {}
     model = resolve_model("default", "cpu")
-    model = dataclasses.replace(model, spec=instrumented_spec(levels))
+    model = dataclasses.replace(model, spec=instrumented_spec(levels, runtime))
     t0 = time.perf_counter()
     result = detect(str(scene), model, DetectOptions(), pool_config=PoolConfig(workers=0))
     wall = time.perf_counter() - t0
     order = sorted(levels)
-    print(f"\nper window (ms), the default model, {scene.name}, in this process, torch threads "
-          f"{_torch_threads()}")
+    print(f"\nper window (ms), the default model, runtime {runtime}, {scene.name}, in this process, torch "
+          f"threads {_torch_threads()}")
     print(f"  {'stage':<16}" + "".join(f"{f'level {lv}':>10}" for lv in order) + f"{'all':>10}{'share':>8}")
     all_windows = sum(levels[lv].windows for lv in order)
     grand = sum(sum(levels[lv].seconds.values()) for lv in order)
@@ -193,18 +198,26 @@ def profile(scene: Path) -> None:
     print(f"scene: merge {t['merge']:.2f} s, reads {t['read']:.1f} s (summed), plan {t['plan']:.2f} s, "
           f"wall {wall:.1f} s for {result.windows} windows ({wall / max(1, result.windows):.2f} s per window), "
           f"{len(result.scores)} bridges at the operating point")
+    return wall
 
 
-def timed_detect(scene: Path, out: Path) -> None:
+def timed_detect(scene: Path, out: Path, runtime: str) -> float:
+    """``hbdnet detect SCENE --runtime RUNTIME``, from the command to the written GeoPackage, and its
+    peak resident memory (the child's, from ``/usr/bin/time``-free ``resource`` accounting)."""
+    import resource
+
     t0 = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "serving.cli.main", "detect", str(scene), "-o", str(out), "-q"],
-                          cwd=ROOT, capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-m", "serving.cli.main", "detect", str(scene), "-o", str(out), "-q",
+                           "--runtime", runtime], cwd=ROOT, capture_output=True, text=True)
     wall = time.perf_counter() - t0
     if done.returncode:
         sys.exit(f"bench_cpu: hbdnet detect failed: {done.stderr.strip()}")
     plan = re.search(r"plan: (.*)", done.stderr)
-    print(f"hbdnet detect {scene.name}: {wall:.1f} s wall ({plan.group(1) if plan else '?'})")
-    print(done.stdout.strip())
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # the largest child so far, MB
+    print(f"hbdnet detect --runtime {runtime} {scene.name}: {wall:.1f} s wall, peak RSS of the children so far "
+          f"{peak:.0f} MB ({plan.group(1) if plan else '?'})")
+    print(f"  {done.stdout.strip()}")
+    return wall
 
 
 def _torch_threads() -> int:
@@ -218,6 +231,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--size", type=int, default=4096, help="the mosaic's side in px")
     ap.add_argument("--profile", action="store_true", help="the stage table per level")
     ap.add_argument("--detect", action="store_true", help="the whole hbdnet detect command, timed")
+    ap.add_argument("--runtimes", nargs="+", default=["torch", "onnx"], choices=["torch", "onnx"],
+                    help="the detector runtimes measured, one after the other in this run")
     ap.add_argument("--cache-dir", type=Path, default=Path("/tmp/hbdnet-bench"))
     args = ap.parse_args(argv)
     if not (args.profile or args.detect):
@@ -225,9 +240,17 @@ def main(argv: list[str] | None = None) -> None:
     print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()}")
     scene = mosaic(args.size, args.cache_dir)
     if args.profile:
-        profile(scene)
+        walls = {runtime: profile(scene, runtime) for runtime in args.runtimes}
+        if len(walls) > 1:
+            first = args.runtimes[0]
+            print("wall ratio " + ", ".join(f"{r}/{first} {w / walls[first]:.2f}" for r, w in walls.items() if r != first))
     if args.detect:
-        timed_detect(scene, args.cache_dir / f"cpu_mosaic_{args.size}_bridges.gpkg")
+        walls = {rt: timed_detect(scene, args.cache_dir / f"cpu_mosaic_{args.size}_{rt}.gpkg", rt)
+                 for rt in args.runtimes}
+        if len(walls) > 1:
+            first = args.runtimes[0]
+            print("hbdnet detect wall ratio " + ", ".join(f"{r}/{first} {w / walls[first]:.2f}"
+                                                        for r, w in walls.items() if r != first))
     print(f"load average at the end {os.getloadavg()}")
 
 

@@ -84,6 +84,9 @@ class HBDNet(nn.Module):
         """
         detector = self.detector_for_level(level)
         batch, sizes = detector.preprocess(images)
+        if targets is None and self.fusion is None:
+            features, rpn_outputs = detector.detect_features(batch)
+            return detector.forward_heads(features, sizes, rpn_outputs=rpn_outputs)
         features = detector.extract_features(batch)
         extra_losses: dict[str, Tensor] = {}
         if self.fusion is not None and level == 0:

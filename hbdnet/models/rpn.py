@@ -82,10 +82,12 @@ class OrientedRPNHead(nn.Module):
         return logits, deltas
 
     def forward(
-        self, features: list[Tensor], image_sizes: list[tuple[int, int]], targets: Targets | None = None
+        self, features: list[Tensor], image_sizes: list[tuple[int, int]], targets: Targets | None = None,
+        head_outputs: tuple[list[Tensor], list[Tensor]] | None = None,
     ) -> tuple[list[Tensor], dict[str, Tensor]]:
-        """Returns per-image proposals ``(n, 5)`` (``oc`` rows, best first) and, with targets, the losses."""
-        logits, deltas = self.head(features)
+        """Returns per-image proposals ``(n, 5)`` (``oc`` rows, best first) and, with targets, the losses.
+        ``head_outputs``: ``head(features)`` computed elsewhere (an exported trunk)."""
+        logits, deltas = head_outputs if head_outputs is not None else self.head(features)
         anchors = self.anchor_generator.grid_anchors([f.shape[-2:] for f in features], features[0].device)
         with torch.no_grad(), one_cpu_thread(features[0].device):
             proposals = [boxes for boxes, _ in self.get_proposals(logits, deltas, anchors, image_sizes)]

@@ -26,7 +26,8 @@ def create_app(settings: Settings, service: JobService | None = None) -> FastAPI
         if svc is None:
             from serving.model_ref import resolve_model
 
-            svc = JobService(settings, resolve_model(settings.model, settings.device, settings.precision))
+            svc = JobService(settings, resolve_model(settings.model, settings.device, settings.precision,
+                                                     settings.runtime))
         svc.start()
         app.state.service = svc
         log.info("hbdnet serve: model %s, data in %s", svc.model.label, settings.data_dir)

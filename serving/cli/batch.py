@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     if not scenes:
         raise CliError(f"no scenes found in {' '.join(args.inputs)} (rasters are found by extension: "
                        ".tif .tiff .vrt .jp2 .img)")
-    model = resolve_model(args.model, args.device, args.precision)
+    model = resolve_model(args.model, args.device, args.precision, args.runtime)
 
     def log(line: str) -> None:
         tqdm.write(f"hbdnet batch: {line}", file=sys.stderr)

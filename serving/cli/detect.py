@@ -33,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     check_device(args.device, args.ray_address)  # before any work
     output = Path(args.output) if args.output else Path.cwd() / f"{scene_stem(args.scene)}_bridges.gpkg"
-    model = resolve_model(args.model, args.device, args.precision)
+    model = resolve_model(args.model, args.device, args.precision, args.runtime)
     bar = tqdm(total=0, unit="window", desc=scene_stem(args.scene), disable=not show_progress(args),
                file=sys.stderr, dynamic_ncols=True)
 

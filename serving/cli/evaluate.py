@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     check_device(args.device)
     if args.output:
         _check_output(Path(args.output))
-    model = resolve_model(args.model, args.device)
+    model = resolve_model(args.model, args.device, runtime=args.runtime)
     try:
         images = load_dota_folder(Path(args.data))
     except (DotaFormatError, OSError) as err:

@@ -13,16 +13,8 @@ import sys
 from pathlib import Path
 
 from serving.cli import batch, convert, detect, evaluate, export, plan, serve, train
-from serving.cli.arguments import (
-    device,
-    one_line_errors,
-    parse_bands,
-    positive_number,
-    precision,
-    score,
-    size_in_bytes,
-    whole_number,
-)
+from serving.cli.arguments import (RUNTIMES, device, one_line_errors, parse_bands, positive_number, precision, score,
+                                   size_in_bytes, whole_number)
 from serving.cli.errors import CliError
 from serving.outputs.formats import OUTPUT_FORMATS
 
@@ -58,6 +50,9 @@ def _model_arguments(p: argparse.ArgumentParser) -> None:
                         "(default: the bundled 'default' model)")
     p.add_argument("--device", type=device, default="auto",
                    help="auto, cpu, cuda or cuda:N (auto: cuda when this machine has a GPU)")
+    p.add_argument("--runtime", choices=RUNTIMES, default="auto",
+                   help="what runs the model's convolutional trunk: torch, or onnx (ONNX Runtime, on a CPU in "
+                        "float32: the same detections in about 0.7 of the time); auto: onnx where it can run")
 
 
 def _worker_arguments(p: argparse.ArgumentParser) -> None:

@@ -19,10 +19,10 @@ def run(args: argparse.Namespace) -> int:
     from serving.api.settings import API_KEY_ENV, Settings
 
     # A bad --model fails here, before the data folder is made or the server listens.
-    model = resolve_model(args.model, args.device, args.precision)
+    model = resolve_model(args.model, args.device, args.precision, args.runtime)
     extra = {} if args.max_pixels is None else {"max_pixels": args.max_pixels}
     settings = Settings(data_dir=args.data_dir.resolve(), model=args.model, device=args.device,
-                        precision=args.precision, workers=args.workers,
+                        precision=args.precision, runtime=args.runtime, workers=args.workers,
                         read_threads=args.read_threads, ray_address=args.ray_address,
                         api_key=args.api_key or os.environ.get(API_KEY_ENV) or None,
                         max_upload_bytes=args.max_upload, max_queue=args.max_queue, job_timeout_s=args.job_timeout,

@@ -53,12 +53,14 @@ class ModelSpec:
     (``hbdnet.inference.resolve_device``), so each Ray actor uses the GPU it was given, and a CPU-only
     driver that joins a GPU cluster does not decide for the cluster. ``precision``
     (``hbdnet.precision``): ``auto`` is bfloat16 on a GPU that has it, float32 on a CPU; resolved where
-    the model runs, like the device.
+    the model runs, like the device. ``runtime`` (``hbdnet.models.onnx_trunk``): ``auto`` runs the
+    convolutional trunk in ONNX Runtime where it can (a CPU, float32), else in PyTorch.
     """
 
     path: str
     device: str = "cpu"
     precision: str = "auto"
+    runtime: str = "auto"
 
     @property
     def name(self) -> str:
@@ -71,7 +73,7 @@ class ModelSpec:
     def build(self) -> WindowDetector:
         from hbdnet.inference import load_window_detector, resolve_device  # torch: only where a model runs
 
-        return load_window_detector(self.path, resolve_device(self.device), self.precision)
+        return load_window_detector(self.path, resolve_device(self.device), self.precision, self.runtime)
 
     def fingerprint(self) -> str:
         h = hashlib.sha256()

@@ -12,7 +12,6 @@ Outputs ``[C2, C3, C4, C5]`` at strides 4, 8, 16, 32 with 24, 40, 112 and 320 ch
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import torch
@@ -46,8 +45,11 @@ class SameConv2d(nn.Conv2d):
     def forward(self, x: Tensor) -> Tensor:
         ih, iw = x.shape[-2:]
         k, s = self.kernel_size[0], self.stride[0]
-        pad_h = max((math.ceil(ih / s) - 1) * s + k - ih, 0)
-        pad_w = max((math.ceil(iw / s) - 1) * s + k - iw, 0)
+        # (ceil(i / s) - 1) * s + k - i, written as (-i) % s + k - s: integer arithmetic on the size,
+        # which an exported graph keeps as a function of its input (math.ceil would freeze it).
+        pad_h, pad_w = (-ih) % s + k - s, (-iw) % s + k - s
+        if k < s:
+            pad_h, pad_w = max(pad_h, 0), max(pad_w, 0)
         if pad_h or pad_w:
             x = F.pad(x, [pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2])
         return F.conv2d(x, self.weight, self.bias, self.stride, 0, 1, self.groups)  # bias: folded BN

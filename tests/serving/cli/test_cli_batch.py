@@ -239,7 +239,7 @@ DRIVER = textwrap.dedent("""
         return real_prepare(*args, **kwargs)
 
     scene_path.prepare = slow_prepare
-    cli_batch.resolve_model = lambda arg, device, precision="auto": model_ref(NoopSpec())
+    cli_batch.resolve_model = lambda *args, **kwargs: model_ref(NoopSpec())
     from serving.cli.main import main
     sys.exit(main(["batch", *sys.argv[2:]]))
 """)
@@ -412,7 +412,7 @@ def test_the_summary_counts_one_bridge_in_the_singular(tmp_path, capsys, monkeyp
     from serving.model_ref import model_ref
 
     one = model_ref(PerfectSpec(np.array([[200.0, 150.0, 160.0, 14.0, 0.4]])), window=256, overlap=56)
-    monkeypatch.setattr(cli_batch, "resolve_model", lambda arg, device, precision="auto": one)
+    monkeypatch.setattr(cli_batch, "resolve_model", lambda *args, **kwargs: one)
     write_tif(tmp_path / "in" / "a.tif")
     assert main(["batch", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--workers", "0", "-q"]) == 0
     assert "1 of 1 scenes ok, 1 bridge found now ->" in capsys.readouterr().out

@@ -122,7 +122,7 @@ def test_unwritable_output_stops_before_detection(tmp_path, capsys, monkeypatch)
     def no_detection(*args, **kwargs):
         raise AssertionError("detection started")
 
-    monkeypatch.setattr(detect_cli, "resolve_model", lambda arg, device="auto", precision="auto": model_ref(NoopSpec()))
+    monkeypatch.setattr(detect_cli, "resolve_model", lambda *args, **kwargs: model_ref(NoopSpec()))
     monkeypatch.setattr(serving.detect, "prepare", no_detection)  # the scene is never planned, let alone read
     tif = str(write_tif(tmp_path / "s.tif"))
     a_file = tmp_path / "notes.txt"
@@ -159,7 +159,7 @@ def test_eval_output_is_strict_json(tmp_path, capsys, monkeypatch):
     from serving.cli import evaluate as evaluate_cli
     from serving.model_ref import model_ref
 
-    monkeypatch.setattr(evaluate_cli, "resolve_model", lambda arg, device="auto": model_ref(NoopSpec()))
+    monkeypatch.setattr(evaluate_cli, "resolve_model", lambda *args, **kwargs: model_ref(NoopSpec()))
     monkeypatch.setattr(hbdnet.data.dota, "load_dota_folder", lambda folder: ["image"])
     metrics = {"AP50": 0.5, "AP50_long": float("nan"), "AP75": np.float64("nan"), "inf": float("inf"),
                "images": 1}
@@ -210,8 +210,8 @@ def test_detect_and_batch_print_the_plan_and_an_estimate(tmp_path, capsys, monke
 
 
     noop = model_ref(NoopSpec())
-    monkeypatch.setattr(detect_cli, "resolve_model", lambda arg, device="auto", precision="auto": noop)
-    monkeypatch.setattr(batch_cli, "resolve_model", lambda arg, device="auto", precision="auto": noop)
+    monkeypatch.setattr(detect_cli, "resolve_model", lambda *args, **kwargs: noop)
+    monkeypatch.setattr(batch_cli, "resolve_model", lambda *args, **kwargs: noop)
     tif = tmp_path / "big.tif"
     with rasterio.open(tif, "w", driver="GTiff", width=2200, height=1100, count=1, dtype="uint8",
                        crs="EPSG:32631", transform=Affine(0.5, 0, 500000, 0, -0.5, 5800000), tiled=True,

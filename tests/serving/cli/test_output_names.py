@@ -63,7 +63,7 @@ def test_detect_default_name_and_absolute_scene(tmp_path, perfect, monkeypatch, 
 
     write_tif(tmp_path / f"{STEM}.tif")
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(detect_cli, "resolve_model", lambda arg, device="auto", precision="auto": perfect)
+    monkeypatch.setattr(detect_cli, "resolve_model", lambda *args, **kwargs: perfect)
     assert main(["detect", f"{STEM}.tif", "--workers", "0", "-q"]) == 0
     out = tmp_path / f"{STEM}_bridges.gpkg"
     assert capsys.readouterr().out.strip().endswith(f"-> {out}")
