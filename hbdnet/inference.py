@@ -127,13 +127,13 @@ def resolve_device(device: str | torch.device) -> torch.device:
 
 
 def load_window_detector(path: str | Path, device: str | torch.device = "cpu",
-                         precision: str = "auto", runtime: str = "auto") -> HBDNetWindowDetector:
+                         precision: str = "auto", runtime: str = "torch") -> HBDNetWindowDetector:
     """The detector of a model file (``.pth`` or ``.safetensors``) or of a bundled model's name.
 
     ``precision``: ``auto`` (bfloat16 on a GPU that has it, else float32), ``float32`` or ``bfloat16``
-    (``hbdnet.precision``). ``runtime``: ``torch``, ``onnx`` (the convolutional trunk in ONNX Runtime,
-    ``hbdnet.models.onnx_trunk``: CPU and float32 only) or ``auto`` (``onnx`` where it can run: on the
-    CPU, in float32, with ONNX Runtime installed, for a model without inter-layer fusion).
+    (``hbdnet.precision``). ``runtime``: ``torch``, or ``onnx`` (the convolutional trunk in ONNX
+    Runtime, ``hbdnet.models.onnx_trunk``: on the CPU, in float32, for a model without inter-layer
+    fusion; faster, more memory).
     """
     dev = resolve_device(device)
     dtype = resolve_precision(precision, dev)
@@ -157,4 +157,4 @@ def _runs_onnx(runtime: str, device: torch.device, dtype: torch.dtype, model: HB
         if not onnxruntime_available():
             raise ValueError("runtime onnx needs ONNX Runtime: pip install onnxruntime")
         return True
-    return runtime == "auto" and possible and onnxruntime_available()
+    return False

@@ -50,9 +50,9 @@ def _model_arguments(p: argparse.ArgumentParser) -> None:
                         "(default: the bundled 'default' model)")
     p.add_argument("--device", type=device, default="auto",
                    help="auto, cpu, cuda or cuda:N (auto: cuda when this machine has a GPU)")
-    p.add_argument("--runtime", choices=RUNTIMES, default="auto",
+    p.add_argument("--runtime", choices=RUNTIMES, default="torch",
                    help="what runs the model's convolutional trunk: torch, or onnx (ONNX Runtime, on a CPU in "
-                        "float32: the same detections in about 0.7 of the time); auto: onnx where it can run")
+                        "float32: the same detections in about 0.7 of the time, about twice the memory)")
 
 
 def _worker_arguments(p: argparse.ArgumentParser) -> None:

@@ -53,14 +53,14 @@ class ModelSpec:
     (``hbdnet.inference.resolve_device``), so each Ray actor uses the GPU it was given, and a CPU-only
     driver that joins a GPU cluster does not decide for the cluster. ``precision``
     (``hbdnet.precision``): ``auto`` is bfloat16 on a GPU that has it, float32 on a CPU; resolved where
-    the model runs, like the device. ``runtime`` (``hbdnet.models.onnx_trunk``): ``auto`` runs the
-    convolutional trunk in ONNX Runtime where it can (a CPU, float32), else in PyTorch.
+    the model runs, like the device. ``runtime`` (``hbdnet.models.onnx_trunk``): ``onnx`` runs the
+    convolutional trunk in ONNX Runtime (a CPU, float32), ``torch`` in PyTorch.
     """
 
     path: str
     device: str = "cpu"
     precision: str = "auto"
-    runtime: str = "auto"
+    runtime: str = "torch"
 
     @property
     def name(self) -> str:
