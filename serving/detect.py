@@ -107,7 +107,6 @@ class SceneResult:
     skipped: int = 0  # windows left out because they hold no valid pixel
     dropped: int = 0  # merged boxes dropped: centre outside the scene or on an invalid pixel
     clipped: int = 0  # merged boxes cut to the scene where they overhung it
-    below_threshold: int = 0  # merged boxes dropped for scoring under ``score_thr``
     started: float = 0.0
     finished: float = 0.0
     notes: list[str] = field(default_factory=list)
@@ -198,7 +197,6 @@ def finish(prepared: PreparedScene, run: PoolRun, model: ModelRef, options: Dete
         skipped=len(prepared.plan.skipped) + run.skipped,
         dropped=int((~kept.keep).sum()),
         clipped=kept.clipped,
-        below_threshold=int((~keep).sum()),
         started=run.started,
         finished=run.finished,
         notes=notes,
