@@ -21,7 +21,8 @@ Ground truth of a window (section 6.1 of the method digest, with one deliberate 
   ``min_length_global`` (coarser levels; 15 px as section 4.2) after clipping, are dropped.
 
 Windows with no box left are skipped (``filter_empty``), as the authors do, except a seeded random
-``empty_fraction`` of them, kept as negatives.
+``empty_fraction`` of them, kept as negatives. The skipped ones stay reachable through
+:meth:`WindowDataset.spare_empty`, for a training set that draws fresh negatives every epoch.
 
 For the IFF training path a level-``L`` window can carry ``with_global_crops = n`` co-located crops
 of levels ``L+1 .. L+n`` (section 4.1), each ``c x c`` (``c`` = the window size), centred on the
@@ -214,6 +215,10 @@ class _Entry:
     targets: WindowTargets = field(repr=False)
 
 
+def _entry_order(e: _Entry) -> tuple[int, int, int, int]:
+    return (e.image_index, e.window.level, e.window.row_off, e.window.col_off)
+
+
 class WindowDataset(Dataset):
     """Windows of the given pyramid ``levels`` of every image, with their ground truth.
 
@@ -235,9 +240,9 @@ class WindowDataset(Dataset):
         self.config = config
         self.transform = transform
         self.infos = [_read_info(img.image_path) for img in self.images]
-        self.entries = self._build_index()
+        self.entries, self.spare = self._build_index()
 
-    def _build_index(self) -> list[_Entry]:
+    def _build_index(self) -> tuple[list[_Entry], list[_Entry]]:
         cfg = self.config
         full: list[_Entry] = []
         empty: list[_Entry] = []
@@ -252,21 +257,27 @@ class WindowDataset(Dataset):
                 )
                 (full if len(tg.boxes) else empty).append(_Entry(i, win, tg))
         if not cfg.filter_empty:
-            kept_empty = empty
+            pick = set(range(len(empty)))
         else:
             n = round(cfg.empty_fraction * len(empty))
             rng = np.random.default_rng(cfg.seed)
             pick = set(rng.choice(len(empty), size=n, replace=False).tolist()) if n else set()
-            kept_empty = [e for j, e in enumerate(empty) if j in pick]
-        entries = full + kept_empty
-        entries.sort(key=lambda e: (e.image_index, e.window.level, e.window.row_off, e.window.col_off))
-        return entries
+        entries = full + [e for j, e in enumerate(empty) if j in pick]
+        entries.sort(key=_entry_order)
+        spare = sorted((e for j, e in enumerate(empty) if j not in pick), key=_entry_order)
+        return entries, spare
 
     def __len__(self) -> int:
         return len(self.entries)
 
     def __getitem__(self, index: int) -> WindowSample:
-        entry = self.entries[index]
+        return self._load(self.entries[index])
+
+    def spare_empty(self, index: int) -> WindowSample:
+        """The ``index``-th empty window that the index skipped (``len(self.spare)`` of them)."""
+        return self._load(self.spare[index])
+
+    def _load(self, entry: _Entry) -> WindowSample:
         img, info, win = self.images[entry.image_index], self.infos[entry.image_index], entry.window
         cfg = self.config
         with open_image(img.image_path) as ds:

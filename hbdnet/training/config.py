@@ -69,6 +69,9 @@ class DataConfig:
     flip: bool = True  # the authors' flips (horizontal / vertical / diagonal, 25 % each)
     augment: AugmentConfig = field(default_factory=AugmentConfig)  # more, for small sets (off by default)
     empty_fraction: float = 0.0  # share of windows without bridges kept as negatives
+    # Windows without bridges drawn afresh each epoch from those not kept (e.g. bridge-free
+    # images linked into the training folder): background the detector learns to leave alone.
+    negatives_per_epoch: int = 0
     num_workers: int = 2
 
 

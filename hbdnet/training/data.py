@@ -24,7 +24,13 @@ def item_generator(seed: int, epoch: int, index: int) -> torch.Generator:
 
 
 class TrainingSet(Dataset):
-    """Windows then synthetic windows; ``transform(sample, generator)`` augments each one.
+    """Windows, synthetic windows, then ``negatives`` bridge-free windows; ``transform(sample,
+    generator)`` augments each one.
+
+    The negatives are drawn afresh every epoch (a seeded permutation per epoch, no repeats within
+    one) from the empty windows that ``windows`` skipped, e.g. those of bridge-free images in the
+    training folder: many background images reach the detector over a stage while each epoch
+    costs only ``negatives`` more items.
 
     ``route``: pyramid level -> the level whose detector learns from it (``meta["detector_level"]``).
     """
@@ -36,7 +42,12 @@ class TrainingSet(Dataset):
         transform: Callable[[WindowSample, torch.Generator], WindowSample] | None = None,
         seed: int = 0,
         route: Callable[[int], int] = lambda level: level,
+        negatives: int = 0,
     ) -> None:
+        if negatives < 0:
+            raise ValueError(f"negatives must be >= 0, got {negatives}")
+        spare = len(windows.spare) if windows is not None else 0
+        self.negatives = min(negatives, spare)
         self.windows = windows
         self.synthetic = synthetic
         self.transform = transform
@@ -51,19 +62,31 @@ class TrainingSet(Dataset):
     def num_windows(self) -> int:
         return len(self.windows) if self.windows is not None else 0
 
+    @property
+    def num_synthetic(self) -> int:
+        return len(self.synthetic) if self.synthetic is not None else 0
+
     def __len__(self) -> int:
-        return self.num_windows + (len(self.synthetic) if self.synthetic is not None else 0)
+        return self.num_windows + self.num_synthetic + self.negatives
 
     def __getitem__(self, index: int) -> WindowSample:
         g = item_generator(self.seed, self.epoch, index)
         if index < self.num_windows:
             sample = self.windows[index]  # type: ignore[index]
-        else:
+        elif index < self.num_windows + self.num_synthetic:
             sample = self.synthetic.sample(index - self.num_windows, g)  # type: ignore[union-attr]
+        else:
+            sample = self.windows.spare_empty(self._negative(index - self.num_windows - self.num_synthetic))  # type: ignore[union-attr]
         if self.transform is not None:
             sample = self.transform(sample, g)
         sample.meta["detector_level"] = self.route(sample.meta["level"])
         return sample
+
+
+    def _negative(self, k: int) -> int:
+        spare = len(self.windows.spare)  # type: ignore[union-attr]
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch + 7_919)
+        return int(torch.randperm(spare, generator=g)[k])
 
 
 class EpochSampler(Sampler[int]):

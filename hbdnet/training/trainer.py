@@ -181,7 +181,8 @@ def make_dataset(cfg: ExperimentConfig, images: list[DotaImage], stage: StageCon
     def route(level: int) -> int:
         return level if level in trained else stage.levels[0]
 
-    return TrainingSet(windows, synthetic, transform, seed=cfg.train.seed, route=route)
+    return TrainingSet(windows, synthetic, transform, seed=cfg.train.seed, route=route,
+                       negatives=cfg.data.negatives_per_epoch)
 
 
 def _ignore_sigint(worker_id: int) -> None:

@@ -243,3 +243,19 @@ def test_nwpu_and_demo(shared_data):
     torch.testing.assert_close(s.target["boxes"][:, 2], torch.tensor([229.0, 227.5]))
     assert s.global_crops.images.shape == (1, 3, 1024, 1024)
     torch.testing.assert_close(s.global_crops.rel_boxes, torch.tensor([[0.0, 0.0, 0.5, 0.5]]))
+
+
+def test_skipped_empty_windows_stay_reachable(synthetic):
+    n_all = len(plan_pyramid(SCENE_H, SCENE_W, 128, 32, 128, [0]))
+    ds = WindowDataset([synthetic], [0], CFG)
+    assert len(ds.entries) + len(ds.spare) == n_all
+    assert all(len(e.targets.boxes) == 0 for e in ds.spare)
+    assert not {e.window for e in ds.spare} & {e.window for e in ds.entries}
+    with rasterio.open(synthetic.image_path) as src:
+        for j in range(len(ds.spare)):
+            s = ds.spare_empty(j)
+            assert s.target["boxes"].shape == (0, 5)
+            np.testing.assert_array_equal(s.image.numpy(), read_pyramid_window(src, ds.spare[j].window))
+    half = WindowDataset([synthetic], [0], WindowConfig(**{**CFG.__dict__, "empty_fraction": 0.5}))
+    assert len(half.entries) + len(half.spare) == n_all  # those kept are not spare
+    assert WindowDataset([synthetic], [0], WindowConfig(**{**CFG.__dict__, "filter_empty": False})).spare == []
