@@ -7,7 +7,9 @@
 * ``.safetensors`` (shipping; :func:`save_safetensors`, ``hbdnet export``): the weights as
   safetensors, float32 or float16, with string metadata ``format``, ``version``, ``config`` (JSON),
   ``meta`` (JSON, with the default operating point ``score_thr`` when one was chosen) and
-  ``dtype``. Reading it never unpickles anything.
+  ``dtype``. Reading it never unpickles anything. It may also hold the detectors' convolutional
+  trunks quantized to int8 (ONNX graphs made from these very weights, ``hbdnet export --int8``),
+  as byte tensors ``int8_trunk.<detector>``: :func:`read_int8_trunks`.
 
 :func:`read_checkpoint` and :func:`load_model` take either. Models shipped with the package are
 ``hbdnet/weights/NAME.safetensors``, found by :func:`bundled_model_path`; :func:`resolve_model_path`
@@ -29,6 +31,7 @@ FORMAT = "hbdnet"
 VERSION = 1
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 SAFETENSORS_SUFFIX = ".safetensors"
+INT8_TRUNK_PREFIX = "int8_trunk."
 
 
 class CheckpointError(ValueError):
@@ -63,6 +66,7 @@ def save_safetensors(
     meta: dict[str, Any] | None = None,
     score_thr: float | None = None,
     dtype: Literal["float32", "float16"] = "float32",
+    int8_trunks: dict[str, bytes] | None = None,
 ) -> Path:
     """Write ``model`` as safetensors with its config and ``meta`` (``score_thr``: the default
     operating point, stored in ``meta``). ``dtype="float16"`` about halves the file: the weight
@@ -80,6 +84,8 @@ def save_safetensors(
         if value.is_floating_point():
             value = value.to(target if value.numel() >= FP16_MIN_NUMEL else torch.float32)
         tensors[key] = value.contiguous()
+    for name, graph in (int8_trunks or {}).items():
+        tensors[INT8_TRUNK_PREFIX + name] = torch.frombuffer(bytearray(graph), dtype=torch.uint8)
     meta = dict(meta or {})
     if score_thr is not None:
         if not 0.0 <= score_thr <= 1.0:
@@ -108,7 +114,7 @@ def _read_safetensors(path: Path) -> dict[str, Any]:
             header = f.metadata() or {}
             if header.get("format") != FORMAT:
                 raise CheckpointError(f"{path} is a safetensors file without hbdnet's metadata (format, config)")
-            state = {k: f.get_tensor(k) for k in f.keys()}
+            state = {k: f.get_tensor(k) for k in f.keys() if not k.startswith(INT8_TRUNK_PREFIX)}
     except (SafetensorError, OSError) as err:
         raise CheckpointError(f"{path} is not a readable safetensors file ({err})") from err
     try:
@@ -121,6 +127,22 @@ def _read_safetensors(path: Path) -> dict[str, Any]:
     state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
     return {"format": FORMAT, "version": version, "config": config, "state_dict": state, "meta": meta,
             "dtype": header.get("dtype", "float32")}
+
+
+def read_int8_trunks(path: str | Path) -> dict[str, bytes]:
+    """The int8 trunk graphs stored in a ``.safetensors`` model file, by detector name (``local``,
+    ``global.0``, ...); empty for a file without them and for a ``.pth``."""
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    if path.suffix != SAFETENSORS_SUFFIX:
+        return {}
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            return {k.removeprefix(INT8_TRUNK_PREFIX): f.get_tensor(k).numpy().tobytes()
+                    for k in f.keys() if k.startswith(INT8_TRUNK_PREFIX)}
+    except (SafetensorError, OSError) as err:
+        raise CheckpointError(f"{path} is not a readable safetensors file ({err})") from err
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:

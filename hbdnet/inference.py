@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hbdnet.checkpoint import load_model, resolve_model_path
+from hbdnet.checkpoint import load_model, read_int8_trunks, resolve_model_path
 from hbdnet.models.deploy import inference_form
 from hbdnet.models.hbdnet import HBDNet
-from hbdnet.models.onnx_trunk import RUNTIMES, onnxruntime_available, use_onnx_trunks
+from hbdnet.models.onnx_trunk import RUNTIMES, onnxruntime_available, trunk_detectors, use_onnx_trunks
 from hbdnet.precision import model_precision, resolve_precision, set_precision
 from hbdnet.pyramid import PlanWindow
 from hbdnet.transfer import HostToDevice, StagedImage
@@ -31,13 +31,14 @@ class HBDNetWindowDetector:
     forward pass is the model's (``hbdnet.precision.set_precision``).
     """
 
-    def __init__(self, model: HBDNet, name: str, device: torch.device, meta: dict | None = None):
+    def __init__(self, model: HBDNet, name: str, device: torch.device, meta: dict | None = None,
+                 runtime: str = "torch"):
         self.model = model
         self.name = name
         self.device = device
         self.meta = dict(meta or {})
         self.precision = str(model_precision(model)).removeprefix("torch.")
-        self.runtime = "onnx" if getattr(model.local_detector, "trunk", None) is not None else "torch"
+        self.runtime = runtime
         self._transfer = HostToDevice(device)
         self.prepare_ahead = self._transfer.asynchronous
         # A model with inter-layer fusion needs the coarser crops around each level-0 window.
@@ -127,34 +128,36 @@ def resolve_device(device: str | torch.device) -> torch.device:
 
 
 def load_window_detector(path: str | Path, device: str | torch.device = "cpu",
-                         precision: str = "auto", runtime: str = "torch") -> HBDNetWindowDetector:
+                         precision: str = "auto", runtime: str = "auto") -> HBDNetWindowDetector:
     """The detector of a model file (``.pth`` or ``.safetensors``) or of a bundled model's name.
 
     ``precision``: ``auto`` (bfloat16 on a GPU that has it, else float32), ``float32`` or ``bfloat16``
-    (``hbdnet.precision``). ``runtime``: ``torch``, or ``onnx`` (the convolutional trunk in ONNX
-    Runtime, ``hbdnet.models.onnx_trunk``: on the CPU, in float32, for a model without inter-layer
-    fusion; faster, more memory).
+    (``hbdnet.precision``). ``runtime`` (``hbdnet.models.onnx_trunk``) runs the convolutional trunk:
+    ``torch``; ``onnx``, its float32 export in ONNX Runtime; ``int8``, the int8 trunk stored in the
+    model file (``hbdnet export --int8``) in ONNX Runtime; ``auto``, ``int8`` where the file has it
+    and the model runs on the CPU in float32, else ``torch``. The ONNX runtimes are for the CPU in
+    float32 and a model without inter-layer fusion.
     """
+    if runtime not in RUNTIMES:
+        raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
     dev = resolve_device(device)
     dtype = resolve_precision(precision, dev)
     path = resolve_model_path(path)
     model, meta = load_model(path, dev)
     inference_form(model, dev)
     set_precision(model, dtype, dev.type)
-    if _runs_onnx(runtime, dev, dtype, model):
-        use_onnx_trunks(model)
-    return HBDNetWindowDetector(model, str(meta.get("name", Path(path).stem)), dev, meta)
-
-
-def _runs_onnx(runtime: str, device: torch.device, dtype: torch.dtype, model: HBDNet) -> bool:
-    if runtime not in RUNTIMES:
-        raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
-    possible = device.type == "cpu" and dtype == torch.float32 and model.fusion is None
-    if runtime == "onnx":
-        if not possible:
-            raise ValueError("runtime onnx runs a float32 model without inter-layer fusion on the CPU; "
-                             f"this one is {dtype} on {device} (use runtime torch)")
+    fits = dev.type == "cpu" and dtype == torch.float32 and bool(trunk_detectors(model))
+    trunks = read_int8_trunks(path) if runtime in ("auto", "int8") and fits else {}
+    if runtime == "auto":
+        runtime = "int8" if trunks and onnxruntime_available() else "torch"
+    if runtime in ("onnx", "int8"):
+        if not fits:
+            raise ValueError(f"runtime {runtime} runs a float32 model without inter-layer fusion on the CPU; "
+                             f"this one is {dtype} on {dev} (use runtime torch)")
         if not onnxruntime_available():
-            raise ValueError("runtime onnx needs ONNX Runtime: pip install onnxruntime")
-        return True
-    return False
+            raise ValueError(f"runtime {runtime} needs ONNX Runtime: pip install onnxruntime")
+        if runtime == "int8" and not trunks:
+            raise ValueError(f"{path.name} holds no int8 trunk (make one with hbdnet export --int8; "
+                             "or use runtime onnx or torch)")
+        use_onnx_trunks(model, trunks if runtime == "int8" else None)
+    return HBDNetWindowDetector(model, str(meta.get("name", Path(path).stem)), dev, meta, runtime)

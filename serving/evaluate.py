@@ -51,5 +51,5 @@ def evaluate_model(
 ) -> dict[str, float | int]:
     dets = detect_images(images, model, merge_method, workers, progress)
     gts = [(img.boxes.double(), img.difficult) for img in images]
-    return evaluate(dets, gts, box_type=box_type, use_07_metric=use_07_metric)
+    return evaluate(dets, gts, box_type=box_type, use_07_metric=use_07_metric, score_thr=model.score_thr)
 

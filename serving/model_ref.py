@@ -86,7 +86,7 @@ def _looks_like_path(arg: str) -> bool:
             or not _NAME.fullmatch(arg) or Path(arg).exists())
 
 
-def resolve_model(arg: str | None, device: str = "auto", precision: str = "auto", runtime: str = "torch") -> ModelRef:
+def resolve_model(arg: str | None, device: str = "auto", precision: str = "auto", runtime: str = "auto") -> ModelRef:
     """The ``ModelRef`` that ``--model ARG`` names (None: the bundled ``default``), checked to be an
     hbdnet checkpoint, to run on ``device`` in ``precision`` (``hbdnet.precision``) with ``runtime``
     (``hbdnet.models.onnx_trunk``).

@@ -1,8 +1,9 @@
 """The shipped light model on the CPU: where a window's time goes, per pyramid level, and a whole
 ``hbdnet detect`` of a large scene made of real imagery.
 
-    python tools/bench_cpu.py --profile --size 4096       # the stage table (ms per window, per level), torch and onnx
-    python tools/bench_cpu.py --detect --size 16384       # the whole command, timed, torch and onnx
+    python tools/bench_cpu.py --profile --size 4096       # the stage table (ms per window, per level), torch and int8
+    python tools/bench_cpu.py --detect --size 16384       # the whole command, timed, torch and int8
+    python tools/bench_cpu.py --window --yolo-python YOLO_VENV/bin/python   # one window: ours against YOLOv8-OBB
 
 The scene is a mosaic of real images, so that proposals are realistic (a flat or synthetic texture
 gives the RPN nothing to propose): 512 px cells cut from the NWPU VHR-10 images the tests use
@@ -202,13 +203,13 @@ def profile(scene: Path, runtime: str) -> float:
     return wall
 
 
-def timed_detect(scene: Path, out: Path, runtime: str) -> float:
+def timed_detect(scene: Path, out: Path, runtime: str, model: str) -> float:
     """``hbdnet detect SCENE --runtime RUNTIME`` in a subprocess, from the command to the written
     GeoPackage: its wall time and its own peak resident memory (``os.wait4``)."""
     with tempfile.TemporaryFile("w+") as stdout, tempfile.TemporaryFile("w+") as stderr:
         t0 = time.perf_counter()
         proc = subprocess.Popen([sys.executable, "-m", "serving.cli.main", "detect", str(scene), "-o", str(out), "-q",
-                                 "--runtime", runtime], cwd=ROOT, stdout=stdout, stderr=stderr, text=True)
+                                 "--runtime", runtime, "--model", model], cwd=ROOT, stdout=stdout, stderr=stderr, text=True)
         _, status, usage = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - t0
         proc.returncode = os.waitstatus_to_exitcode(status)
@@ -224,6 +225,55 @@ def timed_detect(scene: Path, out: Path, runtime: str) -> float:
     return wall
 
 
+def sample_windows(scene: Path, folder: Path, count: int = 8) -> list[np.ndarray]:
+    """``count`` full 1024 px level-0 windows spread over the mosaic, also saved as ``window_*.npy`` in
+    ``folder`` for the peer's venv."""
+    from rasterio.windows import Window
+
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    with rasterio.open(scene) as ds:
+        starts = np.linspace(0, min(ds.width, ds.height) - 1024, count).astype(int)
+        for i, (x, y) in enumerate(zip(starts, starts[::-1])):
+            pixels = ds.read(window=Window(int(x), int(y), 1024, 1024))
+            np.save(folder / f"window_{i:02d}.npy", pixels)
+            out.append(pixels)
+    return out
+
+
+def per_window(scene: Path, runtimes: list[str], yolo_python: str | None, cache: Path, model: str) -> None:
+    """Median seconds of one 1024 px window through the default model's detector, per runtime, and
+    through the untrained YOLOv8-OBB peer in its own venv (``tools/bench_yolo_obb.py``), same windows."""
+    import statistics
+
+    from hbdnet.inference import load_window_detector
+    from hbdnet.pyramid import PlanWindow
+
+    folder = cache / f"windows_{scene.stem}"
+    windows = sample_windows(scene, folder)
+    plan = PlanWindow(0, 1, 0, 0, 1024, 1024)
+    for runtime in runtimes:
+        detector = load_window_detector(model, "cpu", "float32", runtime)
+        detector.detect([windows[0]], [plan])  # warm-up
+        times = []
+        for w in windows:
+            t0 = time.perf_counter()
+            detector.detect([w], [plan])
+            times.append(time.perf_counter() - t0)
+        print(f"one 1024 px window, default model, runtime {runtime}: {statistics.median(times):.3f} s (median of "
+              f"{len(times)})")
+    if yolo_python:
+        done = subprocess.run([yolo_python, str(ROOT / "tools" / "bench_yolo_obb.py"), "--windows", str(folder)],
+                              capture_output=True, text=True, check=False)
+        if done.returncode:
+            sys.exit(f"bench_cpu: the YOLO peer failed: {done.stderr.strip()[-2000:]}")
+        for line in done.stdout.splitlines():
+            if line.startswith("yolo "):
+                _, name, seconds = line.split()
+                print(f"one 1024 px window, {name} (untrained, Ultralytics predict, imgsz 1024): {float(seconds):.3f} s "
+                      f"(median of {len(windows)})")
+
+
 def _torch_threads() -> int:
     import torch
 
@@ -235,18 +285,25 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--size", type=int, default=4096, help="the mosaic's side in px")
     ap.add_argument("--profile", action="store_true", help="the stage table per level")
     ap.add_argument("--detect", action="store_true", help="the whole hbdnet detect command, timed")
-    ap.add_argument("--runtimes", nargs="+", default=["torch", "onnx"], choices=["torch", "onnx"],
+    ap.add_argument("--runtimes", nargs="+", default=["torch", "int8"], choices=["torch", "onnx", "int8"],
                     help="the detector runtimes measured, one after the other in this run")
+    ap.add_argument("--window", action="store_true",
+                    help="seconds per 1024 px window, per runtime, and the YOLO peer's with --yolo-python")
+    ap.add_argument("--yolo-python", metavar="PYTHON",
+                    help="the Python of a venv with Ultralytics (tools/bench_yolo_obb.py): YOLOv8-OBB n and s")
+    ap.add_argument("--model", default="default",
+                    help="for --detect and --window: a bundled model's name or a model file (runtime int8 needs "
+                         "one written by hbdnet export --int8)")
     ap.add_argument("--cache-dir", type=Path, default=Path("/tmp/hbdnet-bench"))
     args = ap.parse_args(argv)
-    if not (args.profile or args.detect):
-        ap.error("say --profile, --detect or both")
+    if not (args.profile or args.detect or args.window):
+        ap.error("say --profile, --detect, --window or several")
     print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()}")
     scene = mosaic(args.size, args.cache_dir)
     # The commands first: a child forked from a process that has run the model in-process would inherit
     # that process's peak in its own (Linux counts the memory a child had before its exec).
     if args.detect:
-        walls = {rt: timed_detect(scene, args.cache_dir / f"cpu_mosaic_{args.size}_{rt}.gpkg", rt)
+        walls = {rt: timed_detect(scene, args.cache_dir / f"cpu_mosaic_{args.size}_{rt}.gpkg", rt, args.model)
                  for rt in args.runtimes}
         if len(walls) > 1:
             first = args.runtimes[0]
@@ -257,6 +314,8 @@ def main(argv: list[str] | None = None) -> None:
         if len(walls) > 1:
             first = args.runtimes[0]
             print("wall ratio " + ", ".join(f"{r}/{first} {w / walls[first]:.2f}" for r, w in walls.items() if r != first))
+    if args.window:
+        per_window(scene, args.runtimes, args.yolo_python, args.cache_dir, args.model)
     print(f"load average at the end {os.getloadavg()}")
 
 

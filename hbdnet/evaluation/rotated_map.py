@@ -27,6 +27,9 @@ Reported numbers and which one the paper's table uses:
 * ``f1``, ``f1_score_thr``, ``f1_precision``, ``f1_recall``: the operating point, at IoU 0.5 on all
   lengths, of the score threshold with the best F1 (keep detections scoring at least
   ``f1_score_thr``); this is how a model's default threshold is chosen (``hbdnet export --score-thr``);
+* ``op_score_thr``, ``op_tp``, ``op_fp``, ``op_precision``, ``op_recall``, ``op_fp_per_100_images``:
+  what a given operating point keeps, at IoU 0.5 (when ``score_thr`` is given; ``hbdnet eval`` gives
+  the model's), e.g. false boxes per 100 bridge-free images;
 * ``AP<t>`` for every threshold, and counts: ``num_images``, ``num_dets``, ``num_gts`` (non-difficult),
   ``num_difficult``, ``num_gts_<range>``.
 
@@ -209,6 +212,22 @@ def best_f1(
     return float(f1[i]), float(sorted_scores[ends[i]]), float(precision[i]), float(recall[i])
 
 
+def _operating_point(
+    images: list[_Image], flags: list[tuple[np.ndarray, np.ndarray]], num_gts: int, score_thr: float
+) -> dict[str, float | int]:
+    kept = [im.scores >= score_thr for im in images]
+    tp = sum(int((f[0] & k).sum()) for f, k in zip(flags, kept))
+    fp = sum(int((f[1] & k).sum()) for f, k in zip(flags, kept))
+    return {
+        "op_score_thr": float(score_thr),
+        "op_tp": tp,
+        "op_fp": fp,
+        "op_precision": tp / (tp + fp) if tp + fp else math.nan,
+        "op_recall": tp / num_gts if num_gts else math.nan,
+        "op_fp_per_100_images": 100.0 * fp / len(images) if images else math.nan,
+    }
+
+
 def evaluate(
     detections: Sequence[tuple[Tensor, Tensor]],
     ground_truths: Sequence[tuple[Tensor, Tensor]],
@@ -217,12 +236,17 @@ def evaluate(
     use_07_metric: bool = True,
     length_ranges: Sequence[tuple[float, float]] = DEFAULT_LENGTH_RANGES,
     range_names: Sequence[str] = DEFAULT_RANGE_NAMES,
+    score_thr: float | None = None,
 ) -> dict[str, float | int]:
     """AP of whole-image detections against whole-image GT, one class (see the module docstring).
 
     ``detections[i] = (boxes (N, 5), scores (N,))`` and ``ground_truths[i] = (boxes (M, 5),
     difficult (M,) bool)`` for image ``i``, all boxes ``(cx, cy, w, h, theta)`` in the same pixel
     frame. ``box_type="hbb"`` scores the axis-aligned hulls of both (the HBB task).
+
+    ``score_thr`` (an operating point, e.g. the model's) adds what a user of that threshold gets at
+    IoU 0.5: ``op_tp``, ``op_fp``, ``op_precision``, ``op_recall`` and ``op_fp_per_100_images``
+    (false boxes per 100 images; on bridge-free images, every box is one).
     """
     if len(detections) != len(ground_truths):
         raise ValueError(f"{len(detections)} detection lists for {len(ground_truths)} images")
@@ -259,6 +283,8 @@ def evaluate(
     point = best_f1(images, [f[0] for f in flags], [f[1] for f in flags], num_gts(None))
     for name, value in zip(("f1", "f1_score_thr", "f1_precision", "f1_recall"), point):
         result[name] = value
+    if score_thr is not None:
+        result.update(_operating_point(images, flags, num_gts(None), score_thr))
     for t in all_thrs:
         result[f"AP{round(t * 100)}"] = ap_all[t]
     for name, rng in zip(range_names, length_ranges):

@@ -6,28 +6,36 @@ graph in 0.63-0.78 of PyTorch's time there (the model's inference form in both: 
 Everything after the trunk (anchors, proposal selection and NMS, rotated RoIAlign, the RoI head, box
 decoding, rotated NMS) stays in PyTorch, unchanged.
 
-Memory: ONNX Runtime keeps its arena of activation buffers, so a run's peak is higher (an 8,192 px
-mosaic of real images, ``tools/bench_cpu.py``, two idle cores: PyTorch 129 s and 793 MB; ONNX Runtime
-with its arena and without memory patterns, as set here, 84 s and 1547 MB; arena and patterns 91 s and
-1834 MB; patterns only 107 s and 964 MB; neither 146 s and 944 MB). That is why ``torch`` stays the
-default runtime and ``onnx`` is asked for.
+Runtimes: ``onnx`` exports the float32 trunk at load; ``int8`` runs the trunk stored quantized in the
+model file (:func:`quantize_trunk`, ``hbdnet export --int8``): integer convolutions (VNNI here). Both
+keep ONNX Runtime's arena of activation buffers, without which int8 is no faster than PyTorch, and
+share one arena per process that grows by what is asked rather than by powers of two. An 8,192 px
+mosaic of real images (``tools/bench_cpu.py --detect``, two idle cores, the default model's weights):
+PyTorch 137 s and 793 MB peak RSS; int8 65 s and 1057 MB (68 s and 1360 MB with an arena per session
+grown by powers of two, 138 s and 915 MB without an arena); float32 onnx 92 s and 1395 MB (84 s and
+1547 MB with an arena per session). int8 moves the scores: see ``MODEL_CARD.md`` before using it.
 
-The graph is exported from the loaded weights when the detector is built (a second or two, nothing
-written to disk), so it can never disagree with them. Only the trunk of a detector whose features go
+The float32 graph is exported from the loaded weights when the detector is built (a second or two,
+nothing written to disk), and the int8 one from the weights as the model file stores them, when it is
+written, so neither can disagree with the weights beside it. Only the trunk of a detector whose features go
 straight to its heads is exported: a model with inter-layer fusion changes its level-0 features
 between the FPN and the heads, so its detectors keep PyTorch.
 """
 
 from __future__ import annotations
 
+import functools
 import io
+import tempfile
 import warnings
+from collections.abc import Iterable
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-RUNTIMES = ("torch", "onnx")
+RUNTIMES = ("auto", "torch", "onnx", "int8")
 
 
 def onnxruntime_available() -> bool:
@@ -51,21 +59,67 @@ class _Trunk(nn.Module):
         return (*features, *logits, *deltas)
 
 
+def export_trunk(detector: nn.Module) -> bytes:
+    """The float32 ONNX graph of a detector's trunk (any batch size and window shape)."""
+    probe = torch.zeros(1, 3, 64, 64)
+    graph = io.BytesIO()
+    with warnings.catch_warnings():  # the TorchScript exporter announces its own deprecation
+        warnings.simplefilter("ignore")
+        torch.onnx.export(_Trunk(detector).eval(), (probe,), graph, dynamo=False, opset_version=17,
+                          input_names=["batch"], dynamic_axes={"batch": {0: "b", 2: "h", 3: "w"}})
+    return graph.getvalue()
+
+
+def quantize_trunk(graph: bytes, batches: Iterable[np.ndarray]) -> bytes:
+    """``graph`` (from :func:`export_trunk`) with int8 weights (per output channel) and uint8
+    activations, their ranges calibrated on ``batches`` (normalised windows, ``(1, 3, H, W)``
+    float32, as the detector's transform makes them): ONNX Runtime's static quantization, QDQ format,
+    which its CPU provider runs as integer convolutions (VNNI where the CPU has it)."""
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.items = iter(batches)
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            batch = next(self.items, None)
+            return None if batch is None else {"batch": np.ascontiguousarray(batch, dtype=np.float32)}
+
+    with tempfile.TemporaryDirectory(prefix="hbdnet-int8-") as tmp:
+        raw, pre, out = (Path(tmp) / name for name in ("trunk.onnx", "pre.onnx", "int8.onnx"))
+        raw.write_bytes(graph)
+        quant_pre_process(str(raw), str(pre), skip_symbolic_shape=True)
+        quantize_static(str(pre), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        calibrate_method=CalibrationMethod.MinMax)
+        return out.read_bytes()
+
+
+@functools.cache
+def _shared_arena() -> None:
+    """One CPU arena for every session of this process, growing by what is asked (not by powers of two):
+    the local and global trunks run one after the other, so they can share their buffers."""
+    import onnxruntime as ort
+
+    info = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
+    ort.create_and_register_allocator(info, ort.OrtArenaCfg(0, 1, -1, -1))  # 1: kSameAsRequested
+
+
 class OnnxTrunk:
     """Callable ``batch (B, 3, H, W) float32 -> (features, (logits, deltas))``, as the detector's own
-    ``extract_features`` and ``rpn_head.head`` would give them."""
+    ``extract_features`` and ``rpn_head.head`` would give them, computed by ``graph`` (from
+    :func:`export_trunk` or :func:`quantize_trunk`) in ONNX Runtime."""
 
-    def __init__(self, detector: nn.Module, threads: int | None = None):
+    def __init__(self, graph: bytes, threads: int | None = None):
         import onnxruntime as ort
 
-        probe = torch.zeros(1, 3, 64, 64)
-        with torch.inference_mode():
-            self.levels = len(detector.extract_features(probe))
-        graph = io.BytesIO()
-        with warnings.catch_warnings():  # the TorchScript exporter announces its own deprecation
-            warnings.simplefilter("ignore")
-            torch.onnx.export(_Trunk(detector).eval(), (probe,), graph, dynamo=False, opset_version=17,
-                              input_names=["batch"], dynamic_axes={"batch": {0: "b", 2: "h", 3: "w"}})
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or torch.get_num_threads()
         options.inter_op_num_threads = 1
@@ -74,8 +128,11 @@ class OnnxTrunk:
         # that read the next windows and run the rest of the detector.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.enable_mem_pattern = False  # a pattern per window shape: more memory, no faster here
-        self.session = ort.InferenceSession(graph.getvalue(), options, providers=["CPUExecutionProvider"])
+        _shared_arena()
+        options.add_session_config_entry("session.use_env_allocators", "1")
+        self.session = ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
         self._input = self.session.get_inputs()[0].name
+        self.levels = len(self.session.get_outputs()) // 3  # features, logits, deltas per level
 
     def __call__(self, batch: Tensor) -> tuple[list[Tensor], tuple[list[Tensor], list[Tensor]]]:
         x = np.ascontiguousarray(batch.detach().to(torch.float32).cpu().numpy())
@@ -85,12 +142,22 @@ class OnnxTrunk:
         return features, (outputs[n:2 * n], outputs[2 * n:])
 
 
-def use_onnx_trunks(model: nn.Module) -> int:
-    """Give every detector of an HBD-Net ``model`` (on the CPU, in its inference form) an ONNX Runtime
-    trunk; none when the model fuses features across levels. Returns how many were given one."""
+def trunk_detectors(model: nn.Module) -> dict[str, nn.Module]:
+    """The detectors whose trunks can be exported, by name (``local``, ``global.0``, ...); none when
+    the model fuses features across levels (its level-0 features change between FPN and heads)."""
     if getattr(model, "fusion", None) is not None:
-        return 0
-    detectors = [model.local_detector, *model.global_detectors]
-    for detector in detectors:
-        detector.trunk = OnnxTrunk(detector)
+        return {}
+    return {"local": model.local_detector,
+            **{f"global.{i}": d for i, d in enumerate(model.global_detectors)}}
+
+
+def use_onnx_trunks(model: nn.Module, graphs: dict[str, bytes] | None = None) -> int:
+    """Give every detector of an HBD-Net ``model`` (on the CPU, in its inference form) an ONNX Runtime
+    trunk: ``graphs[name]`` (the int8 trunks stored in a model file), else its float32 export. None
+    when the model fuses features across levels. Returns how many were given one."""
+    detectors = trunk_detectors(model)
+    if graphs is not None and set(graphs) != set(detectors):
+        raise ValueError(f"trunk graphs for {sorted(graphs)}, but the model's detectors are {sorted(detectors)}")
+    for name, detector in detectors.items():
+        detector.trunk = OnnxTrunk(graphs[name] if graphs is not None else export_trunk(detector))
     return len(detectors)

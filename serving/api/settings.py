@@ -19,8 +19,9 @@ class Settings(BaseModel):
     device: str = "auto"
     precision: Literal["auto", "float32", "bfloat16"] = Field(
         "auto", description="the model's convolutions and matrix products: auto is bfloat16 on a GPU that has it")
-    runtime: Literal["torch", "onnx"] = Field(
-        "torch", description="what runs the convolutional trunk: onnx is ONNX Runtime, on a CPU in float32")
+    runtime: Literal["auto", "torch", "onnx", "int8"] = Field(
+        "auto", description="what runs the convolutional trunk (hbdnet detect --help): auto is the model "
+                            "file's int8 trunk on a CPU when it has one, else torch")
     workers: int | None = Field(None, description="0: the model in the server process; N: N Ray workers; "
                                                   "None: one per GPU, or one CPU worker with every core")
     read_threads: int | None = None

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
 _DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
 PRECISIONS = ("auto", "float32", "bfloat16")  # hbdnet.precision.PRECISIONS, without importing torch for --help
-RUNTIMES = ("torch", "onnx")  # hbdnet.models.onnx_trunk.RUNTIMES, likewise
+RUNTIMES = ("auto", "torch", "onnx", "int8")  # hbdnet.models.onnx_trunk.RUNTIMES, likewise
 
 
 def one_line_errors(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -146,7 +146,7 @@ def show_progress(args: argparse.Namespace) -> bool:
     return not args.quiet and sys.stderr.isatty()
 
 
-def resolve_model(arg: str | None, device: str = "auto", precision: str = "auto", runtime: str = "torch"):
+def resolve_model(arg: str | None, device: str = "auto", precision: str = "auto", runtime: str = "auto"):
     """``serving.model_ref.resolve_model``, its ``ModelError`` as a ``CliError`` (code 2)."""
     from serving.model_ref import ModelError
     from serving.model_ref import resolve_model as resolve

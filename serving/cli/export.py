@@ -1,4 +1,5 @@
-"""``hbdnet export``: a trained model (``.pth``) to the shipping format, safetensors without pickle."""
+"""``hbdnet export``: a trained model (``.pth``) to the shipping format, safetensors without pickle,
+with int8 trunks for CPUs when ``--int8 DATA`` is given (``hbdnet.calibration``)."""
 
 from __future__ import annotations
 
@@ -29,14 +30,31 @@ def run(args: argparse.Namespace) -> int:
             raise CliError(f"--note takes KEY=VALUE, got {note!r}")
         meta[key] = value
     score_thr = args.score_thr if args.score_thr is not None else meta.pop("score_thr", None)
+    dtype = "float16" if args.fp16 else "float32"
     try:
-        path = save_safetensors(out, model, meta=meta, score_thr=score_thr,
-                                dtype="float16" if args.fp16 else "float32")
+        path = save_safetensors(out, model, meta=meta, score_thr=score_thr, dtype=dtype)
+        if args.int8 is not None:
+            trunks = _int8_trunks(path, args.int8)
+            path = save_safetensors(out, model, meta=meta, score_thr=score_thr, dtype=dtype, int8_trunks=trunks)
     except ValueError as err:
         raise CliError(str(err)) from err
     except OSError as err:
         raise CliError(f"cannot write {out}: {err}") from err
     size = path.stat().st_size / 2**20
-    print(f"wrote {path} ({size:.1f} MB, {'float16' if args.fp16 else 'float32'}"
+    print(f"wrote {path} ({size:.1f} MB, {dtype}" + (", int8 trunks" if args.int8 is not None else "")
           + (f", score_thr {score_thr:g}" if score_thr is not None else "") + ")")
     return 0
+
+
+def _int8_trunks(path, data: str) -> dict[str, bytes]:
+    """The int8 trunks of the model as ``path`` stores it (its float16 weights, if so), calibrated on
+    windows of the images under ``data``."""
+    import torch
+
+    from hbdnet.calibration import int8_trunks
+    from hbdnet.checkpoint import load_model
+    from hbdnet.models.deploy import inference_form
+
+    model, _ = load_model(path)
+    inference_form(model, torch.device("cpu"))
+    return int8_trunks(model, data)

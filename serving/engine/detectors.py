@@ -53,14 +53,14 @@ class ModelSpec:
     (``hbdnet.inference.resolve_device``), so each Ray actor uses the GPU it was given, and a CPU-only
     driver that joins a GPU cluster does not decide for the cluster. ``precision``
     (``hbdnet.precision``): ``auto`` is bfloat16 on a GPU that has it, float32 on a CPU; resolved where
-    the model runs, like the device. ``runtime`` (``hbdnet.models.onnx_trunk``): ``onnx`` runs the
-    convolutional trunk in ONNX Runtime (a CPU, float32), ``torch`` in PyTorch.
+    the model runs, like the device. ``runtime`` (``hbdnet.inference.load_window_detector``): what
+    runs the convolutional trunk, ``auto``, ``torch``, ``onnx`` or ``int8``; resolved where the model runs.
     """
 
     path: str
     device: str = "cpu"
     precision: str = "auto"
-    runtime: str = "torch"
+    runtime: str = "auto"
 
     @property
     def name(self) -> str:

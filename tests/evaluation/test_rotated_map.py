@@ -251,3 +251,18 @@ def test_matches_a_literal_tpfp_default(seed):
         for name, rng in zip(("short", "middle", "large", "huge"), ranges):
             expect = np.mean([reference_ap(images, ious, t, rng, use_07) for t in thrs])
             assert r[f"ap_{name}"] == pytest.approx(expect, nan_ok=True), name
+
+
+def test_operating_point_counts_what_a_user_of_the_threshold_sees():
+    # Image 1: a hit (0.9), its duplicate (0.8), a miss (0.3); image 2 has no bridge and one box (0.6).
+    detections = [dets((G[0], 0.9), (G[0], 0.8), (MISS, 0.3)), dets((MISS, 0.6))]
+    truths = [gts(G[0], G[1]), gts()]
+    r = evaluate(detections, truths, score_thr=0.5)
+    assert (r["op_score_thr"], r["op_tp"], r["op_fp"]) == (0.5, 1, 2)
+    assert r["op_precision"] == pytest.approx(1 / 3) and r["op_recall"] == pytest.approx(1 / 2)
+    assert r["op_fp_per_100_images"] == pytest.approx(100.0)
+    assert "op_fp" not in evaluate(detections, truths)
+    # Bridge-free images only: every kept box is a false one, recall has no meaning.
+    negatives = evaluate([dets((MISS, 0.6), (G[0], 0.4)), dets()], [gts(), gts()], score_thr=0.5)
+    assert (negatives["op_fp"], negatives["op_fp_per_100_images"]) == (1, 50.0)
+    assert math.isnan(negatives["op_recall"])

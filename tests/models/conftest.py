@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
+import numpy as np
 import pytest
+import rasterio
 import torch
+from rasterio.windows import Window
 
 from hbdnet.models.build import ModelConfig
+from hbdnet.pyramid import PlanWindow
+
+AUTZEN = Path(__file__).resolve().parents[2] / "samples" / "autzen_willamette_footbridge_0.30m.tif"
 
 
 def tiny_config(**overrides) -> ModelConfig:
@@ -62,3 +69,15 @@ def scene() -> tuple[torch.Tensor, list[dict[str, torch.Tensor]]]:
 def small_scene() -> tuple[torch.Tensor, list[dict[str, torch.Tensor]]]:
     """The same scene at 128 x 128, for loops of training steps."""
     return _synthetic_batch(128)
+
+
+@pytest.fixture(scope="session")
+def autzen_windows() -> list[tuple[np.ndarray, PlanWindow]]:
+    """Real windows of the Autzen sample: the footbridge at full size, an edge window (not square, not a
+    multiple of 32) and a coarse-level one."""
+    with rasterio.open(AUTZEN) as ds:
+        bridge = ds.read(window=Window(433, 2938, 1024, 1024))
+        edge = ds.read(window=Window(2400, 3100, 848, 900))
+        coarse = ds.read(out_shape=(3, 1000, 812))  # the whole scene at 1/4: its level-2 window
+    return [(bridge, PlanWindow(0, 1, 433, 2938, 1024, 1024)), (edge, PlanWindow(0, 1, 2400, 3100, 848, 900)),
+            (coarse, PlanWindow(2, 4, 0, 0, 812, 1000))]

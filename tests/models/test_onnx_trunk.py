@@ -3,23 +3,16 @@ windows of every shape the engine feeds it (full windows, edge windows, coarse l
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
-import rasterio
 import torch
-from rasterio.windows import Window
 
 from hbdnet.boxes.iou import box_iou_rotated
 from hbdnet.checkpoint import bundled_model_path, bundled_models
 from hbdnet.inference import load_window_detector
-from hbdnet.pyramid import PlanWindow
 
 pytest.importorskip("onnxruntime")
 
-ROOT = Path(__file__).resolve().parents[2]
-AUTZEN = ROOT / "samples" / "autzen_willamette_footbridge_0.30m.tif"
 pytestmark = pytest.mark.skipif("default" not in bundled_models(), reason="no bundled default model")
 
 
@@ -29,20 +22,9 @@ def detectors():
     return load_window_detector(path, "cpu", runtime="torch"), load_window_detector(path, "cpu", runtime="onnx")
 
 
-def windows() -> list[tuple[np.ndarray, PlanWindow]]:
-    """Real windows of the Autzen sample: the footbridge at full size, an edge window (not square, not a
-    multiple of 32) and a coarse-level one."""
-    with rasterio.open(AUTZEN) as ds:
-        bridge = ds.read(window=Window(433, 2938, 1024, 1024))
-        edge = ds.read(window=Window(2400, 3100, 848, 900))
-        coarse = ds.read(out_shape=(3, 1000, 812))  # the whole scene at 1/4: its level-2 window
-    return [(bridge, PlanWindow(0, 1, 433, 2938, 1024, 1024)), (edge, PlanWindow(0, 1, 2400, 3100, 848, 900)),
-            (coarse, PlanWindow(2, 4, 0, 0, 812, 1000))]
-
-
-def test_the_trunk_gives_the_models_features_for_any_window_shape(detectors):
+def test_the_trunk_gives_the_models_features_for_any_window_shape(detectors, autzen_windows):
     torch_side, onnx_side = detectors
-    for image, window in windows():
+    for image, window in autzen_windows:
         detector = torch_side.model.detector_for_level(window.level)
         trunk = onnx_side.model.detector_for_level(window.level).trunk
         batch, _ = detector.preprocess([torch.from_numpy(image)])
@@ -55,10 +37,10 @@ def test_the_trunk_gives_the_models_features_for_any_window_shape(detectors):
             assert torch.allclose(got, want, rtol=1e-3, atol=1e-3 * float(want.abs().max())), window
 
 
-def test_detections_are_the_models(detectors):
+def test_detections_are_the_models(detectors, autzen_windows):
     torch_side, onnx_side = detectors
     assert (torch_side.runtime, onnx_side.runtime) == ("torch", "onnx")
-    images, plan = zip(*windows())
+    images, plan = zip(*autzen_windows)
     want = torch_side.detect(list(images), list(plan))
     got = onnx_side.detect(list(images), list(plan))
     compared = 0
@@ -76,7 +58,6 @@ def test_detections_are_the_models(detectors):
 
 def test_runtime_choice():
     path = bundled_model_path("default")
-    assert load_window_detector(path, "cpu").runtime == "torch"  # the default: less memory
     assert load_window_detector(path, "cpu", runtime="onnx").runtime == "onnx"
     with pytest.raises(ValueError, match="runtime onnx runs a float32 model"):
         load_window_detector(path, "cpu", "bfloat16", runtime="onnx")

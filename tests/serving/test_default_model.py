@@ -8,7 +8,8 @@ scale, merge, georeferencing), so a wrong channel order, box size or window offs
   footbridge at 0.30 m, finer than anything the model was trained on), through ``detect_scene`` and
   through ``hbdnet detect`` (its GeoPackage read back in the scene's CRS);
 - on the GLH-Bridge demo image: each of the two decks (skipped where ``../shared/data`` is absent);
-- slow: AP50 on NWPU val is the figure in ``MODEL_CARD.md``.
+- slow: AP50 on NWPU val, and the false boxes per 100 held-out bridge-free NWPU images at the
+  operating point, are the figures in ``MODEL_CARD.md``.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ SAMPLE = REPO / "samples" / "autzen_willamette_footbridge_0.30m.tif"
 FOOTBRIDGE = (945.0, 3450.0, math.hypot(220, 590), 12.0, math.atan2(-590, 220))
 GLH_DEMO = SHARED / "glh-bridge-demo"
 NWPU_VAL = SHARED / "nwpu-bridges" / "val"
+NEGATIVES = SHARED / "nwpu-negatives"
 
 
 def default_spec() -> DetectorSpec:
@@ -124,10 +126,10 @@ def test_default_model_finds_both_decks_of_the_glh_demo():
     assert (iou.max(dim=1).values >= 0.5).all(), (iou, result.boxes[kept], result.scores[kept])
 
 
-def model_card_ap50() -> float:
+def model_card_figure(row: str) -> float:
     text = (REPO / "MODEL_CARD.md").read_text()
-    match = re.search(r"^\| *OBB AP50 *\| *([0-9.]+) *\|", text, flags=re.MULTILINE)
-    assert match, "MODEL_CARD.md has no '| OBB AP50 | x |' row"
+    match = re.search(rf"^\| *{re.escape(row)} *\| *([0-9.]+) *\|", text, flags=re.MULTILINE)
+    assert match, f"MODEL_CARD.md has no '| {row} | x |' row"
     return float(match.group(1))
 
 
@@ -139,4 +141,18 @@ def test_default_model_val_ap50_is_the_model_cards():
     from serving.model_ref import resolve_model
 
     metrics = evaluate_model(load_dota_folder(NWPU_VAL), resolve_model("default", "cpu"))
-    assert metrics["AP50"] == pytest.approx(model_card_ap50(), abs=0.005), metrics
+    assert metrics["AP50"] == pytest.approx(model_card_figure("OBB AP50"), abs=0.005), metrics
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not NEGATIVES.is_dir(), reason="../shared/data/nwpu-negatives is not here")
+def test_default_model_false_boxes_on_held_out_negatives_are_the_model_cards():
+    from hbdnet.data.dota import load_dota_folder
+    from serving.evaluate import evaluate_model
+    from serving.model_ref import resolve_model
+
+    held_out = [im for im in load_dota_folder(NEGATIVES) if int(im.image_id) % 5 == 0]  # docs/data.md
+    assert len(held_out) == 97
+    metrics = evaluate_model(held_out, resolve_model("default", "cpu"))
+    want = model_card_figure("false boxes per 100 held-out bridge-free images")
+    assert metrics["op_fp_per_100_images"] == pytest.approx(want, abs=0.6), metrics
