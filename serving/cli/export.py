@@ -4,13 +4,12 @@ with int8 trunks for CPUs when ``--int8 DATA`` is given (``hbdnet.calibration``)
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from serving.cli.errors import CliError
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from hbdnet.checkpoint import SAFETENSORS_SUFFIX, CheckpointError, load_model, save_safetensors
 
     out = Path(args.output)
@@ -32,10 +31,8 @@ def run(args: argparse.Namespace) -> int:
     score_thr = args.score_thr if args.score_thr is not None else meta.pop("score_thr", None)
     dtype = "float16" if args.fp16 else "float32"
     try:
-        path = save_safetensors(out, model, meta=meta, score_thr=score_thr, dtype=dtype)
-        if args.int8 is not None:
-            trunks = _int8_trunks(path, args.int8)
-            path = save_safetensors(out, model, meta=meta, score_thr=score_thr, dtype=dtype, int8_trunks=trunks)
+        trunks = _int8_trunks(model, dtype, args.int8) if args.int8 is not None else None
+        path = save_safetensors(out, model, meta=meta, score_thr=score_thr, dtype=dtype, int8_trunks=trunks)
     except ValueError as err:
         raise CliError(str(err)) from err
     except OSError as err:
@@ -46,15 +43,19 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _int8_trunks(path, data: str) -> dict[str, bytes]:
-    """The int8 trunks of the model as ``path`` stores it (its float16 weights, if so), calibrated on
-    windows of the images under ``data``."""
+def _int8_trunks(model, dtype: str, data: str) -> dict[str, bytes]:
+    """The int8 trunks of ``model`` as the file stores it (its float16 weights, if so), calibrated on
+    windows of the images under ``data``; computed before anything is written, so that a calibration
+    that fails leaves the output path as it was."""
+    import tempfile
+
     import torch
 
     from hbdnet.calibration import int8_trunks
-    from hbdnet.checkpoint import load_model
+    from hbdnet.checkpoint import load_model, save_safetensors
     from hbdnet.models.deploy import inference_form
 
-    model, _ = load_model(path)
-    inference_form(model, torch.device("cpu"))
-    return int8_trunks(model, data)
+    with tempfile.TemporaryDirectory(prefix="hbdnet-export-") as tmp:
+        stored, _ = load_model(save_safetensors(Path(tmp) / "stored.safetensors", model, dtype=dtype))
+    inference_form(stored, torch.device("cpu"))
+    return int8_trunks(stored, data)

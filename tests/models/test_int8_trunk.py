@@ -110,3 +110,10 @@ def test_int8_errors(tmp_path, capsys, int8_model):
     assert main(["export", str(source), "-o", str(tmp_path / "x.safetensors"), "--int8", str(tmp_path / "nope")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "cannot calibrate on" in err, err
+
+
+def test_a_failed_calibration_leaves_the_output_as_it_was(tmp_path, capsys):
+    out = tmp_path / "model.safetensors"
+    out.write_bytes(b"what was there")
+    assert main(["export", str(bundled_model_path("default")), "-o", str(out), "--int8", str(tmp_path / "nope")]) == 2
+    assert out.read_bytes() == b"what was there"
