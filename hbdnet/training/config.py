@@ -17,6 +17,8 @@ from hbdnet.config_io import load_yaml
 from hbdnet.data.augment import AugmentConfig
 from hbdnet.models.hbdnet import HBDNetConfig
 
+DETECTOR_PARTS = ("backbone", "neck", "rpn_head", "roi_head")
+
 
 @dataclass
 class StageConfig:
@@ -42,6 +44,9 @@ class StageConfig:
     # mosaics of real backgrounds (hbdnet.data.synthetic), for the detector of ``levels[0]``.
     synthetic: int = 0
     synthetic_size: int | None = None  # their side in px (default: the model's window)
+    # The parts of the stage's detectors it trains (``backbone``, ``neck``, ``rpn_head``, ``roi_head``);
+    # default all. The others are frozen for the stage, and nothing is back-propagated into them.
+    parts: list[str] | None = None
 
     def __post_init__(self) -> None:
         if not self.levels:
@@ -50,6 +55,10 @@ class StageConfig:
             raise ValueError(f"stage {self.name!r}: epochs must be >= 1")
         if self.synthetic < 0:
             raise ValueError(f"stage {self.name!r}: synthetic must be >= 0")
+        unknown = sorted(set(self.parts or []) - set(DETECTOR_PARTS))
+        if unknown or self.parts == []:
+            raise ValueError(f"stage {self.name!r}: parts must be some of {', '.join(DETECTOR_PARTS)}, "
+                             f"got {self.parts}")
 
 
 @dataclass
@@ -93,6 +102,9 @@ class ExperimentConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     stages: list[StageConfig] = field(default_factory=lambda: [StageConfig("local", [0])])
+    # A trained model (a file, or a bundled name such as ``default``) whose weights the run starts
+    # from instead of ImageNet's: fine-tuning. Its architecture must be ``model``'s.
+    init_weights: str | None = None
 
 
 def load_experiment(path: str | Path) -> ExperimentConfig:

@@ -20,6 +20,7 @@ optimizer state and learning rate, the same RNG state for the model's samplers.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import random
@@ -27,7 +28,7 @@ import signal
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -39,7 +40,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from hbdnet.checkpoint import CheckpointError, read_checkpoint, save_checkpoint
+from hbdnet.checkpoint import CheckpointError, read_checkpoint, resolve_model_path, save_checkpoint
 from hbdnet.config_io import to_dict
 from hbdnet.data.augment import Augment, RandomFlip
 from hbdnet.data.dota import DotaImage, load_dota_folder
@@ -64,7 +65,8 @@ def lr_at(stage: StageConfig, warmup_iters: int, warmup_ratio: float, epoch: int
 
 
 def stage_modules(model: HBDNet, stage: StageConfig) -> list[nn.Module]:
-    """The modules a stage trains: the detectors of its levels (and IFF's convs with level 0)."""
+    """The modules a stage trains: the detectors of its levels (and IFF's convs with level 0), or
+    only their ``stage.parts``."""
     mods: list[nn.Module] = []
     for level in stage.levels:
         det = model.detector_for_level(level)
@@ -76,7 +78,23 @@ def stage_modules(model: HBDNet, stage: StageConfig) -> list[nn.Module]:
             det = model.detector_for_level(r)
             if all(det is not m for m in mods):
                 mods.append(det)
-    return mods
+    if stage.parts is None:
+        return mods
+    return [getattr(m, part) for m in mods for part in stage.parts if hasattr(m, part)]
+
+
+@contextlib.contextmanager
+def frozen_except(model: nn.Module, params: list[nn.Parameter]) -> Iterator[None]:
+    """Every trainable parameter of ``model`` but ``params`` frozen (no gradient computed) while inside."""
+    keep = {id(p) for p in params}
+    frozen = [p for p in model.parameters() if p.requires_grad and id(p) not in keep]
+    for p in frozen:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)
 
 
 def init_stage(model: HBDNet, stage: StageConfig, previous: StageConfig | None) -> None:
@@ -287,6 +305,8 @@ class Trainer:
             raise ValueError(f"unknown stage(s) {unknown}; this config has {names}")
         todo = [s for s in cfg.stages if not (self.work_dir / s.name / "final.pth").exists()
                 and (only is None or s.name in only)]
+        if cfg.init_weights is not None:  # a finished or resumed stage then loads its own weights over them
+            self.load_init_weights(cfg.init_weights)
         plans = {s.name: self.plan_stage(s, images) for s in todo}
         previous: StageConfig | None = None
         trained_before = False
@@ -310,6 +330,22 @@ class Trainer:
         out = save_checkpoint(self.work_dir / "model.pth", self.model, meta=meta)
         self.log(f"wrote {out}" + ("" if complete else " (not every stage has run to its end)"))
         return out
+
+    def load_init_weights(self, spec: str) -> None:
+        """Start from the weights of the trained model ``spec``; ``ValueError`` where its architecture differs."""
+        try:
+            ckpt = read_checkpoint(resolve_model_path(spec))
+        except CheckpointError as err:
+            raise ValueError(f"init_weights: {err}") from err
+        ours = {k: tuple(v.shape) for k, v in self.model.state_dict().items()}
+        theirs = {k: tuple(v.shape) for k, v in ckpt["state_dict"].items()}
+        if ours != theirs:
+            differ = sorted(k for k in ours.keys() | theirs.keys() if ours.get(k) != theirs.get(k))
+            raise ValueError(f"init_weights: {spec} is not this config's architecture "
+                             f"({len(differ)} weights differ, e.g. {differ[0]}: {theirs.get(differ[0])} "
+                             f"in the file, {ours.get(differ[0])} here)")
+        self.model.load_state_dict(ckpt["state_dict"])
+        self.log(f"starting from the weights of {spec}")
 
     def plan_stage(self, stage: StageConfig, images: list[DotaImage]) -> StagePlan:
         dataset = make_dataset(self.cfg, images, stage)
@@ -400,73 +436,74 @@ class Trainer:
                    dynamic_ncols=True, leave=False)
         timer_start, timer_iters = None, 0
         stopped = False
-        try:
-            while epoch < stage.epochs and iteration < limit:
-                model.train()
-                for m in modules:
-                    m.train()
-                dataset.set_epoch(epoch)
-                sampler.set_epoch(epoch, skip=in_epoch * bs)
-                for batch in loader:
-                    lr = lr_at(stage, warmup, cfg.optim.warmup_ratio, epoch, iteration)
-                    for group in optimizer.param_groups:
-                        group["lr"] = lr
-                    with torch.autocast(device.type, enabled=use_amp):
-                        losses = batch_losses(model, batch, device)
-                    loss = sum(losses.values())
-                    if not torch.isfinite(loss):
-                        raise FloatingPointError(f"stage {stage.name}: loss is {loss.item()} at iteration {iteration}")
-                    optimizer.zero_grad(set_to_none=True)
-                    scaler.scale(loss).backward()
-                    scaler.unscale_(optimizer)
-                    torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip)
-                    scaler.step(optimizer)
-                    scaler.update()
-                    iteration += 1
-                    in_epoch += 1
-                    now = time.monotonic()
-                    if timer_start is None:
-                        timer_start = now  # the first iteration (start-up, workers) is not timed
-                    else:
-                        timer_iters += 1
-                    s_per_it = (now - timer_start) / timer_iters if timer_iters else None
-                    loss_value = float(loss.detach())
-                    values = {k: round(float(v.detach()), 5) for k, v in losses.items()}
-                    bar.update(1)
-                    eta = self._eta(s_per_it, limit - iteration)
-                    bar.set_postfix_str(f"loss {loss_value:.3f} lr {lr:.1e} epoch {epoch + 1}/{stage.epochs}"
-                                        + (f" run left {eta[1]}" if eta else ""))
-                    if iteration % cfg.train.log_interval == 0 or iteration == 1:
-                        entry = {"stage": stage.name, "epoch": epoch + 1, "iter": iteration, "lr": lr,
-                                 "loss": round(loss_value, 5), **values, "time": time.time()}
-                        if s_per_it is not None:
-                            entry["s_per_iter"] = round(s_per_it, 3)
-                        with log_path.open("a") as f:
-                            f.write(json.dumps(entry) + "\n")
-                        if not self.progress:
-                            self.log(f"{stage.name} it {iteration}/{limit} epoch {epoch + 1}/{stage.epochs} "
-                                     f"loss {loss_value:.3f} lr {lr:.2e}"
-                                     + (f" {s_per_it:.2f} s/it, stage left {eta[0]}, run left {eta[1]}" if eta else ""))
-                    if self.on_iteration is not None:
-                        self.on_iteration(self, iteration)
-                    if cfg.train.checkpoint_every and iteration % cfg.train.checkpoint_every == 0:
+        with frozen_except(model, params) if stage.parts else contextlib.nullcontext():
+            try:
+                while epoch < stage.epochs and iteration < limit:
+                    model.train()
+                    for m in modules:
+                        m.train()
+                    dataset.set_epoch(epoch)
+                    sampler.set_epoch(epoch, skip=in_epoch * bs)
+                    for batch in loader:
+                        lr = lr_at(stage, warmup, cfg.optim.warmup_ratio, epoch, iteration)
+                        for group in optimizer.param_groups:
+                            group["lr"] = lr
+                        with torch.autocast(device.type, enabled=use_amp):
+                            losses = batch_losses(model, batch, device)
+                        loss = sum(losses.values())
+                        if not torch.isfinite(loss):
+                            raise FloatingPointError(f"stage {stage.name}: loss is {loss.item()} at iteration {iteration}")
+                        optimizer.zero_grad(set_to_none=True)
+                        scaler.scale(loss).backward()
+                        scaler.unscale_(optimizer)
+                        torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip)
+                        scaler.step(optimizer)
+                        scaler.update()
+                        iteration += 1
+                        in_epoch += 1
+                        now = time.monotonic()
+                        if timer_start is None:
+                            timer_start = now  # the first iteration (start-up, workers) is not timed
+                        else:
+                            timer_iters += 1
+                        s_per_it = (now - timer_start) / timer_iters if timer_iters else None
+                        loss_value = float(loss.detach())
+                        values = {k: round(float(v.detach()), 5) for k, v in losses.items()}
+                        bar.update(1)
+                        eta = self._eta(s_per_it, limit - iteration)
+                        bar.set_postfix_str(f"loss {loss_value:.3f} lr {lr:.1e} epoch {epoch + 1}/{stage.epochs}"
+                                            + (f" run left {eta[1]}" if eta else ""))
+                        if iteration % cfg.train.log_interval == 0 or iteration == 1:
+                            entry = {"stage": stage.name, "epoch": epoch + 1, "iter": iteration, "lr": lr,
+                                     "loss": round(loss_value, 5), **values, "time": time.time()}
+                            if s_per_it is not None:
+                                entry["s_per_iter"] = round(s_per_it, 3)
+                            with log_path.open("a") as f:
+                                f.write(json.dumps(entry) + "\n")
+                            if not self.progress:
+                                self.log(f"{stage.name} it {iteration}/{limit} epoch {epoch + 1}/{stage.epochs} "
+                                         f"loss {loss_value:.3f} lr {lr:.2e}"
+                                         + (f" {s_per_it:.2f} s/it, stage left {eta[0]}, run left {eta[1]}" if eta else ""))
+                        if self.on_iteration is not None:
+                            self.on_iteration(self, iteration)
+                        if cfg.train.checkpoint_every and iteration % cfg.train.checkpoint_every == 0:
+                            save_latest()
+                        if (stop is not None and stop.requested) or iteration >= limit:
+                            stopped = True
+                            break
+                    if in_epoch >= per_epoch:
+                        done = epoch + 1
+                        epoch, in_epoch = done, 0
+                        if done % cfg.train.checkpoint_interval == 0 or done == stage.epochs:
+                            save_checkpoint(stage_dir / f"epoch_{done}.pth", model,
+                                            meta={"stage": stage.name, "epoch": done, "iteration": iteration})
                         save_latest()
-                    if (stop is not None and stop.requested) or iteration >= limit:
-                        stopped = True
+                    if stopped:
                         break
-                if in_epoch >= per_epoch:
-                    done = epoch + 1
-                    epoch, in_epoch = done, 0
-                    if done % cfg.train.checkpoint_interval == 0 or done == stage.epochs:
-                        save_checkpoint(stage_dir / f"epoch_{done}.pth", model,
-                                        meta={"stage": stage.name, "epoch": done, "iteration": iteration})
-                    save_latest()
-                if stopped:
-                    break
-        except KeyboardInterrupt:  # a second Ctrl-C, or one outside the main thread: no consistent state
-            bar.close()
-            self.log(f"stage {stage.name}: aborted; resume from the last saved {latest}")
-            raise
+            except KeyboardInterrupt:  # a second Ctrl-C, or one outside the main thread: no consistent state
+                bar.close()
+                self.log(f"stage {stage.name}: aborted; resume from the last saved {latest}")
+                raise
         bar.close()
         path = save_latest()
         if stop is not None and stop.requested:

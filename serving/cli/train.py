@@ -25,10 +25,12 @@ def run(args: argparse.Namespace) -> int:
         device = resolve_device(args.device)
     except (ConfigError, ValueError) as err:
         raise CliError(str(err)) from err
-    if args.checkpoint_every is not None:
-        from dataclasses import replace
+    from dataclasses import replace
 
+    if args.checkpoint_every is not None:
         cfg = replace(cfg, train=replace(cfg.train, checkpoint_every=args.checkpoint_every))
+    if args.init is not None:
+        cfg = replace(cfg, init_weights=args.init)
     data = Path(args.data)
     if not data.is_dir():
         raise CliError(f"data folder not found: {data}")

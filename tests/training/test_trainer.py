@@ -5,10 +5,10 @@ import torch
 import yaml
 
 from hbdnet.checkpoint import load_model, read_checkpoint
-from serving.cli.main import main
 from hbdnet.config_io import ConfigError, load_yaml, to_dict
 from hbdnet.training.config import ExperimentConfig, StageConfig, load_experiment
 from hbdnet.training.trainer import lr_at, train
+from serving.cli.main import main
 
 
 def test_lr_schedule_warmup_and_steps():
@@ -254,3 +254,57 @@ def test_global_stage_learns_from_local_windows_and_synthetic_ones(tiny_dota, ti
     train(cfg, tiny_dota, work, max_iters=2, progress=False)
     log = [json.loads(line) for line in (work / "log.jsonl").read_text().splitlines()]
     assert [e["iter"] for e in log if e["stage"] == "coarse"] == [1, 2]
+
+
+def test_fine_tuning_starts_from_a_trained_model(tiny_dota, tiny_experiment, tmp_path):
+    """With a zero learning rate a run started from a trained model ends where it started."""
+    from dataclasses import replace
+
+    cfg = tiny_experiment()
+    first = load_model(train(cfg, tiny_dota, tmp_path / "first", max_iters=2, progress=False))[0].state_dict()
+    still = replace(cfg, init_weights=str(tmp_path / "first" / "model.pth"),
+                    stages=[replace(s, lr=0.0, init_from="none") for s in cfg.stages])
+    tuned = load_model(train(still, tiny_dota, tmp_path / "tuned", progress=False))[0].state_dict()
+    assert tuned.keys() == first.keys()
+    for k in first:
+        assert torch.equal(tuned[k], first[k]), k
+    fresh = load_model(train(replace(still, init_weights=None), tiny_dota, tmp_path / "fresh",
+                             progress=False))[0].state_dict()
+    assert any(not torch.equal(fresh[k], first[k]) for k in first)
+
+
+def test_fine_tuning_refuses_another_architecture(tiny_dota, tiny_experiment, tmp_path, capsys):
+    from dataclasses import replace
+
+    cfg = tiny_experiment()
+    model = train(cfg, tiny_dota, tmp_path / "first", max_iters=1, progress=False)
+    wider = replace(cfg, model=replace(cfg.model, local=replace(cfg.model.local, fc_channels=48)))
+    path = tmp_path / "wider.yaml"
+    path.write_text(yaml.safe_dump(to_dict(wider)))
+    argv = ["train", "--config", str(path), "--data", str(tiny_dota), "--work-dir", str(tmp_path / "w"), "--no-progress"]
+    assert main([*argv, "--init", str(model)]) == 2
+    err = capsys.readouterr().err
+    assert "is not this config's architecture" in err and "local_detector.roi_head" in err and "Traceback" not in err
+    assert main([*argv, "--init", str(tmp_path / "missing.pth")]) == 2
+    assert "model file not found" in capsys.readouterr().err
+
+
+def test_a_stage_trains_only_its_parts(tiny_dota, tiny_experiment, tmp_path):
+    from dataclasses import replace
+
+    from hbdnet.training.trainer import Trainer
+
+    cfg = tiny_experiment()
+    first = train(cfg, tiny_dota, tmp_path / "first", max_iters=2, progress=False)
+    start = load_model(first)[0].state_dict()
+    heads = replace(cfg, init_weights=str(first),
+                    stages=[replace(cfg.stages[0], parts=["roi_head"]), replace(cfg.stages[1], init_from="none")])
+    trainer = Trainer(heads, tiny_dota, tmp_path / "heads", progress=False)
+    tuned = load_model(trainer.run())[0].state_dict()
+    local = [k for k in start if k.startswith("local_detector.")]
+    moved = {k for k in local if not torch.equal(tuned[k], start[k])}
+    assert moved and all(k.startswith("local_detector.roi_head.") for k in moved), sorted(moved)[:5]
+    # the parts frozen for the stage are trainable again after it
+    assert all(p.requires_grad for p in trainer.model.local_detector.rpn_head.parameters())
+    with pytest.raises(ValueError, match="parts must be some of"):
+        replace(cfg.stages[0], parts=["head"])
