@@ -3,8 +3,8 @@ size limit at once), then opened as a raster before a job is accepted.
 
 Nothing the client sends becomes a path: the upload is written to ``JOB_DIR/input`` (the job folder
 named by a uuid4), and the client's file name is kept only as a label. Only raster formats of
-``DRIVERS`` are opened, so an upload cannot be a GDAL VRT (an XML file that can point GDAL at any
-file on the server).
+``SCENE_DRIVERS`` are opened (``serving.engine.scene.open_raster``, as every open of a scene), so a
+scene cannot be a GDAL VRT (an XML file that can point GDAL at any file on the server).
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import rasterio
 from rasterio.errors import RasterioIOError
 from rasterio.windows import Window
 from starlette.concurrency import run_in_threadpool
@@ -21,9 +20,8 @@ from starlette.requests import Request
 
 from serving.api.errors import ApiError
 from serving.detect import DetectOptions
-from serving.engine.scene import SceneError, SceneInfo, gdal_path, open_scene
+from serving.engine.scene import SceneError, SceneInfo, gdal_path, open_raster, open_scene, shown_as
 
-DRIVERS = ["GTiff", "COG", "PNG", "JPEG", "JP2OpenJPEG"]
 CHUNK = 1 << 20  # bytes written per disk write
 MAX_FIELD_BYTES = 64 * 1024
 MULTIPART_SLACK = 1 << 20  # bytes of multipart framing and option fields allowed beyond the file
@@ -37,7 +35,7 @@ class Upload:
     fields: dict[str, str] = field(default_factory=dict)
 
 
-def _too_large(limit: int) -> ApiError:
+def too_large(limit: int) -> ApiError:
     return ApiError(413, f"upload larger than the limit of {limit:,} bytes")
 
 
@@ -45,7 +43,7 @@ def check_length(request: Request, limit: int) -> None:
     """413 before reading a byte when Content-Length already says the body is too large."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit + MULTIPART_SLACK:
-        raise _too_large(limit)
+        raise too_large(limit)
 
 
 async def receive(request: Request, dest: Path, limit: int) -> Upload:
@@ -81,7 +79,7 @@ class _Sink:
     def add(self, data: bytes | memoryview) -> None:
         self.size += len(data)
         if self.size > self.limit:
-            raise _too_large(self.limit)
+            raise too_large(self.limit)
         self.buffer += data
 
     async def flush(self, force: bool = False) -> None:
@@ -103,6 +101,24 @@ class _Sink:
             self.file.close()
 
 
+async def store(data: bytes, dest: Path, limit: int, filename: str) -> Upload:
+    """A scene the client sent inside its request (an OGC inline value, decoded) written to ``dest`` as an
+    upload is, against the same ``limit`` (413, the partial file removed)."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    sink = _Sink(dest, limit)
+    try:
+        view = memoryview(data)
+        for start in range(0, len(view), CHUNK):
+            sink.add(view[start:start + CHUNK])
+            await sink.flush()
+        await sink.close()
+    except BaseException:
+        sink.abort()
+        dest.unlink(missing_ok=True)
+        raise
+    return Upload(dest, filename, sink.size)
+
+
 async def _raw(request: Request, dest: Path, limit: int) -> Upload:
     sink = _Sink(dest, limit)
     try:
@@ -122,6 +138,8 @@ async def _multipart(request: Request, ctype: str, dest: Path, limit: int) -> Up
     boundary = params.get(b"boundary")
     if not boundary:
         raise ApiError(422, "multipart/form-data without a boundary")
+    # "filename" is the file part's and outlives it: a field part after the file (curl -F file=@a.tif
+    # -F score_threshold=0.5) must not reset it
     state: dict = {"headers": {}, "name": None, "filename": None, "target": None, "hname": b"", "hvalue": b""}
     fields: dict[str, str] = {}
     sink: _Sink | None = None
@@ -129,7 +147,7 @@ async def _multipart(request: Request, ctype: str, dest: Path, limit: int) -> Up
     files = 0
 
     def on_part_begin() -> None:
-        state.update(headers={}, name=None, filename=None, target=None)
+        state.update(headers={}, name=None, target=None)
 
     def on_header_field(data: bytes, start: int, end: int) -> None:
         state["hname"] += data[start:end]
@@ -196,8 +214,8 @@ async def _multipart(request: Request, ctype: str, dest: Path, limit: int) -> Up
 
 def check_scene(uri: str, *, bands: list[int] | None, fmt: str, max_pixels: int, label: str) -> SceneInfo:
     """Open ``uri`` the way a job will, and refuse (SceneError, one line naming ``label`` instead of the
-    server's path) what a job could not run: not a raster of ``DRIVERS``, no usable band, bands it does
-    not have, a size out of bounds, no CRS for GeoJSON, a file cut short."""
+    server's path or the href's secrets) what a job could not run: not a raster of ``SCENE_DRIVERS``, no
+    usable band, bands it does not have, a size out of bounds, no CRS for GeoJSON, a file cut short."""
     path = gdal_path(uri)
     try:
         driver = _driver(path)
@@ -206,38 +224,36 @@ def check_scene(uri: str, *, bands: list[int] | None, fmt: str, max_pixels: int,
         if fmt == "geojson" and info.crs is None:
             raise SceneError(f"the {driver} scene has no CRS, and GeoJSON is WGS84 longitude/latitude: ask for "
                              "format gpkg or fgb to get pixel coordinates")
-        _check_complete(path, driver)
         return info
     except SceneError as exc:
-        raise SceneError(str(exc).replace(path, label).replace(uri, label)) from exc
+        raise SceneError(shown_as(str(exc), uri, label)) from exc
 
 
 def _driver(path: str) -> str:
-    """The first of ``DRIVERS`` that opens ``path`` (one at a time: rasterio takes one name), or SceneError."""
-    first_error: Exception | None = None
-    for name in DRIVERS:
-        try:
-            with rasterio.open(path, driver=name):
-                return name
-        except RasterioIOError as exc:
-            first_error = first_error or exc
-    reason = _first_line(first_error) if first_error else "no driver"
-    if "not recognized as" in reason or "not recognised as" in reason:
-        reason = "not recognized as a supported file format"
-    raise SceneError(f"not a raster the service reads (GeoTIFF, PNG, JPEG, JPEG 2000): {reason}")
-
-
-def _check_complete(path: str, driver: str) -> None:
-    """Read the first and the last block of band 1: a file cut short fails here, not in the job."""
+    """The driver of ``SCENE_DRIVERS`` that opens ``path``, after reading the first and the last block
+    of band 1 (a file cut short fails here, not in the job); one open for both. SceneError: "not a
+    raster the service reads" when no allowed driver recognises it, else GDAL's reason (a server
+    without range requests, an HTTP error), for the file named as the client named it (``check_scene``)."""
     try:
-        with rasterio.open(path, driver=driver) as ds:
+        ds = open_raster(path, untrusted=True)
+    except RasterioIOError as exc:
+        reason = _first_line(exc)
+        if "not recognized as" in reason or "not recognised as" in reason:
+            raise SceneError("not a raster the service reads (GeoTIFF, PNG, JPEG, JPEG 2000): not recognized as a "
+                             "supported file format") from None
+        reason = reason.replace(f"{path}: ", "").replace(path, "the file")
+        raise SceneError(f"cannot open {path}: {reason}") from None
+    with ds:
+        try:
             bh, bw = ds.block_shapes[0]
             last = Window(((ds.width - 1) // bw) * bw, ((ds.height - 1) // bh) * bh, 1, 1)
             ds.read(1, window=Window(0, 0, 1, 1))
             ds.read(1, window=last)
-    except RasterioIOError as exc:
-        cause = exc.__cause__ or exc.__context__ or exc
-        raise SceneError(f"{path} cannot be read to its end (truncated or corrupt): {_first_line(cause)}") from exc
+        except RasterioIOError as exc:
+            cause = exc.__cause__ or exc.__context__ or exc
+            raise SceneError(f"{path} cannot be read to its end (truncated or corrupt): "
+                             f"{_first_line(cause)}") from exc
+        return ds.driver
 
 
 def _first_line(exc: BaseException) -> str:

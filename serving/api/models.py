@@ -54,7 +54,10 @@ class JobOptions(BaseModel):
                                                 "(GET / names it) and refuses another name")
     format: OutputFormat = Field("geojson", description="format the job's result is fetched in by default; "
                                                         "every format is written and can be fetched with ?f=")
-    score_threshold: float | None = Field(None, ge=0.0, le=1.0, description="drop bridges scoring below this "
+    # allow_inf_nan=False: NaN compares false with both bounds, so without it "nan" would be told it
+    # "should be less than or equal to 1"
+    score_threshold: float | None = Field(None, ge=0.0, le=1.0, allow_inf_nan=False,
+                                          description="drop bridges scoring below this "
                                           "(default: the operating point stored with the model, else 0)")
     bands: list[int] | None = Field(None, description="1-based bands to use as R,G,B (or one band as grey); "
                                                       "default: the first three image bands")
@@ -106,10 +109,14 @@ class StatusInfo(BaseModel):
     progress: int | None = Field(None, ge=0, le=100, description="percent of the windows done")
     links: list[Link] = []
     windows: WindowProgress | None = Field(None, description="windows done of the windows planned")
-    timings: dict[str, float] | None = Field(None, description="seconds: queued, run (and its parts), total")
+    timings: dict[str, float] | None = Field(None, description="seconds: queued (waiting to run), run (and its "
+                                             "parts), interrupted (runs lost when the server stopped, re-run)")
     detections: int | None = Field(None, description="bridges found (successful jobs)")
     format: OutputFormat | None = Field(None, description="the result's default format")
     notes: list[str] | None = Field(None, description="warnings about the scene")
+    owner: str | None = Field(None, description="the name of the API key that submitted the job")
+    expired: str | None = Field(None, description="when the job's files were deleted (the server keeps results "
+                                                  "for a while only); its results are then gone (410)")
 
 
 class JobList(BaseModel):
@@ -180,8 +187,10 @@ class OutputRequest(BaseModel):
 
 class Execute(BaseModel):
     """``POST /processes/detect-bridges/execution`` (OGC ``execute``). ``inputs.image`` is the scene:
-    ``{"href": URL}`` (http(s) or s3) or the URL as a string; ``inputs.score_threshold`` and
-    ``inputs.bands`` as for ``POST /jobs``; the result's format from ``outputs.bridges.format.mediaType``."""
+    ``{"href": URL}`` (http(s) or s3), the URL as a string, or a small GeoTIFF inline ``{"value": base64,
+    "mediaType": "image/tiff"}``; ``inputs.score_threshold`` and ``inputs.bands`` as for ``POST /jobs``;
+    the result's format from ``outputs.bridges.format.mediaType``, its form from ``response`` (raw, the
+    default, or document) and ``outputs.bridges.transmissionMode`` (``serving.api.ogc_results``)."""
 
     inputs: dict[str, Any]
     outputs: dict[str, OutputRequest] | None = None

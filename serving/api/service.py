@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import subprocess
 import threading
 import time
 import uuid
@@ -30,11 +31,16 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from serving.api import href_proxy
+from serving.api.href_policy import HrefPolicy, HrefRefused, check_href_host
+from serving.api.job_cost import Cost, WindowRate
+from serving.api.retention import describe_duration, folder_bytes
+from serving.api.scene_checks import SceneChecks
 from serving.api.settings import Settings
 from serving.api.store import FINAL, JobRecord, JobStore, SqliteJobStore, now
 from serving.detect import DetectOptions, PreparedScene, detect, write
 from serving.engine.pools import InProcessPool, PoolConfig, RayPool, make_pool
-from serving.engine.scene import SceneError
+from serving.engine.scene import SceneError, public_href, set_http_limits, set_http_proxy, shown_as, trust_local_files
 from serving.engine.tasks import Cancelled
 from serving.model_ref import ModelRef
 from serving.outputs.formats import OUTPUT_FORMATS, OutputError
@@ -49,6 +55,10 @@ INTERRUPTED = ("interrupted: the server stopped twice while this job ran; submit
 
 class QueueFull(Exception):
     pass
+
+
+class DataFull(Exception):
+    """The data folder has reached ``max_data_bytes``."""
 
 
 class Metrics:
@@ -81,6 +91,11 @@ class JobService:
         self.model = model
         settings.jobs_dir.mkdir(parents=True, exist_ok=True)
         self.store: JobStore = store if store is not None else SqliteJobStore(settings.db_path)
+        self.scene_checks = SceneChecks(settings.max_checking)  # submitted hrefs, opened before their 202
+        self.href_policy = HrefPolicy.of(settings)
+        self.window_rate = WindowRate(settings.seconds_per_window)  # measured on finished jobs (job_cost)
+        self._proxy: subprocess.Popen | None = None
+        self._proxy_address: str | None = None
         self._pool_factory = pool_factory or (lambda: make_pool(model.spec, self._pool_config()))
         self.pool: InProcessPool | RayPool | None = None
         self.metrics = Metrics(self)
@@ -89,6 +104,7 @@ class JobService:
         self._cancel: dict[str, threading.Event] = {}
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
+        self._sweeper: threading.Thread | None = None
         self.current: str | None = None
 
     def _pool_config(self) -> PoolConfig:
@@ -98,10 +114,17 @@ class JobService:
     # -- life cycle -------------------------------------------------------------------------------
     def start(self) -> None:
         """Start the workers (the model is loaded here, once), recover jobs, start the dispatcher."""
+        set_http_limits(request_s=self.settings.http_timeout_s, connect_s=min(10, self.settings.http_timeout_s))
+        trust_local_files(False)  # a local scene is a client's upload
+        self._proxy, self._proxy_address = href_proxy.start(self.href_policy)  # also guards redirects
+        set_http_proxy(self._proxy_address)
         self.recover()
         self.pool = self._pool_factory()
         self._thread = threading.Thread(target=self._dispatch, name="hbdnet-jobs", daemon=True)
         self._thread.start()
+        if self.settings.keep_results_s is not None:
+            self._sweeper = threading.Thread(target=self._sweep, name="hbdnet-expiry", daemon=True)
+            self._sweeper.start()
 
     def stop(self) -> None:
         """Stop the dispatcher (a running job goes back to the queue) and close the pool."""
@@ -110,18 +133,32 @@ class JobService:
             self._wake.notify_all()
         if self._thread is not None:
             self._thread.join(timeout=60)
+        if self._sweeper is not None:
+            self._sweeper.join(timeout=10)
         if self.pool is not None:
             self.pool.close()
             self.pool = None
+        self.scene_checks.close()
+        if self._proxy is not None:
+            set_http_proxy(None, replacing=self._proxy_address)
+            self._proxy.kill()
+            self._proxy.wait()
+        trust_local_files(True)
         self.store.close()
 
     def recover(self) -> None:
+        """Jobs found running go back to the queue (or fail, the second time); the seconds per window
+        measured by the last finished jobs are taken up again."""
+        for job in reversed(self.store.page(50, 0)[0]):
+            if job.status == "successful" and "stream" in job.timings:
+                self.window_rate.add(job.timings["stream"], job.windows_total)
         for job in self.store.with_status("running"):
             if job.attempts >= 2:
                 self._finish_failed(job.id, INTERRUPTED)
                 log.warning("job %s interrupted twice: failed", job.id)
             else:
-                self.store.update(job.id, status="accepted", windows_done=0, message="queued again after a restart")
+                self.store.update(job.id, status="accepted", windows_done=0, message="queued again after a restart",
+                                  timings=_interrupted(job, job.updated))
                 log.warning("job %s was running when the server stopped: queued again", job.id)
 
     def ready(self) -> dict[str, bool]:
@@ -152,20 +189,65 @@ class JobService:
         if self.queue_length() >= self.settings.max_queue:
             raise QueueFull()
 
-    def submit(self, job_id: str, source: str, options: dict[str, Any], *, sync: bool = False) -> JobRecord:
-        """Record an accepted job (raises QueueFull past ``max_queue``) and wake the dispatcher."""
+    def data_room(self) -> int | None:
+        """Bytes the data folder may still grow by (None: no cap); raises DataFull when there are none."""
+        cap = self.settings.max_data_bytes
+        if cap is None:
+            return None
+        room = cap - folder_bytes(self.settings.data_dir)
+        if room <= 0:
+            raise DataFull()
+        return room
+
+    # -- expiry ----------------------------------------------------------------------------------
+    def expire(self) -> int:
+        """Delete the files of jobs that finished more than ``keep_results_s`` ago; their records stay,
+        marked expired. Returns how many jobs expired."""
+        keep = self.settings.keep_results_s
+        if keep is None:
+            return 0
+        expired = 0
+        for job in self.store.finished_before(now(ago_s=keep)):
+            with self._lock:
+                current = self.store.get(job.id)
+                if current is None or current.status not in ("successful", "failed") or current.expired:
+                    continue
+                shutil.rmtree(self.job_dir(job.id), ignore_errors=True)
+                message = current.message if current.status == "failed" else (
+                    f"the results were deleted: this server keeps results for {describe_duration(keep)}")
+                self.store.update(job.id, expired=now(), message=message)
+            expired += 1
+            log.info("job %s of %s: files deleted after %s", job.id, _who(job.owner), describe_duration(keep))
+        return expired
+
+    def _sweep(self) -> None:
+        """``expire`` now and then: a tenth of the keeping time, between 0.2 s and a minute."""
+        interval = min(60.0, max(0.2, (self.settings.keep_results_s or 600.0) / 10))
+        while not self._stopping.is_set():
+            try:
+                self.expire()
+            except Exception:  # a failed sweep is retried at the next; it never stops the thread
+                log.exception("deleting expired results failed")
+            self._stopping.wait(interval)
+
+    def submit(self, job_id: str, source: str, options: dict[str, Any], *, sync: bool = False,
+               owner: str | None = None, cost: Cost | None = None) -> JobRecord:
+        """Record an accepted job of ``owner`` (a key's name; raises QueueFull past ``max_queue``) with
+        its ``cost`` (windows, estimated seconds) and wake the dispatcher."""
         with self._wake:
             self.check_queue()
             t = now()
             job = JobRecord(id=job_id, status="accepted", source=source, options=options, created=t, updated=t,
-                            sync=sync)
+                            sync=sync, owner=owner, windows_total=cost.windows if cost else 0,
+                            timings={"estimated": round(cost.seconds, 3)} if cost else {})
             self.store.create(job)
             self._wake.notify_all()
+        log.info("job %s accepted from %s", job_id, _who(owner))
         return job
 
-    def dismiss(self, job_id: str) -> JobRecord | None:
+    def dismiss(self, job_id: str, *, by: str | None = None) -> JobRecord | None:
         """Dismiss a job: queued, it never starts; running, it stops; its files (upload, results) are
-        deleted. The record stays, as ``dismissed``."""
+        deleted. The record stays, as ``dismissed``. ``by``: the key's name, for the log."""
         with self._lock:
             job = self.store.get(job_id)
             if job is None:
@@ -181,6 +263,7 @@ class JobService:
             while self.current == job_id and time.monotonic() < deadline:
                 time.sleep(0.02)
         shutil.rmtree(self.job_dir(job_id), ignore_errors=True)
+        log.info("job %s dismissed by %s", job_id, _who(by))
         return job
 
     # -- running -------------------------------------------------------------------------------
@@ -217,14 +300,18 @@ class JobService:
         opts = job.options
         folder = self.job_dir(job.id)
         uri = str(self.input_path(job.id)) if job.source == "upload" else job.source
-        label = opts.get("filename") or job.source
+        label = opts.get("filename") or public_href(job.source)
+
+        def for_client(text: str) -> str:
+            return _for_client(text, uri, folder, label)
         options = DetectOptions(score_thr=opts.get("score_threshold"),
                                 bands=tuple(opts["bands"]) if opts.get("bands") else None,
                                 max_pixels=self.settings.max_pixels)
         fmt = opts.get("format", "geojson")
         t0 = time.perf_counter()
         deadline = time.monotonic() + self.settings.job_timeout_s
-        queued_s = _seconds_between(job.created, job.started)
+        interrupted_s = job.timings.get("interrupted", 0.0)
+        queued_s = _seconds_between(job.created, job.started) - interrupted_s  # waiting, not running
         timed_out = threading.Event()
 
         def cancel() -> bool:
@@ -248,30 +335,37 @@ class JobService:
         outputs = [self.result_path(job.id, fmt)]  # the format asked for is checked against the scene first
 
         def on_plan(prepared: PreparedScene) -> None:
-            self.store.update(job.id, windows_total=len(prepared.plan.items), notes=prepared.notes)
+            self.store.update(job.id, windows_total=len(prepared.plan.items),
+                              notes=[for_client(n) for n in prepared.notes])
 
         try:
             folder.mkdir(parents=True, exist_ok=True)
+            if job.source != "upload":  # its host may resolve elsewhere now than when it was accepted
+                check_href_host(uri, self.href_policy)
             result = detect(uri, self.model, options, outputs=outputs, pool=self.pool, progress=progress,
                             cancel=cancel, on_plan=on_plan)
             # Every format is written; GeoJSON is WGS84, so a scene without CRS has gpkg and fgb only.
             formats = [f for f in OUTPUT_FORMATS if f != "geojson" or result.scene.crs is not None]
-            notes = write(result, [self.result_path(job.id, f) for f in formats], self.model, scene_label=label)
+            notes = [for_client(n) for n in write(result, [self.result_path(job.id, f) for f in formats], self.model,
+                                                   scene_label=label)]
         except Cancelled:
             self._stopped(job, timed_out.is_set(), last["done"])
             return
-        except (SceneError, OutputError) as exc:
-            self._finish_failed(job.id, _user_line(exc, uri, str(folder), label))
+        except (SceneError, OutputError, HrefRefused) as exc:
+            self._finish_failed(job.id, for_client(str(exc)) or type(exc).__name__)
             return
         except Exception as exc:
             log.exception("job %s failed", job.id)
-            self._finish_failed(job.id, f"detection failed: {type(exc).__name__}: "
-                                        f"{_user_line(exc, uri, str(folder), label)}")
+            self._finish_failed(job.id, f"detection failed: {type(exc).__name__}: {for_client(str(exc))}")
             return
         total_s = time.perf_counter() - t0
         timings = {k: round(v, 3) for k, v in result.timings.items()
                    if k in ("open", "plan", "merge", "read", "detect", "stream")}
         timings.update(queued=round(queued_s, 3), run=round(total_s, 3))
+        if interrupted_s:
+            timings["interrupted"] = round(interrupted_s, 3)
+        if "estimated" in job.timings:
+            timings["estimated"] = job.timings["estimated"]
         with self._lock:
             current = self.store.get(job.id)
             if current is None or current.status == "dismissed":
@@ -280,6 +374,7 @@ class JobService:
             self.store.update(job.id, status="successful", finished=now(), windows_done=current.windows_total,
                               detections=len(result.scores), timings=timings, notes=notes, message=None)
         self.metrics.job_seconds.observe(total_s)
+        self.window_rate.add(result.timings.get("stream", 0.0), result.windows)
         self.input_path(job.id).unlink(missing_ok=True)  # the results are what is kept
 
     def _stopped(self, job: JobRecord, timed_out: bool, done: int) -> None:
@@ -294,7 +389,8 @@ class JobService:
                                             f"({done} of {current.windows_total} windows done)")
             else:  # the server is stopping: the job runs again at the next start, not counted as an attempt
                 self.store.update(job.id, status="accepted", attempts=max(0, current.attempts - 1), windows_done=0,
-                                  message="queued again: the server stopped while the job ran")
+                                  message="queued again: the server stopped while the job ran",
+                                  timings=_interrupted(current, now()))
 
     def _finish_failed(self, job_id: str, message: str) -> None:
         with self._lock:
@@ -303,9 +399,25 @@ class JobService:
                 self.store.update(job_id, status="failed", finished=now(), message=message)
 
 
-def _user_line(exc: BaseException, uri: str, folder: str, label: str) -> str:
-    text = (str(exc).strip() or type(exc).__name__).splitlines()[0]
-    return text.replace(uri, label).replace(folder + "/", "").replace(folder, "job")
+def _who(name: str | None) -> str:
+    """A key's name as the log shows it (never the key)."""
+    return f"key {name!r}" if name is not None else "a client without a key"
+
+
+def _for_client(text: str, uri: str, folder: Path, label: str) -> str:
+    """The first line of ``text`` (a job's note or error) as its client may see it: the scene named
+    ``label`` (their file name, or the href without its secrets), never by a server path, a GDAL path
+    or the href as given; other files of the job's folder by their own names."""
+    lines = text.strip().splitlines()
+    line = shown_as(lines[0] if lines else "", uri, label).replace(str(folder / INPUT_NAME), label)
+    return line.replace(f"{folder}/", "").replace(str(folder), "the job's folder")
+
+
+def _interrupted(job: JobRecord, until: str) -> dict[str, float]:
+    """``job``'s timings once its run from ``job.started`` to ``until`` is lost (the server stopped):
+    ``interrupted`` adds up such runs, so that ``queued`` counts only the waiting (issue 19)."""
+    lost = job.timings.get("interrupted", 0.0) + max(0.0, _seconds_between(job.started, until))
+    return {**job.timings, "interrupted": round(lost, 3)}
 
 
 def _seconds_between(a: str | None, b: str | None) -> float:

@@ -22,9 +22,10 @@ STATUSES = ("accepted", "running", "successful", "failed", "dismissed")
 FINAL = ("successful", "failed", "dismissed")
 
 
-def now() -> str:
-    """UTC now as RFC 3339 (what the status documents carry)."""
-    return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+def now(ago_s: float = 0.0) -> str:
+    """UTC now (or ``ago_s`` seconds before) as RFC 3339 (what the status documents carry)."""
+    t = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=ago_s)
+    return t.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 @dataclass
@@ -48,6 +49,8 @@ class JobRecord:
     sync: bool = False  # submitted by a synchronous execution
     timings: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    owner: str | None = None  # the name of the API key that submitted the job (None: the server needs no key)
+    expired: str | None = None  # when the job's files were deleted after --keep-results (the record stays)
     seq: int = 0  # insertion order (set by the store)
 
 
@@ -62,8 +65,12 @@ class JobStore(Protocol):
         """Set ``changes`` (and ``updated``); returns the new record, None if there is no such job."""
         ...
 
-    def page(self, limit: int, offset: int) -> tuple[list[JobRecord], int]:
-        """Jobs newest first, and how many there are."""
+    def page(self, limit: int, offset: int, owner: str | None = None) -> tuple[list[JobRecord], int]:
+        """Jobs newest first (only ``owner``'s when given), and how many there are."""
+        ...
+
+    def finished_before(self, when: str) -> list[JobRecord]:
+        """Successful or failed jobs finished before ``when`` whose files have not expired yet."""
         ...
 
     def with_status(self, *statuses: str) -> list[JobRecord]:
@@ -95,6 +102,11 @@ class SqliteJobStore:
             windows_total INTEGER NOT NULL DEFAULT 0, detections INTEGER, attempts INTEGER NOT NULL DEFAULT 0,
             sync INTEGER NOT NULL DEFAULT 0, timings TEXT NOT NULL DEFAULT '{}', notes TEXT NOT NULL DEFAULT '[]')""")
         self._db.execute("CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status, seq)")
+        have = {row[1] for row in self._db.execute("PRAGMA table_info(jobs)")}
+        for column in ("owner", "expired"):  # added after the first release: older databases get them here
+            if column not in have:
+                self._db.execute(f"ALTER TABLE jobs ADD COLUMN {column} TEXT")
+        self._db.execute("CREATE INDEX IF NOT EXISTS jobs_owner ON jobs (owner, seq)")
 
     def _row(self, row: sqlite3.Row | tuple | None) -> JobRecord | None:
         if row is None:
@@ -139,10 +151,16 @@ class SqliteJobStore:
                              (*values.values(), job_id))
         return self.get(job_id)
 
-    def page(self, limit: int, offset: int) -> tuple[list[JobRecord], int]:
+    def page(self, limit: int, offset: int, owner: str | None = None) -> tuple[list[JobRecord], int]:
+        where, params = ("WHERE owner = ?", (owner,)) if owner is not None else ("", ())
         with self._lock:
-            (total,) = self._db.execute("SELECT COUNT(*) FROM jobs").fetchone()
-        return self._select(tail="ORDER BY seq DESC LIMIT ? OFFSET ?", params=(limit, offset)), int(total)
+            (total,) = self._db.execute(f"SELECT COUNT(*) FROM jobs {where}", params).fetchone()
+        return self._select(where, (*params, limit, offset), "ORDER BY seq DESC LIMIT ? OFFSET ?"), int(total)
+
+    def finished_before(self, when: str) -> list[JobRecord]:
+        # RFC 3339 strings of one format (``now()``) sort as the times they name
+        return self._select("WHERE status IN ('successful', 'failed') AND expired IS NULL AND finished < ?",
+                            (when,), "ORDER BY seq ASC")
 
     def with_status(self, *statuses: str) -> list[JobRecord]:
         marks = ", ".join("?" * len(statuses))

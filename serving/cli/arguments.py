@@ -111,6 +111,16 @@ def size_in_bytes(text: str) -> int:
     return n
 
 
+def duration(text: str) -> float:
+    """Seconds from ``7d``, ``12h``, ``30m``, ``90s`` or a number of seconds."""
+    from serving.api.retention import parse_duration
+
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def check_device(device: str, ray_address: str | None = None) -> None:
     """``CliError`` (code 2) for ``cuda`` / ``cuda:N`` on a machine whose GPUs do not include it,
     before any work. Not checked when joining a Ray cluster: its GPUs are not this machine's."""

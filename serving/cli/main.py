@@ -13,8 +13,8 @@ import sys
 from pathlib import Path
 
 from serving.cli import batch, convert, detect, evaluate, export, plan, serve, train
-from serving.cli.arguments import (RUNTIMES, device, one_line_errors, parse_bands, positive_number, precision, score,
-                                   size_in_bytes, whole_number)
+from serving.cli.arguments import (RUNTIMES, device, duration, one_line_errors, parse_bands, positive_number, precision,
+                                   score, size_in_bytes, whole_number)
 from serving.cli.errors import CliError
 from serving.outputs.formats import OUTPUT_FORMATS
 
@@ -121,6 +121,9 @@ def _add_train(sub: Subparsers) -> None:
     p.add_argument("--data", required=True, help="folder with images/ and labelTxt/ (GLH-Bridge / DOTA layout)")
     p.add_argument("--work-dir", help="where checkpoints and logs go (default: runs/<config name>)")
     p.add_argument("--device", type=device, default="auto", help="auto, cpu, cuda or cuda:N (auto: cuda when present)")
+    p.add_argument("--init", metavar="MODEL",
+                   help="start from this trained model's weights (a file or a bundled name such as default): "
+                        "fine-tuning; its architecture must be the config's (default: the config's init_weights)")
     p.add_argument("--stage", action="append", dest="stages", help="train only this stage (repeatable)")
     p.add_argument("--epochs", type=whole_number("epochs", 1),
                    help="override every stage's epochs (schedule steps scale with it)")
@@ -214,7 +217,19 @@ def _add_serve(sub: Subparsers) -> None:
                    help="job database, uploads and results")
     p.add_argument("--api-key", default=None, metavar="KEY",
                    help=f"require this key in the {API_KEY_HEADER} header on every route but /healthz and /readyz "
-                        f"(default: ${API_KEY_ENV}; unset: no key)")
+                        f"(default: ${API_KEY_ENV}; unset: no key); an admin key, beside --keys-file")
+    p.add_argument("--keys-file", type=Path, default=None, metavar="FILE",
+                   help="API keys, one 'NAME KEY' or 'NAME KEY admin' a line (# comments): each key sees and "
+                        "dismisses only its own jobs, an admin key all; jobs and logs carry the name, never the key")
+    p.add_argument("--keep-results", type=duration, default=None, metavar="DURATION",
+                   help="delete finished jobs' files this long after they finish (7d, 12h, 30m); the jobs stay "
+                        "listed as expired and their results answer 410 (default: keep forever)")
+    p.add_argument("--max-data", type=size_in_bytes, default=None, metavar="SIZE",
+                   help="refuse new jobs (507) while the data folder is this large (500G, 20G ...); nothing "
+                        "stored is deleted to make room (default: no limit)")
+    p.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
+                   help="let web pages from ORIGIN (https://maps.example.org, or * for any) call the API from a "
+                        "browser, with a key; repeatable (default: none, CORS off)")
     p.add_argument("--max-upload", type=size_in_bytes, default=4 * 2**30, metavar="SIZE",
                    help="largest upload in bytes (4G, 512M ... accepted); larger ones get 413")
     p.add_argument("--max-pixels", type=whole_number("max pixels", 1), default=None, metavar="N",
@@ -223,8 +238,25 @@ def _add_serve(sub: Subparsers) -> None:
                    help="jobs waiting to run; more get 429")
     p.add_argument("--job-timeout", type=positive_number("job timeout", "seconds"), default=6 * 3600.0, metavar="S",
                    help="a job running longer than S seconds is stopped and failed")
+    p.add_argument("--max-windows", type=whole_number("max windows", 1), default=2000, metavar="N",
+                   help="a scene whose pyramid has more than N windows gets 422 (default 2000: half an hour on "
+                        "a CPU worker)")
+    p.add_argument("--max-job-seconds", type=positive_number("max job seconds", "seconds"), default=3600.0,
+                   metavar="S", help="a job estimated to take longer than S seconds gets 422 (default 3600)")
+    p.add_argument("--seconds-per-window", type=positive_number("seconds per window", "seconds"), default=1.0,
+                   metavar="S", help="the estimate's seconds per window until a finished job has measured "
+                                     "this server's (default 1.0, a CPU worker)")
     p.add_argument("--sync-max-pixels", type=whole_number("sync max pixels", 0), default=25_000_000, metavar="N",
                    help="largest scene a synchronous OGC execution waits for")
+    p.add_argument("--allow-private-hrefs", action="store_true",
+                   help="fetch hrefs on loopback, private and link-local addresses too (default: refused before "
+                        "any request: a client could reach this machine's and its network's services)")
+    p.add_argument("--allow-href-host", action="append", default=[], metavar="HOST", dest="allow_href_hosts",
+                   help="fetch hrefs from HOST (a name or an address) although it is not public; repeatable")
+    p.add_argument("--http-timeout", type=whole_number("http timeout", 1), default=60, metavar="S",
+                   help="seconds one HTTP request reading a scene may take (connecting: at most 10)")
+    p.add_argument("--max-checking", type=whole_number("max checking", 1), default=8, metavar="N",
+                   help="submitted hrefs being opened at once; more get 429")
     _debug(p)
 
 

@@ -6,8 +6,9 @@ from __future__ import annotations
 import argparse
 import re
 
-from hbdnet.pyramid import pyramid_levels, validate_window, window_starts
+from hbdnet.pyramid import validate_window
 from serving.cli.errors import CliError
+from serving.engine.window_count import windows_per_level
 
 
 def _scene_size(scene: str) -> tuple[int, int]:
@@ -20,12 +21,13 @@ def _scene_size(scene: str) -> tuple[int, int]:
             raise CliError(f"scene size must be at least 1 x 1 px, got {w} x {h} (width x height)")
         return h, w
     try:
-        import rasterio
         from rasterio.errors import RasterioIOError
+
+        from serving.engine.scene import gdal_path, open_raster
     except ImportError as err:  # pragma: no cover - rasterio is a core dependency
         raise CliError(f"cannot open {scene!r}: rasterio is not installed") from err
     try:
-        with rasterio.open(scene) as ds:
+        with open_raster(gdal_path(scene)) as ds:
             return ds.height, ds.width
     except RasterioIOError as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
@@ -38,13 +40,10 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as err:
         raise CliError(str(err)) from err
     height, width = _scene_size(args.scene)
-    # Counted per axis, not listed: a huge scene with a small window has more windows than memory.
     print(f"scene {width} x {height} px (width x height), windows of {args.window} px overlapping by "
           f"{args.overlap} px")
     total = 0
-    for lv in pyramid_levels(height, width, args.window):
-        n = len(window_starts(lv.height, args.window, args.overlap)) * len(
-            window_starts(lv.width, args.window, args.overlap))
+    for lv, n in windows_per_level(height, width, args.window, args.overlap):
         total += n
         print(f"level {lv.index}: 1/{lv.scale} -> {lv.width} x {lv.height} px, {n:,} window{'' if n == 1 else 's'}")
     print(f"total windows: {total:,}")

@@ -43,11 +43,12 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from serving.engine.detectors import DetectorSpec, local_gpus
 from serving.engine.pyramid_pass import DEFAULT_BUFFER_BYTES
 from serving.engine.reader import ReadItem, ReadSpec
+from serving.engine.scene import remote_access
 from serving.engine.tasks import Cancel, JobResult, PoolRun, Progress, SceneJob, SceneState, TaskResult, WindowTask
 from serving.engine.worker import WindowWorker, run_scene_in_one_pass
 
@@ -181,6 +182,11 @@ class RayPool:
 
         self.config = config
         self._detector_spec = detector_spec
+        # The driver's way of reading URLs (hbdnet serve: its timeouts, its href proxy on loopback). A
+        # worker on another machine of a cluster cannot reach that proxy, so there it reads directly.
+        self._remote = remote_access()
+        if config.ray_address is not None:
+            self._remote = replace(self._remote, proxy=None)
         local_cpus = max(os.cpu_count() or 1, config.workers or 0)
         self._started_ray = ensure_ray(config.ray_address, local_cpus)
         resources = ray.cluster_resources()
@@ -210,7 +216,7 @@ class RayPool:
 
     def _new_actor(self):
         return self._actor_class.remote(self._detector_spec, self.config.batch_size, self.config.open_scenes,
-                                        self.config.read_threads)
+                                        self.config.read_threads, self._remote)
 
     def run(self, spec: ReadSpec, items: Sequence[ReadItem], progress: Progress | None = None,
             cancel: Cancel | None = None) -> PoolRun:

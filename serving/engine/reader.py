@@ -59,7 +59,7 @@ from rasterio.windows import Window
 from hbdnet.data.raster import DEFAULT_MAX_CHUNK_BYTES, read_pyramid_window
 from hbdnet.pyramid import PlanWindow, plan_pyramid
 from serving.engine.gdal_cache import CacheHold
-from serving.engine.scene import SceneError, SceneInfo, open_scene
+from serving.engine.scene import SceneError, SceneInfo, open_raster, open_scene
 from serving.engine.stretch import Stretch, sample_stretch, stretch_from_samples, valid_mask
 
 PyramidResampling = Literal["exact", "overview"]
@@ -214,7 +214,7 @@ def valid_at(info: SceneInfo, spec: ReadSpec, coverage: CoverageMap | None, cols
         unsure = np.flatnonzero(coverage.any_valid[r, c] & ~valid)
     if unsure.size:
         bands = list(spec.read_bands)
-        with CacheHold(spec.cache_mb * 2**20), rasterio.open(info.uri) as ds:
+        with CacheHold(spec.cache_mb * 2**20), open_raster(info.uri) as ds:
             for i in unsure:
                 window = Window(int(cols[i]), int(rows[i]), 1, 1)
                 data = ds.read(bands, window=window) if spec.finite_only else None
@@ -299,7 +299,7 @@ def prepare_read(info: SceneInfo, *, bands: Sequence[int] | None = None, window:
     stretch, cover = None, None
     scan_coverage = masked and coverage_scan
     if needs_stretch or scan_coverage:
-        with CacheHold(cache * 2**20), rasterio.open(info.uri) as ds:
+        with CacheHold(cache * 2**20), open_raster(info.uri) as ds:
             if needs_stretch:
                 stretch = sample_stretch(ds, read_bands, masked=masked, finite_only=finite_only,
                                          percentiles=percentiles)
@@ -383,7 +383,7 @@ class WindowReader:
     def __init__(self, spec: ReadSpec, max_chunk_bytes: int = DEFAULT_MAX_CHUNK_BYTES):
         self.spec = spec
         self.max_chunk_bytes = max_chunk_bytes  # full-resolution bytes behind one chunk of a level read
-        self._ds = rasterio.open(spec.uri)
+        self._ds = open_raster(spec.uri)
         self._cache = CacheHold(spec.cache_mb * 2**20)
 
     @property

@@ -31,6 +31,7 @@ from serving.engine.ahead import ahead
 from serving.engine.detectors import DetectorSpec, WindowDetector, local_gpus
 from serving.engine.pyramid_pass import PassConfig, PyramidPass
 from serving.engine.reader import ReadItem, ReadSpec, WindowReader
+from serving.engine.scene import RemoteAccess, use_remote_access
 from serving.engine.tasks import SceneState, TaskResult, WindowTask
 from serving.merge.window_detections import WindowDetections
 
@@ -234,7 +235,9 @@ class WindowWorker:
     """
 
     def __init__(self, detector_spec: DetectorSpec, batch_size: int | None = None, readers: int = 2,
-                 read_threads: int | None = None):
+                 read_threads: int | None = None, remote: RemoteAccess | None = None):
+        if remote is not None:  # a Ray actor reads URLs as its driver does
+            use_remote_access(remote)
         self.detector = detector_spec.build()
         gpus = local_gpus(detector_spec)
         on_gpu = gpus > 0

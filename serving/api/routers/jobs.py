@@ -4,21 +4,24 @@ from __future__ import annotations
 
 import re
 from typing import Literal
+from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Depends, Query, Request
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, Response
 
 from serving.api import submit
-from serving.api.deps import base_url, get_job, get_service, require_api_key, status_info
+from serving.api.deps import base_url, get_job, get_service, owner_of, require_api_key, status_info, visible_owner
 from serving.api.errors import OGC_EXCEPTIONS, ApiError
+from serving.api.keys import ApiKey
 from serving.api.models import MEDIA_TYPES, JobHrefRequest, JobList, JobOptions, Link, OgcException, StatusInfo
+from serving.api.ogc_results import OutputChoice, answer
 from serving.api.service import JobService
 from serving.api.store import JobRecord
 from serving.outputs.formats import OutputFormat
 
 router = APIRouter(tags=["jobs"], dependencies=[Depends(require_api_key)])
 
-_ERRORS = {code: {"model": OgcException} for code in (401, 404, 413, 415, 422, 429)}
+_ERRORS = {code: {"model": OgcException} for code in (401, 404, 413, 415, 422, 429, 507)}
 _UPLOAD_FORM = {
     "type": "object",
     "required": ["file"],
@@ -52,20 +55,22 @@ def _created(job: JobRecord, request: Request) -> JSONResponse:
 @router.post("/jobs", status_code=202, response_model=StatusInfo, response_model_exclude_none=True,
              openapi_extra=_POST_BODY, summary="Submit a scene",
              responses={202: {"description": "accepted; Location names the job", "model": StatusInfo}, **_ERRORS})
-async def create_job(request: Request, service: JobService = Depends(get_service)) -> JSONResponse:
+async def create_job(request: Request, service: JobService = Depends(get_service),
+                     caller: ApiKey | None = Depends(require_api_key)) -> JSONResponse:
     """Submit a scene for bridge detection: a file upload (``multipart/form-data`` with a ``file`` part, or
     the raw body as ``image/tiff``) or a JSON body ``{"href": "https://…"}``. The scene is opened before the
     job is accepted; answers 202 with the job's status and a ``Location`` header."""
-    job = await submit.accept_request(request, service)
+    job = await submit.accept_request(request, service, owner=owner_of(caller))
     return _created(job, request)
 
 
 @router.get("/jobs", response_model=JobList, response_model_exclude_none=True, summary="List jobs",
             responses={401: {"model": OgcException}})
 def list_jobs(request: Request, limit: int = Query(20, ge=1, le=1000), offset: int = Query(0, ge=0),
-              service: JobService = Depends(get_service)) -> JobList:
-    """Jobs, newest first, ``limit`` per page; ``links`` has ``next`` and ``prev`` pages."""
-    jobs, total = service.store.page(limit, offset)
+              service: JobService = Depends(get_service), caller: ApiKey | None = Depends(require_api_key)) -> JobList:
+    """Your jobs (an admin key: everyone's), newest first, ``limit`` per page; ``links`` has ``next`` and
+    ``prev`` pages."""
+    jobs, total = service.store.page(limit, offset, owner=visible_owner(caller))
     base = f"{base_url(request)}/jobs"
     links = [Link(href=f"{base}?limit={limit}&offset={offset}", rel="self", type="application/json")]
     if offset + limit < total:
@@ -84,36 +89,47 @@ def get_status(request: Request, job: JobRecord = Depends(get_job)) -> StatusInf
 
 
 @router.get("/jobs/{job_id}/results", summary="A successful job's bridges",
-            responses={200: {"description": "the bridges", "content": {t: {} for t in MEDIA_TYPES.values()}},
-                       401: {"model": OgcException}, 404: {"model": OgcException}})
-def get_results(job: JobRecord = Depends(get_job), f: OutputFormat | Literal["qml"] | None = Query(
+            responses={200: {"description": "the bridges (a results document for a job of an OGC execution "
+                                             "with response document)",
+                             "content": {t: {} for t in (*MEDIA_TYPES.values(), "application/json")}},
+                       401: {"model": OgcException}, 404: {"model": OgcException},
+                       410: {"model": OgcException, "description": "the results were deleted (--keep-results)"}})
+def get_results(request: Request, job: JobRecord = Depends(get_job), f: OutputFormat | Literal["qml"] | None = Query(
         None, description="geojson (default: the job's format), gpkg (QGIS style inside), fgb, or qml (the "
-                          "QGIS style for the fgb)"), service: JobService = Depends(get_service)) -> FileResponse:
+                          "QGIS style for the fgb)"), service: JobService = Depends(get_service)) -> Response:
+    """The bridges as a file; without ``f``, a job made by an OGC execute request answers as that request
+    asked (``response`` raw or document, ``serving.api.ogc_results``)."""
     fmt = f or job.options.get("format", "geojson")
     if job.status != "successful":
         what = {"accepted": "is waiting to run", "running": "is running", "dismissed": "was dismissed",
                 "failed": f"failed: {job.message}"}[job.status]
         raise ApiError(404, f"job {job.id} has no results: it {what}", type_=OGC_EXCEPTIONS + "result-not-ready")
+    if job.expired:
+        raise ApiError(410, f"job {job.id} has no results any more: {job.message} (deleted at {job.expired}); "
+                            "submit the scene again")
     path = service.result_path(job.id, fmt)
     if not path.is_file():
         reason = " (the scene has no CRS, and GeoJSON is WGS84: ask for f=gpkg or f=fgb)" if fmt == "geojson" else ""
         raise ApiError(404, f"job {job.id} has no {fmt} result{reason}")
+    choice = OutputChoice.of_job(job)
+    if f is None and choice is not None:
+        return answer(job, choice, service, base_url(request))
     return FileResponse(path, media_type=MEDIA_TYPES[fmt], filename=f"{_stem(job)}_bridges.{fmt}")
 
 
 @router.delete("/jobs/{job_id}", response_model=StatusInfo, response_model_exclude_none=True, summary="Dismiss a job",
                responses={401: {"model": OgcException}, 404: {"model": OgcException}})
-def dismiss_job(request: Request, job: JobRecord = Depends(get_job),
-                service: JobService = Depends(get_service)) -> StatusInfo:
+def dismiss_job(request: Request, job: JobRecord = Depends(get_job), service: JobService = Depends(get_service),
+                caller: ApiKey | None = Depends(require_api_key)) -> StatusInfo:
     """A queued job never starts, a running one stops (no further window is computed), and the job's files
     are deleted. The job stays listed as ``dismissed``."""
-    done = service.dismiss(job.id)
+    done = service.dismiss(job.id, by=owner_of(caller))
     assert done is not None
     return status_info(done, request)
 
 
 def _stem(job: JobRecord) -> str:
     """A safe file name stem from the scene's name (a label, never a path here)."""
-    name = job.options.get("filename") or job.source.rstrip("/").rsplit("/", 1)[-1] or "scene"
+    name = job.options.get("filename") or urlsplit(job.source).path.rstrip("/").rsplit("/", 1)[-1] or "scene"
     stem = name.rsplit(".", 1)[0] if "." in name else name
     return re.sub(r"[^A-Za-z0-9._-]+", "_", stem)[:80] or "scene"

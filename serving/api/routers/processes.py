@@ -1,18 +1,23 @@
 """OGC API - Processes - Part 1: Core for one process, ``detect-bridges``: landing page, conformance,
-process list and description, execution (async with ``Prefer: respond-async``, sync for small scenes).
-The job routes are ``serving.api.routers.jobs`` (their documents are OGC ``statusInfo``)."""
+process list and description, execution (async with ``Prefer: respond-async``, sync for small scenes;
+results raw or as a document, ``serving.api.ogc_results``), 404 ``no-such-process`` for any other.
+The job routes are ``serving.api.routers.jobs`` (their documents are OGC ``statusInfo``). An invalid
+execute request is 400 (the rule in ``serving.api.errors``)."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import time
 
 from fastapi import APIRouter, Depends, Header, Request
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import JSONResponse, Response
 
 from serving.api import submit
-from serving.api.deps import base_url, get_service, require_api_key, status_info
-from serving.api.errors import OGC_EXCEPTIONS, ApiError
+from serving.api.deps import base_url, get_service, owner_of, require_api_key, status_info
+from serving.api.errors import NO_SUCH_PROCESS, ApiError, as_ogc
+from serving.api.keys import ApiKey
 from serving.api.models import (
     MEDIA_TYPES,
     PROCESS_ID,
@@ -20,6 +25,7 @@ from serving.api.models import (
     Execute,
     InputDescription,
     JobHrefRequest,
+    JobOptions,
     LandingPage,
     Link,
     OgcException,
@@ -29,15 +35,17 @@ from serving.api.models import (
     ProcessSummary,
     StatusInfo,
 )
+from serving.api.ogc_results import answer, choose
 from serving.api.service import JobService
-from serving.api.store import FINAL
+from serving.api.store import FINAL, JobRecord
 
 router = APIRouter(tags=["OGC API - Processes"], dependencies=[Depends(require_api_key)])
 
+# No "oas30": the API definition FastAPI serves is OpenAPI 3.1, and Processes 1.0 has no class for it.
 CONFORMANCE = [f"http://www.opengis.net/spec/ogcapi-processes-1/1.0/conf/{c}"
-               for c in ("core", "ogc-process-description", "json", "oas30", "job-list", "dismiss")]
+               for c in ("core", "ogc-process-description", "json", "job-list", "dismiss")]
 REL = "http://www.opengis.net/def/rel/ogc/1.0/"
-_FORMAT_BY_MEDIA = {v: k for k, v in MEDIA_TYPES.items() if k != "qml"}
+SCENE_MEDIA = "image/tiff"  # an inline scene's media type (parameters such as "; application=geotiff" allowed)
 
 
 def _summary(base: str) -> ProcessSummary:
@@ -46,7 +54,7 @@ def _summary(base: str) -> ProcessSummary:
         description="Bridges in a satellite or aerial scene as oriented rectangles (HBD-Net): score, class, "
                     "length, width and bearing of each.",
         keywords=["bridges", "object detection", "remote sensing"],
-        jobControlOptions=["async-execute", "sync-execute", "dismiss"], outputTransmission=["value"],
+        jobControlOptions=["async-execute", "sync-execute", "dismiss"], outputTransmission=["value", "reference"],
         links=[Link(href=f"{base}/processes/{PROCESS_ID}", rel="self", type="application/json"),
                Link(href=f"{base}/processes/{PROCESS_ID}/execution", rel=REL + "execute",
                     title="execute (POST)")])
@@ -60,12 +68,18 @@ def landing(request: Request, service: JobService = Depends(get_service)) -> Lan
         description=f"OGC API - Processes for bridge detection with model {service.model.label}",
         links=[Link(href=f"{base}/", rel="self", type="application/json", title="this document"),
                Link(href=f"{base}/openapi.json", rel="service-desc",
-                    type="application/vnd.oai.openapi+json;version=3.0", title="the API definition"),
+                    type=openapi_media_type(request.app.openapi_version),
+                    title="the API definition"),
                Link(href=f"{base}/docs", rel="service-doc", type="text/html", title="the API documentation"),
                Link(href=f"{base}/conformance", rel=REL + "conformance", type="application/json",
                     title="conformance classes"),
                Link(href=f"{base}/processes", rel=REL + "processes", type="application/json", title="processes"),
                Link(href=f"{base}/jobs", rel=REL + "job-list", type="application/json", title="jobs")])
+
+
+def openapi_media_type(version: str) -> str:
+    """The media type of an OpenAPI document of ``version`` (``3.1.0``: ``...;version=3.1``)."""
+    return "application/vnd.oai.openapi+json;version=" + ".".join(version.split(".")[:2])
 
 
 @router.get("/conformance", response_model=ConfClasses, summary="Conformance classes")
@@ -88,9 +102,11 @@ def process(request: Request) -> Process:
         **summary.model_dump(),
         inputs={
             "image": InputDescription(
-                title="Scene", description="URL (http, https or s3) of a GeoTIFF or COG; upload files with POST /jobs",
-                minOccurs=1, maxOccurs=1,
-                schema={"type": "string", "format": "uri", "contentMediaType": "image/tiff; application=geotiff"}),
+                title="Scene", description="{\"href\": URL} (http, https or s3) of a GeoTIFF or COG, or a small "
+                "GeoTIFF inline: {\"value\": base64, \"mediaType\": \"image/tiff\"} (up to the server's inline "
+                "limit); upload larger files with POST /jobs", minOccurs=1, maxOccurs=1,
+                schema={"type": "string", "contentEncoding": "binary",
+                        "contentMediaType": "image/tiff; application=geotiff"}),
             "score_threshold": InputDescription(
                 title="Score threshold", description="drop bridges scoring below this (default: the operating "
                 "point stored with the model, else 0)", minOccurs=0, maxOccurs=1,
@@ -104,52 +120,101 @@ def process(request: Request) -> Process:
             title="Bridges", description="one oriented rectangle per bridge with its attributes",
             schema={"oneOf": [{"type": "object", "contentMediaType": MEDIA_TYPES["geojson"]},
                               {"type": "string", "contentEncoding": "binary", "contentMediaType": MEDIA_TYPES["gpkg"]},
-                              {"type": "string", "contentEncoding": "binary", "contentMediaType": MEDIA_TYPES["fgb"]}]})},
+                              {"type": "string", "contentEncoding": "binary",
+                               "contentMediaType": MEDIA_TYPES["fgb"]}]})},
     )
 
 
-def _options(body: Execute) -> JobHrefRequest:
+def _inputs(body: Execute) -> tuple[str | bytes, dict]:
+    """The scene (an href, or the bytes of an inline value) and the other inputs; 422 (400 here) for
+    anything else."""
     inputs = dict(body.inputs)
     image = inputs.pop("image", None)
-    href = image.get("href") if isinstance(image, dict) else image
-    if not isinstance(href, str):
-        raise ApiError(400, 'inputs.image must be {"href": URL} or a URL (http, https or s3)',
-                       type_=OGC_EXCEPTIONS + "invalid-input")
     unknown = set(inputs) - {"score_threshold", "bands"}
     if unknown:
-        raise ApiError(400, f"unknown inputs {sorted(unknown)}; the inputs are image, score_threshold, bands",
-                       type_=OGC_EXCEPTIONS + "invalid-input")
-    fmt = "geojson"
-    out = (body.outputs or {}).get("bridges")
-    if out is not None and out.format is not None and out.format.mediaType:
-        fmt = _FORMAT_BY_MEDIA.get(out.format.mediaType.split(";")[0].strip())  # type: ignore[assignment]
-        if fmt is None:
-            raise ApiError(400, f"output format {out.format.mediaType!r} is not one of {sorted(_FORMAT_BY_MEDIA)}",
-                           type_=OGC_EXCEPTIONS + "invalid-input")
-    return submit.parse(JobHrefRequest, {"href": href, "format": fmt, **inputs})  # type: ignore[return-value]
+        raise ApiError(422, f"unknown inputs {sorted(unknown)}; the inputs are image, score_threshold, bands")
+    if isinstance(image, str):
+        return image, inputs
+    if isinstance(image, dict) and isinstance(image.get("href"), str):
+        return image["href"], inputs
+    if isinstance(image, dict) and isinstance(image.get("value"), str):
+        return _inline_scene(image), inputs
+    raise ApiError(422, 'inputs.image must be {"href": URL} (http, https or s3), the URL, or a GeoTIFF inline '
+                        '{"value": base64, "mediaType": "image/tiff"}')
+
+
+def _inline_scene(image: dict) -> bytes:
+    """The bytes of an inline scene (OGC qualified value: base64 ``value``, ``mediaType`` image/tiff)."""
+    media = str(image.get("mediaType") or SCENE_MEDIA)
+    if media.split(";")[0].strip().lower() != SCENE_MEDIA:
+        raise ApiError(422, f"inputs.image.mediaType must be {SCENE_MEDIA} for a scene inline, got {media[:80]!r}")
+    if image.get("encoding") not in (None, "base64"):
+        raise ApiError(422, f"inputs.image.encoding must be base64, got {str(image['encoding'])[:40]!r}")
+    try:
+        return base64.b64decode(image["value"], validate=True)
+    except (binascii.Error, ValueError):
+        raise ApiError(422, "inputs.image.value is not base64") from None
+
+
+async def _read_execute(request: Request, service: JobService) -> Execute:
+    """The execute request, read within the JSON limit plus room for a scene inline (base64: 4/3 of it)."""
+    inline = submit.inline_limit(service)
+    limit = submit.MAX_JSON_BYTES + (inline + 2) // 3 * 4
+    data = await submit.json_body(request, limit, too_large=(
+        f"execute request larger than {limit:,} bytes: a scene inline may have at most {inline:,} bytes "
+        "(before base64); give larger scenes as an href, or upload them with POST /jobs"))
+    return submit.parse(Execute, data)
 
 
 @router.post(f"/processes/{PROCESS_ID}/execution", summary="Execute detect-bridges",
-             responses={200: {"description": "the bridges (synchronous execution)",
-                              "content": {t: {} for t in MEDIA_TYPES.values()}},
+             openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
+                 "schema": Execute.model_json_schema(ref_template="#/components/schemas/{model}")}}}},
+             responses={200: {"description": "the bridges (synchronous execution): the file (response raw) or a "
+                                             "results document (response document)",
+                              "content": {t: {} for t in (*MEDIA_TYPES.values(), "application/json")}},
                         201: {"description": "accepted (asynchronous execution); Location names the job",
                               "model": StatusInfo},
-                        **{c: {"model": OgcException} for c in (400, 401, 422, 429, 500)}})
-async def execute(body: Execute, request: Request, prefer: str | None = Header(None),
-                  service: JobService = Depends(get_service)):
-    """Run the process on ``inputs.image`` (a URL). With ``Prefer: respond-async`` (or a scene larger than the
-    server's synchronous limit) the answer is 201 with the job's status and ``Location``; otherwise the request
-    waits for the job and answers the bridges."""
-    options = _options(body)
+                        204: {"description": "response raw, transmissionMode reference: the output's URL in Link"},
+                        **{c: {"model": OgcException} for c in (400, 401, 413, 429, 500, 507)}})
+async def execute(request: Request, prefer: str | None = Header(None), service: JobService = Depends(get_service),
+                  caller: ApiKey | None = Depends(require_api_key)) -> Response:
+    """Run the process on ``inputs.image`` (a URL, or a small GeoTIFF inline). With ``Prefer: respond-async``
+    (or a scene larger than the server's synchronous limit) the answer is 201 with the job's status and
+    ``Location``; otherwise the request waits for the job and answers its results as ``response`` and
+    ``outputs.bridges`` (format, transmissionMode) ask. Invalid requests are 400."""
+    try:
+        return await _execute(request, prefer, service, caller)
+    except ApiError as exc:
+        raise as_ogc(exc) from None
+
+
+async def _execute(request: Request, prefer: str | None, service: JobService, caller: ApiKey | None) -> Response:
+    body = await _read_execute(request, service)
+    scene, inputs = _inputs(body)
+    choice = choose(body.outputs, body.response)
     wants_async = prefer is not None and "respond-async" in prefer.lower()
-    job, info = await submit.accept_href(service, options, sync=not wants_async)
+    sync, owner, extra = not wants_async, owner_of(caller), choice.job_options()
+    if isinstance(scene, bytes):
+        options = submit.parse(JobOptions, {**inputs, "format": choice.format})
+        job, info = await submit.accept_inline(service, scene, options, sync=sync, owner=owner, extra=extra)
+    else:
+        href_options = submit.parse(JobHrefRequest, {**inputs, "href": scene, "format": choice.format})
+        job, info = await submit.accept_href(service, href_options, sync=sync, owner=owner, extra=extra)
+    base = base_url(request)
     if wants_async or info.width * info.height > service.settings.sync_max_pixels:
-        headers = {"Location": f"{base_url(request)}/jobs/{job.id}"}
+        headers = {"Location": f"{base}/jobs/{job.id}"}
         if wants_async:
             headers["Preference-Applied"] = "respond-async"
         return JSONResponse(status_info(job, request).model_dump(mode="json", exclude_none=True), status_code=201,
                             headers=headers)
+    done = await _finished(service, job)
+    return answer(done, choice, service, base, headers={"Link": f'<{base}/jobs/{job.id}>; rel="monitor"'})
+
+
+async def _finished(service: JobService, job: JobRecord) -> JobRecord:
+    """``job`` once it has succeeded (a synchronous execution waits for it); 500 with the reason otherwise."""
     deadline = time.monotonic() + service.settings.job_timeout_s + 60
+    current = None
     while time.monotonic() < deadline:
         current = service.store.get(job.id)
         if current is not None and current.status in FINAL:
@@ -158,6 +223,19 @@ async def execute(body: Execute, request: Request, prefer: str | None = Header(N
     if current is None or current.status != "successful":
         reason = current.message if current is not None else "the job disappeared"
         raise ApiError(500, f"job {job.id} did not succeed: {reason}")
-    fmt = options.format
-    return FileResponse(service.result_path(job.id, fmt), media_type=MEDIA_TYPES[fmt],
-                        headers={"Link": f'<{base_url(request)}/jobs/{job.id}>; rel="monitor"'})
+    return current
+
+
+def _no_such_process(process_id: str) -> ApiError:
+    return ApiError(404, f"no process {process_id[:64]!r}; this server has one process, {PROCESS_ID!r}",
+                    type_=NO_SUCH_PROCESS)
+
+
+@router.get("/processes/{process_id}", include_in_schema=False)
+def unknown_process(process_id: str) -> None:
+    raise _no_such_process(process_id)
+
+
+@router.post("/processes/{process_id}/execution", include_in_schema=False)
+def execute_unknown_process(process_id: str) -> None:
+    raise _no_such_process(process_id)

@@ -24,8 +24,23 @@ def test_sizes(text, value):
 
 
 @pytest.mark.parametrize("args", [["--max-upload", "lots"], ["--max-queue", "0"], ["--workers", "-1"],
-                                  ["--job-timeout", "-5"]])
+                                  ["--job-timeout", "-5"], ["--keep-results", "soon"], ["--keep-results", "0h"],
+                                  ["--max-data", "lots"]])
 def test_bad_options_are_usage_errors(args, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["serve", *args])
     assert exc.value.code == 2
+
+
+@pytest.mark.parametrize("option, words", [(["--keys-file", "KEYS"], ["line 1", "too short"]),
+                                           (["--keys-file", "MISSING"], ["cannot read the keys file"]),
+                                           (["--cors-origin", "maps.example.org"], ["CORS origin"])])
+def test_bad_keys_file_or_origin_is_an_error_before_listening(tmp_path, capsys, option, words):
+    keys = tmp_path / "keys.txt"
+    keys.write_text("alice tooshortkey\n")
+    option = [str(keys) if o == "KEYS" else str(tmp_path / "missing.txt") if o == "MISSING" else o for o in option]
+    assert main(["serve", *option, "--data-dir", str(tmp_path / "d")]) == 2
+    err = capsys.readouterr().err
+    assert all(w in err for w in words), err
+    assert "tooshortkey" not in err
+    assert not (tmp_path / "d").exists()

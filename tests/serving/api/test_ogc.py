@@ -36,7 +36,7 @@ def test_schemas_catch_a_wrong_document():
 
 
 def test_ogc_documents_validate(serve, client, scene_file, static_server, wait_job):
-    server = serve()
+    server = serve(allow_href_hosts=["127.0.0.1"])  # the scene's URL is on loopback: the operator allows it
     url = server.url
     validate(client.get(f"{url}/").json(), "landingPage.yaml")
     rels = {link["rel"] for link in client.get(f"{url}/").json()["links"]}

@@ -4,6 +4,7 @@ options, same bridges."""
 from __future__ import annotations
 
 import pyogrio.raw
+import pytest
 import shapely
 
 from serving.cli.main import main
@@ -42,4 +43,13 @@ def test_a_job_and_hbdnet_detect_write_the_same_bridges(serve, client, scene_fil
     # The scene is named as each was given it: the uploaded file's name, the local path.
     assert {r.pop("scene") for r in rows_served} == {"twin.tif"}
     assert {r.pop("scene") for r in rows_local} == {str(scene)}
-    assert rows_served == rows_local
+    # Equal to float32 rounding: torch's convolutions may sum in another order from one run to the next.
+    assert len(rows_served) == len(rows_local)
+    def key(row: dict) -> tuple:
+        return round(float(row["cx_px"]), 2), round(float(row["cy_px"]), 2), int(row["level"])
+
+    for a, b in zip(sorted(rows_served, key=key), sorted(rows_local, key=key)):
+        assert shapely.from_wkt(a.pop("geometry")).equals_exact(shapely.from_wkt(b.pop("geometry")), 1e-3)
+        numbers = [k for k, v in a.items() if not isinstance(v, str)]
+        assert {k: a[k] for k in a if k not in numbers} == {k: b[k] for k in b if k not in numbers}
+        assert [float(a[k]) for k in numbers] == pytest.approx([float(b[k]) for k in numbers], rel=1e-5, abs=1e-6)

@@ -340,3 +340,22 @@ def test_ray_starts_without_its_token_notice(ray_runtime):
                                "to opt out.", None, None)
     other = logger.makeRecord(logger.name, logging.WARNING, __file__, 1, "something else", None, None)
     assert not logger.filter(notice) and logger.filter(other)
+
+
+def test_ray_workers_read_urls_through_the_drivers_proxy(ray_runtime, bridges):
+    """hbdnet serve sends every HTTP request of a scene through its href proxy, which refuses redirects
+    to private addresses: its Ray workers' window reads too, with its timeouts."""
+    import ray
+
+    from serving.engine import scene
+
+    before = scene.remote_access()
+    scene.set_http_limits(request_s=7)
+    scene.set_http_proxy("127.0.0.1:3128")
+    try:
+        with RayPool(PerfectSpec(bridges), PoolConfig(workers=1)) as pool:
+            seen = ray.get(pool.actors[0].__ray_call__.remote(lambda worker: scene.scene_gdal_config()))
+    finally:
+        scene.use_remote_access(before)
+    assert seen["GDAL_HTTP_PROXY"] == seen["GDAL_HTTPS_PROXY"] == "127.0.0.1:3128"
+    assert seen["GDAL_HTTP_TIMEOUT"] == "7"
