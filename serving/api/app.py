@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from serving.api import errors, web
+from serving.api import errors, web, webpage
 from serving.api.keys import server_keys
 from serving.api.routers import docs, jobs, ops, processes
 from serving.api.service import JobService
@@ -52,9 +52,11 @@ def create_app(settings: Settings, service: JobService | None = None) -> FastAPI
     app.state.service = None
     app.state.keys = keys
     errors.install(app)
+    app.include_router(processes.landing_router)
     app.include_router(processes.router)
     app.include_router(jobs.router)
     app.include_router(ops.router)
     docs.install(app)
+    webpage.install(app)
     web.install_cors(app, settings.cors_origins)
     return app

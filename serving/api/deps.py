@@ -10,9 +10,10 @@ from fastapi.security import APIKeyHeader
 from serving.api.errors import NO_SUCH_JOB, ApiError
 from serving.api.keys import ApiKey, find_key
 from serving.api.models import Link, StatusInfo, WindowProgress
-from serving.api.service import JobService
+from serving.api.service import JobService, scene_label
 from serving.api.settings import API_KEY_HEADER, Settings
 from serving.api.store import JobRecord
+from serving.api.webpage import wants_html
 from serving.outputs.formats import OUTPUT_FORMATS
 
 _api_key_header = APIKeyHeader(name=API_KEY_HEADER, auto_error=False,
@@ -40,6 +41,13 @@ def require_api_key(request: Request, key: str | None = Security(_api_key_header
         raise ApiError(401, f"missing or wrong API key: send it in the {API_KEY_HEADER} header",
                        headers={"WWW-Authenticate": f'ApiKey header="{API_KEY_HEADER}"'})
     return found
+
+
+def require_api_key_unless_page(request: Request, key: str | None = Security(_api_key_header)) -> ApiKey | None:
+    """``require_api_key``, except for a browser asking for the web page, which holds no data."""
+    if wants_html(request):
+        return None
+    return require_api_key(request, key)
 
 
 def owner_of(caller: ApiKey | None) -> str | None:
@@ -86,7 +94,7 @@ def status_info(job: JobRecord, request: Request) -> StatusInfo:
     total, done = job.windows_total, job.windows_done
     progress = 100 if job.status == "successful" else (int(100 * done / total) if total else 0)
     timings = dict(job.timings) or None
-    return StatusInfo(jobID=job.id, status=job.status, message=job.message, created=job.created, started=job.started,
+    return StatusInfo(jobID=job.id, status=job.status, message=job.message, scene=scene_label(job), created=job.created, started=job.started,
                       finished=job.finished, updated=job.updated, progress=min(100, progress), links=links,
                       windows=WindowProgress(done=done, total=total) if total else None, timings=timings,
                       detections=job.detections, format=job.options.get("format"), notes=job.notes or None,

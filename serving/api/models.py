@@ -89,6 +89,16 @@ class JobHrefRequest(JobOptions):
         return check_href(v)
 
 
+class Quicklook(BaseModel):
+    """A finished job's scene as a picture for a web map (``serving.outputs.quicklook``)."""
+
+    bbox: list[float] = Field(description="west, south, east, north in degrees (WGS84); the PNG is in Web "
+                                          "Mercator (EPSG:3857) and spans this box exactly there")
+    width: int
+    height: int
+    href: str = Field(description="the PNG, RGBA, transparent where the scene has no data")
+
+
 class WindowProgress(BaseModel):
     done: int
     total: int
@@ -102,6 +112,8 @@ class StatusInfo(BaseModel):
     processID: str = PROCESS_ID
     status: JobStatus
     message: str | None = Field(None, description="why a failed job failed, or what a job is doing")
+    scene: str | None = Field(None, description="the scene as the client named it: the uploaded file's name, or "
+                                                "the href (without user info or signing parameters)")
     created: str | None = None
     started: str | None = None
     finished: str | None = None

@@ -40,15 +40,28 @@ from serving.api.settings import Settings
 from serving.api.store import FINAL, JobRecord, JobStore, SqliteJobStore, now
 from serving.detect import DetectOptions, PreparedScene, detect, write
 from serving.engine.pools import InProcessPool, PoolConfig, RayPool, make_pool
-from serving.engine.scene import SceneError, public_href, set_http_limits, set_http_proxy, shown_as, trust_local_files
+from serving.engine.reader import select_bands
+from serving.engine.scene import (
+    SceneError,
+    SceneInfo,
+    gdal_path,
+    open_raster,
+    public_href,
+    set_http_limits,
+    set_http_proxy,
+    shown_as,
+    trust_local_files,
+)
 from serving.engine.tasks import Cancelled
 from serving.model_ref import ModelRef
 from serving.outputs.formats import OUTPUT_FORMATS, OutputError
+from serving.outputs.quicklook import write_quicklook
 
 log = logging.getLogger("hbdnet.serve")
 
 INPUT_NAME = "input"
 RESULT_STEM = "bridges"
+QUICKLOOK_NAME = "quicklook.png"
 INTERRUPTED = ("interrupted: the server stopped twice while this job ran; submit it again, and tell the "
                "operator if it happens again")
 
@@ -177,6 +190,10 @@ class JobService:
             raise ValueError(fmt)
         return self.job_dir(job_id) / f"{RESULT_STEM}.{fmt}"
 
+    def quicklook_path(self, job_id: str) -> Path:
+        """The scene's quicklook for the web page (``serving.outputs.quicklook``); its bounds beside it."""
+        return self.job_dir(job_id) / QUICKLOOK_NAME
+
     @staticmethod
     def new_id() -> str:
         return str(uuid.uuid4())
@@ -300,7 +317,7 @@ class JobService:
         opts = job.options
         folder = self.job_dir(job.id)
         uri = str(self.input_path(job.id)) if job.source == "upload" else job.source
-        label = opts.get("filename") or public_href(job.source)
+        label = scene_label(job)
 
         def for_client(text: str) -> str:
             return _for_client(text, uri, folder, label)
@@ -348,6 +365,8 @@ class JobService:
             formats = [f for f in OUTPUT_FORMATS if f != "geojson" or result.scene.crs is not None]
             notes = [for_client(n) for n in write(result, [self.result_path(job.id, f) for f in formats], self.model,
                                                    scene_label=label)]
+            if result.scene.crs is not None:
+                self._write_quicklook(job.id, uri, result.scene, options.bands)
         except Cancelled:
             self._stopped(job, timed_out.is_set(), last["done"])
             return
@@ -377,6 +396,16 @@ class JobService:
         self.window_rate.add(result.timings.get("stream", 0.0), result.windows)
         self.input_path(job.id).unlink(missing_ok=True)  # the results are what is kept
 
+    def _write_quicklook(self, job_id: str, uri: str, scene: SceneInfo, bands: tuple[int, ...] | None) -> None:
+        """The web page's picture of the scene in the job's bands, made while the scene is still here; a
+        job without one is still a success (the page then shows the bridges alone)."""
+        try:
+            bands = select_bands(scene, bands)
+            with open_raster(gdal_path(uri), untrusted=True) as ds:
+                write_quicklook(ds, bands[:1] if len(set(bands)) == 1 else bands, self.quicklook_path(job_id))
+        except Exception:
+            log.exception("job %s: no quicklook", job_id)
+
     def _stopped(self, job: JobRecord, timed_out: bool, done: int) -> None:
         with self._lock:
             current = self.store.get(job.id)
@@ -397,6 +426,11 @@ class JobService:
             current = self.store.get(job_id)
             if current is not None and current.status not in FINAL:
                 self.store.update(job_id, status="failed", finished=now(), message=message)
+
+
+def scene_label(job: JobRecord) -> str:
+    """The scene as its client named it: the uploaded file's name, or the href without its secrets."""
+    return job.options.get("filename") or public_href(job.source)
 
 
 def _who(name: str | None) -> str:

@@ -32,6 +32,9 @@ class Settings(BaseModel):
                                                      "each key sees only its own jobs, an admin key all")
     cors_origins: list[str] = Field([], description="web origins allowed to call the API from a browser (CORS); "
                                                     "none by default")
+    basemap: str | None = Field(None, description="tile URL template ({z}/{x}/{y}) under the web page's map; "
+                                                   "None: no basemap (the page loads nothing from elsewhere)")
+    basemap_attribution: str | None = Field(None, description="the basemap's attribution, shown on the map")
     keep_results_s: float | None = Field(None, gt=0, description="finished jobs' files are deleted this long "
                                                                  "after they finish (records kept); None: forever")
     max_data_bytes: int | None = Field(None, gt=0, description="size of the data folder past which "

@@ -230,6 +230,12 @@ def _add_serve(sub: Subparsers) -> None:
     p.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
                    help="let web pages from ORIGIN (https://maps.example.org, or * for any) call the API from a "
                         "browser, with a key; repeatable (default: none, CORS off)")
+    p.add_argument("--basemap", default=None, metavar="URL",
+                   help="tiles under the web page's map, a template such as "
+                        "https://tile.openstreetmap.org/{z}/{x}/{y}.png (default: none; the page then loads "
+                        "nothing from elsewhere)")
+    p.add_argument("--basemap-attribution", default=None, metavar="TEXT",
+                   help="the basemap's attribution, shown on the map (e.g. '(c) OpenStreetMap contributors')")
     p.add_argument("--max-upload", type=size_in_bytes, default=4 * 2**30, metavar="SIZE",
                    help="largest upload in bytes (4G, 512M ... accepted); larger ones get 413")
     p.add_argument("--max-pixels", type=whole_number("max pixels", 1), default=None, metavar="N",

@@ -19,12 +19,14 @@ def run(args: argparse.Namespace) -> int:
     from serving.api.service import JobService
     from serving.api.settings import API_KEY_ENV, Settings
     from serving.api.web import check_origin
+    from serving.api.webpage import check_basemap
 
     api_key = args.api_key or os.environ.get(API_KEY_ENV) or None
     # A bad keys file, origin or --model fails here, before the data folder is made or the server listens.
     try:
         server_keys(api_key, args.keys_file)
         origins = [check_origin(o) for o in args.cors_origin]
+        basemap = check_basemap(args.basemap) if args.basemap else None
     except (KeysFileError, ValueError) as exc:
         raise CliError(str(exc)) from None
     model = resolve_model(args.model, args.device, args.precision, args.runtime)
@@ -33,6 +35,7 @@ def run(args: argparse.Namespace) -> int:
                         precision=args.precision, runtime=args.runtime, workers=args.workers,
                         read_threads=args.read_threads, ray_address=args.ray_address,
                         api_key=api_key, keys_file=args.keys_file, cors_origins=origins,
+                        basemap=basemap, basemap_attribution=args.basemap_attribution,
                         keep_results_s=args.keep_results, max_data_bytes=args.max_data,
                         max_upload_bytes=args.max_upload, max_queue=args.max_queue, job_timeout_s=args.job_timeout,
                         sync_max_pixels=args.sync_max_pixels, allow_private_hrefs=args.allow_private_hrefs,

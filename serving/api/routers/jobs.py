@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
@@ -13,11 +14,21 @@ from serving.api import submit
 from serving.api.deps import base_url, get_job, get_service, owner_of, require_api_key, status_info, visible_owner
 from serving.api.errors import OGC_EXCEPTIONS, ApiError
 from serving.api.keys import ApiKey
-from serving.api.models import MEDIA_TYPES, JobHrefRequest, JobList, JobOptions, Link, OgcException, StatusInfo
+from serving.api.models import (
+    MEDIA_TYPES,
+    JobHrefRequest,
+    JobList,
+    JobOptions,
+    Link,
+    OgcException,
+    Quicklook,
+    StatusInfo,
+)
 from serving.api.ogc_results import OutputChoice, answer
 from serving.api.service import JobService
 from serving.api.store import JobRecord
 from serving.outputs.formats import OutputFormat
+from serving.outputs.quicklook import read_bounds
 
 router = APIRouter(tags=["jobs"], dependencies=[Depends(require_api_key)])
 
@@ -100,13 +111,7 @@ def get_results(request: Request, job: JobRecord = Depends(get_job), f: OutputFo
     """The bridges as a file; without ``f``, a job made by an OGC execute request answers as that request
     asked (``response`` raw or document, ``serving.api.ogc_results``)."""
     fmt = f or job.options.get("format", "geojson")
-    if job.status != "successful":
-        what = {"accepted": "is waiting to run", "running": "is running", "dismissed": "was dismissed",
-                "failed": f"failed: {job.message}"}[job.status]
-        raise ApiError(404, f"job {job.id} has no results: it {what}", type_=OGC_EXCEPTIONS + "result-not-ready")
-    if job.expired:
-        raise ApiError(410, f"job {job.id} has no results any more: {job.message} (deleted at {job.expired}); "
-                            "submit the scene again")
+    _check_finished(job)
     path = service.result_path(job.id, fmt)
     if not path.is_file():
         reason = " (the scene has no CRS, and GeoJSON is WGS84: ask for f=gpkg or f=fgb)" if fmt == "geojson" else ""
@@ -115,6 +120,34 @@ def get_results(request: Request, job: JobRecord = Depends(get_job), f: OutputFo
     if f is None and choice is not None:
         return answer(job, choice, service, base_url(request))
     return FileResponse(path, media_type=MEDIA_TYPES[fmt], filename=f"{_stem(job)}_bridges.{fmt}")
+
+
+@router.get("/jobs/{job_id}/quicklook", response_model=Quicklook, summary="A finished job's scene, for a map",
+            responses={401: {"model": OgcException}, 404: {"model": OgcException}, 410: {"model": OgcException}})
+def get_quicklook(request: Request, job: JobRecord = Depends(get_job),
+                  service: JobService = Depends(get_service)) -> Quicklook:
+    """Where the scene's quicklook lies (``bbox`` in degrees, WGS84; the picture is in Web Mercator, so it
+    spans the bbox exactly on a Web Mercator map) and its link; 404 for a scene without a CRS."""
+    path = _quicklook_file(job, service)
+    b = read_bounds(path)
+    return Quicklook(bbox=[b.west, b.south, b.east, b.north], width=b.width, height=b.height,
+                     href=f"{base_url(request)}/jobs/{job.id}/quicklook.png")
+
+
+@router.get("/jobs/{job_id}/quicklook.png", summary="A finished job's scene as a picture (PNG, Web Mercator)",
+            response_class=FileResponse, responses={200: {"content": {"image/png": {}}},
+                                                    401: {"model": OgcException}, 404: {"model": OgcException},
+                                                    410: {"model": OgcException}})
+def get_quicklook_png(job: JobRecord = Depends(get_job), service: JobService = Depends(get_service)) -> FileResponse:
+    return FileResponse(_quicklook_file(job, service), media_type="image/png")
+
+
+def _quicklook_file(job: JobRecord, service: JobService) -> Path:
+    _check_finished(job)
+    path = service.quicklook_path(job.id)
+    if not path.is_file():
+        raise ApiError(404, f"job {job.id} has no quicklook: the scene has no CRS, so it has no place on a map")
+    return path
 
 
 @router.delete("/jobs/{job_id}", response_model=StatusInfo, response_model_exclude_none=True, summary="Dismiss a job",
@@ -126,6 +159,17 @@ def dismiss_job(request: Request, job: JobRecord = Depends(get_job), service: Jo
     done = service.dismiss(job.id, by=owner_of(caller))
     assert done is not None
     return status_info(done, request)
+
+
+def _check_finished(job: JobRecord) -> None:
+    """404 for a job that has not succeeded, 410 for one whose files were deleted."""
+    if job.status != "successful":
+        what = {"accepted": "is waiting to run", "running": "is running", "dismissed": "was dismissed",
+                "failed": f"failed: {job.message}"}[job.status]
+        raise ApiError(404, f"job {job.id} has no results: it {what}", type_=OGC_EXCEPTIONS + "result-not-ready")
+    if job.expired:
+        raise ApiError(410, f"job {job.id} has no results any more: {job.message} (deleted at {job.expired}); "
+                            "submit the scene again")
 
 
 def _stem(job: JobRecord) -> str:

@@ -12,10 +12,10 @@ import binascii
 import time
 
 from fastapi import APIRouter, Depends, Header, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 
-from serving.api import submit
-from serving.api.deps import base_url, get_service, owner_of, require_api_key, status_info
+from serving.api import submit, webpage
+from serving.api.deps import base_url, get_service, owner_of, require_api_key, require_api_key_unless_page, status_info
 from serving.api.errors import NO_SUCH_PROCESS, ApiError, as_ogc
 from serving.api.keys import ApiKey
 from serving.api.models import (
@@ -40,6 +40,8 @@ from serving.api.service import JobService
 from serving.api.store import FINAL, JobRecord
 
 router = APIRouter(tags=["OGC API - Processes"], dependencies=[Depends(require_api_key)])
+# The landing route answers a browser with the web page, which needs no key (it asks for one itself).
+landing_router = APIRouter(tags=["OGC API - Processes"])
 
 # No "oas30": the API definition FastAPI serves is OpenAPI 3.1, and Processes 1.0 has no class for it.
 CONFORMANCE = [f"http://www.opengis.net/spec/ogcapi-processes-1/1.0/conf/{c}"
@@ -60,8 +62,14 @@ def _summary(base: str) -> ProcessSummary:
                     title="execute (POST)")])
 
 
-@router.get("/", response_model=LandingPage, response_model_exclude_none=True, summary="Landing page")
-def landing(request: Request, service: JobService = Depends(get_service)) -> LandingPage:
+@landing_router.get("/", response_model=LandingPage, response_model_exclude_none=True,
+                    summary="Landing page (the web page for a browser)",
+                    responses={200: {"content": {"text/html": {}}}, 401: {"model": OgcException}})
+def landing(request: Request, service: JobService = Depends(get_service),
+            caller: ApiKey | None = Depends(require_api_key_unless_page)) -> LandingPage | HTMLResponse:
+    """The OGC landing document; for a browser (``text/html`` in Accept, or ``?f=html``) the web page."""
+    if webpage.wants_html(request):
+        return webpage.page(service, request.app.state.settings)
     base = base_url(request)
     return LandingPage(
         title="hbdnet: bridge detection",
