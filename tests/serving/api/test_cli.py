@@ -34,8 +34,9 @@ def test_bad_options_are_usage_errors(args, capsys):
 
 @pytest.mark.parametrize("option, words", [(["--keys-file", "KEYS"], ["line 1", "too short"]),
                                            (["--keys-file", "MISSING"], ["cannot read the keys file"]),
-                                           (["--cors-origin", "maps.example.org"], ["CORS origin"])])
-def test_bad_keys_file_or_origin_is_an_error_before_listening(tmp_path, capsys, option, words):
+                                           (["--cors-origin", "maps.example.org"], ["CORS origin"]),
+                                           (["--basemap", "https://tiles.example.org/a.png"], ["--basemap", "{z}"])])
+def test_bad_keys_file_origin_or_basemap_is_an_error_before_listening(tmp_path, capsys, option, words):
     keys = tmp_path / "keys.txt"
     keys.write_text("alice tooshortkey\n")
     option = [str(keys) if o == "KEYS" else str(tmp_path / "missing.txt") if o == "MISSING" else o for o in option]

@@ -260,3 +260,43 @@ def test_with_an_api_key_the_page_asks_for_it_once_and_never_puts_it_in_a_url(se
     assert api_calls and all(headers.get("x-api-key") in (KEY, "not-the-key-at-all") for _, headers in api_calls)
     assert not any(KEY in url or "not-the-key" in url for url, _ in t.requests)
     assert [m for m in t.console if "401" not in m] == []  # the refused key's 401 is logged by the browser
+
+
+def test_a_dropped_file_is_submitted(serve, tab, scene_file):
+    server = serve()
+    t = tab(server.url)
+    data = list(scene_file("dropped.tif", 300, 300).read_bytes())
+    dropped = t.page.evaluate_handle("""(bytes) => {
+        const transfer = new DataTransfer();
+        transfer.items.add(new File([new Uint8Array(bytes)], "dropped.tif", {type: "image/tiff"}));
+        return transfer; }""", data)
+    t.page.dispatch_event("#drop-zone", "drop", {"dataTransfer": dropped})
+    assert t.page.inner_text("#file-name") == "dropped.tif"
+    t.page.click("#submit-button")
+    assert t.wait_status(("successful", "failed"), timeout=60) == "successful"
+    assert t.job_row().locator("td").first.inner_text() == "dropped.tif"
+    assert server.service.store.page(1, 0)[0][0].options["filename"] == "dropped.tif"
+
+
+def test_refusals_and_failures_reach_the_page_in_words(serve, tab, scene_file):
+    server = serve()
+    detector = server.service.pool._worker.detector
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("the detector broke on purpose")
+
+    t = tab(server.url)
+    t.page.fill("#href-input", "http://127.0.0.1:9/scene.tif")  # loopback: refused before any request
+    t.page.click("#submit-button")
+    t.wait_true("document.querySelector('#submit-error').textContent.length > 0")
+    assert "is not a public address" in t.page.inner_text("#submit-error")
+    assert server.service.store.page(10, 0)[1] == 0
+
+    detector.detect = broken
+    t.page.set_input_files("#file-input", str(scene_file("s.tif", 300, 300)))
+    t.page.click("#submit-button")
+    assert t.wait_status(("successful", "failed"), timeout=60) == "failed"
+    assert t.job_row().locator("td.state").inner_text() == "failed"
+    reason = t.page.inner_text("#jobs tbody tr[data-reason-of] td.reason")
+    assert "the detector broke on purpose" in reason
+    assert [m for m in t.console if "422" not in m] == []  # the browser logs the refused submission
