@@ -34,8 +34,8 @@ def run(args: argparse.Namespace) -> int:
     check_device(args.device, args.ray_address)  # before any work
     output = Path(args.output) if args.output else Path.cwd() / f"{scene_stem(args.scene)}_bridges.gpkg"
     model = resolve_model(args.model, args.device, args.precision, args.runtime)
-    bar = tqdm(total=0, unit="window", desc=scene_stem(args.scene), disable=not show_progress(args),
-               file=sys.stderr, dynamic_ncols=True)
+    bar = tqdm(total=0, unit="window", desc=scene_stem(args.scene),
+               disable=args.progress_lines or not show_progress(args), file=sys.stderr, dynamic_ncols=True)
 
     def say(line: str) -> None:
         tqdm.write(f"hbdnet detect: {line}", file=sys.stderr)
@@ -46,7 +46,12 @@ def run(args: argparse.Namespace) -> int:
         say(f"plan: {plan_summary(prepared.info, prepared.plan)}")
         estimate.start()
 
+    last = [(-1, -1)]
+
     def progress(done: int, total: int) -> None:
+        if args.progress_lines and (done, total) != last[0]:
+            last[0] = (done, total)
+            print(f"hbdnet detect: progress {done}/{total} windows", file=sys.stderr, flush=True)
         bar.total = total
         bar.update(done - bar.n)
         estimate(done, total)

@@ -183,6 +183,9 @@ def _add_detect(sub: Subparsers) -> None:
     p.add_argument("-o", "--output", metavar="OUT",
                    help="output file, .gpkg, .geojson or .fgb (default: ./<scene stem>_bridges.gpkg)")
     _run_arguments(p)
+    p.add_argument("--progress-lines", action="store_true",
+                   help="instead of a progress bar, a line 'hbdnet detect: progress DONE/TOTAL windows' on stderr "
+                        "as windows complete: for programs that run hbdnet (the QGIS plugin)")
 
 
 def _add_batch(sub: Subparsers) -> None:

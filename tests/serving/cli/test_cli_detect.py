@@ -258,3 +258,16 @@ def test_scene_errors_from_the_library(tmp_path):
     with pytest.raises(SceneError, match="scene not found"):
         detect_to_file(str(tmp_path / "nope.tif"), tmp_path / "o.gpkg", model, pool_config=IN_PROCESS)
     assert not (tmp_path / "o.gpkg").exists()
+
+
+def test_progress_lines_for_programs_that_run_hbdnet(tmp_path, tiny_checkpoint, capsys):
+    tif = write_tif(tmp_path / "scene.tif", LONLAT, size=(1500, 2200))
+    rc = main(["detect", str(tif), "-o", str(tmp_path / "b.gpkg"), "--model", str(tiny_checkpoint), "--workers", "0",
+               "--device", "cpu", "--progress-lines"])
+    assert rc == 0
+    lines = [line for line in capsys.readouterr().err.splitlines() if "progress" in line]
+    steps = [tuple(map(int, line.split()[-2].split("/"))) for line in lines]
+    assert all(line.startswith("hbdnet detect: progress ") and line.endswith(" windows") for line in lines)
+    total = steps[-1][1]
+    assert total > 1 and steps[-1] == (total, total) and len(steps) == len(set(steps)) >= 2
+    assert [d for d, _ in steps] == sorted(d for d, _ in steps)
