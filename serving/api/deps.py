@@ -94,8 +94,9 @@ def status_info(job: JobRecord, request: Request) -> StatusInfo:
     total, done = job.windows_total, job.windows_done
     progress = 100 if job.status == "successful" else (int(100 * done / total) if total else 0)
     timings = dict(job.timings) or None
-    return StatusInfo(jobID=job.id, status=job.status, message=job.message, scene=scene_label(job), created=job.created, started=job.started,
-                      finished=job.finished, updated=job.updated, progress=min(100, progress), links=links,
+    return StatusInfo(jobID=job.id, status=job.status, message=job.message, scene=scene_label(job),
+                      created=job.created, started=job.started, finished=job.finished, updated=job.updated,
+                      progress=min(100, progress), links=links,
                       windows=WindowProgress(done=done, total=total) if total else None, timings=timings,
                       detections=job.detections, format=job.options.get("format"), notes=job.notes or None,
                       owner=job.owner, expired=job.expired)

@@ -64,9 +64,9 @@ def _summary(base: str) -> ProcessSummary:
 
 @landing_router.get("/", response_model=LandingPage, response_model_exclude_none=True,
                     summary="Landing page (the web page for a browser)",
-                    responses={200: {"content": {"text/html": {}}}, 401: {"model": OgcException}})
-def landing(request: Request, service: JobService = Depends(get_service),
-            caller: ApiKey | None = Depends(require_api_key_unless_page)) -> LandingPage | HTMLResponse:
+                    responses={200: {"content": {"text/html": {}}}, 401: {"model": OgcException}},
+                    dependencies=[Depends(require_api_key_unless_page)])
+def landing(request: Request, service: JobService = Depends(get_service)) -> LandingPage | HTMLResponse:
     """The OGC landing document; for a browser (``text/html`` in Accept, or ``?f=html``) the web page."""
     if webpage.wants_html(request):
         return webpage.page(service, request.app.state.settings)
