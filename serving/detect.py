@@ -34,9 +34,17 @@ from typing import TypeVar
 
 import numpy as np
 
+from serving.engine.aoi import AoiError, AreaOfInterest, centres_inside
 from serving.engine.pools import InProcessPool, PoolConfig, RayPool, make_pool, reads_in_one_pass
 from serving.engine.reader import PyramidResampling, ScenePlan, empty_windows_notice, plan_scene, select_bands
-from serving.engine.scene import DEFAULT_MAX_PIXELS, SceneInfo, check_scene_size, open_scene, scene_reference
+from serving.engine.scene import (
+    DEFAULT_MAX_PIXELS,
+    SceneError,
+    SceneInfo,
+    check_scene_size,
+    open_scene,
+    scene_reference,
+)
 from serving.engine.tasks import Cancel, PoolRun, Progress, SceneJob
 from serving.engine.valid_area import keep_on_valid_pixels
 from serving.merge.config import MergeConfig
@@ -55,7 +63,9 @@ class DetectOptions:
     ``score_thr``: merged bridges scoring below it are dropped (None: the model's stored operating
     point, else 0). ``bands``: 1-based bands used as R,G,B (or one band as grey; None: the first
     three). ``max_pixels``: larger scenes are refused. ``merge_config``: how window boxes are merged
-    (None: the holistic merge's defaults). ``resampling``: how pyramid levels are made.
+    (None: the holistic merge's defaults). ``resampling``: how pyramid levels are made. ``aoi``: the
+    area to search (None: the whole scene); windows that do not meet it are not run, bridges whose
+    centre lies outside it are dropped.
     """
 
     score_thr: float | None = None
@@ -63,6 +73,7 @@ class DetectOptions:
     max_pixels: int = DEFAULT_MAX_PIXELS
     merge_config: MergeConfig | None = None
     resampling: PyramidResampling = "exact"
+    aoi: AreaOfInterest | None = None
 
     def __post_init__(self) -> None:
         if self.score_thr is not None and not 0.0 <= self.score_thr <= 1.0:
@@ -107,6 +118,9 @@ class SceneResult:
     skipped: int = 0  # windows left out because they hold no valid pixel
     dropped: int = 0  # merged boxes dropped: centre outside the scene or on an invalid pixel
     clipped: int = 0  # merged boxes cut to the scene where they overhung it
+    aoi: str | None = None  # the area of interest searched (its label); None: the whole scene
+    outside_windows: int = 0  # windows not run: they do not meet the area of interest
+    outside_bridges: int = 0  # bridges at or above the threshold dropped: centre outside the area
     started: float = 0.0
     finished: float = 0.0
     notes: list[str] = field(default_factory=list)
@@ -153,8 +167,12 @@ def prepare(uri: str, info: SceneInfo, model: ModelRef, options: DetectOptions, 
     for a pool that finds the empty windows in its one pass). Nothing is warned (``notes``), so a
     scene may be planned on a thread beside the one that runs the workers."""
     t = time.perf_counter()
+    try:
+        area_px = options.aoi.in_pixels(info.crs, info.transform) if options.aoi is not None else None
+    except AoiError as exc:
+        raise SceneError(f"{uri}: {exc}") from None
     plan = plan_scene(info, bands=options.bands, window=model.window, overlap=model.overlap,
-                      resampling=options.resampling, coverage_scan=coverage_scan)
+                      resampling=options.resampling, coverage_scan=coverage_scan, area_px=area_px)
     notes = [_one_line(str(w)) for w in plan.warnings]
     return PreparedScene(uri, info, plan, t, {"plan": time.perf_counter() - t}, notes)
 
@@ -180,6 +198,10 @@ def finish(prepared: PreparedScene, run: PoolRun, model: ModelRef, options: Dete
     scores, labels, levels = scores[kept.keep], labels[kept.keep], levels[kept.keep]
     score_thr = model.score_threshold(options.score_thr)
     keep = scores >= score_thr
+    area_px = prepared.plan.area_px
+    inside = centres_inside(area_px, kept.boxes[:, :2]) if area_px is not None else np.ones(len(keep), bool)
+    outside_bridges = int((keep & ~inside).sum())
+    keep &= inside
     timings["merge"] = time.perf_counter() - t
     timings["read"] = run.read_s
     timings["detect"] = run.detect_s
@@ -197,6 +219,9 @@ def finish(prepared: PreparedScene, run: PoolRun, model: ModelRef, options: Dete
         skipped=len(prepared.plan.skipped) + run.skipped,
         dropped=int((~kept.keep).sum()),
         clipped=kept.clipped,
+        aoi=options.aoi.label if options.aoi is not None else None,
+        outside_windows=len(prepared.plan.outside),
+        outside_bridges=outside_bridges,
         started=run.started,
         finished=run.finished,
         notes=notes,
@@ -359,7 +384,7 @@ def write(detections: SceneResult, outputs: Sequence[Path], model: ModelRef, *,
         _noting(notes, lambda: write_detections(
             output, detections.boxes, detections.scores, detections.labels, detections.levels,
             transform=info.transform, crs=info.crs, scene=label, model=model.label,
-            class_names=model.class_names))
+            class_names=model.class_names, searched=detections.aoi))
         fsync_path(output)
         fsync_path(output.parent)  # the rename into place
     return notes

@@ -13,6 +13,11 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 
+import shapely
+
+from hbdnet.pyramid import plan_pyramid
+from serving.engine.aoi import windows_meeting
+from serving.engine.reader import window_footprints
 from serving.engine.window_count import count_windows
 
 WEIGHT = 0.3  # of a newly finished job in the running mean
@@ -46,8 +51,19 @@ class WindowRate:
             self.measured += 1
 
 
-def job_cost(height: int, width: int, window: int, overlap: int, rate: WindowRate) -> Cost:
+# Past this many windows the plan is not listed to count those meeting an area of interest: the
+# scene's count stands (an upper bound), and the limits refuse it anyway.
+MAX_LISTED_WINDOWS = 200_000
+
+
+def job_cost(height: int, width: int, window: int, overlap: int, rate: WindowRate, *,
+             area_px: shapely.Geometry | None = None) -> Cost:
+    """The windows of the scene's pyramid (those meeting ``area_px``, an area of interest in the
+    scene's pixels, when given) and the seconds they should take."""
     windows = count_windows(height, width, window, overlap)
+    if area_px is not None and windows <= MAX_LISTED_WINDOWS:
+        plan = plan_pyramid(height, width, window=window, overlap=overlap, max_side=window)
+        windows = int(windows_meeting(area_px, window_footprints(plan)).sum())
     return Cost(windows, windows * rate.seconds)
 
 

@@ -62,6 +62,24 @@ class JobOptions(BaseModel):
     bands: list[int] | None = Field(None, description="1-based bands to use as R,G,B (or one band as grey); "
                                                       "default: the first three image bands")
 
+    aoi: str | dict[str, Any] | None = Field(
+        None, description="search only this area: 'minx,miny,maxx,maxy' in degrees of WGS84 (or "
+                          "'minx,miny,maxx,maxy,EPSG:NNNN' in that CRS), or a GeoJSON Polygon or MultiPolygon in "
+                          "WGS84; windows that do not meet it are not run, bridges whose centre lies outside it are dropped "
+                          "(default: the whole scene)",
+        examples=["-123.0753,44.05,-123.0625,44.054"])
+
+    @field_validator("aoi")
+    @classmethod
+    def _aoi(cls, v: str | dict | None) -> str | dict | None:
+        if v == "":  # an empty form field
+            return None
+        if v is not None:
+            from serving.engine.aoi import aoi_from_value
+
+            aoi_from_value(v)  # AoiError is a ValueError: 422 with its message
+        return v
+
     @field_validator("bands")
     @classmethod
     def _bands(cls, v: list[int] | None) -> list[int] | None:

@@ -39,6 +39,7 @@ from serving.api.scene_checks import SceneChecks
 from serving.api.settings import Settings
 from serving.api.store import FINAL, JobRecord, JobStore, SqliteJobStore, now
 from serving.detect import DetectOptions, PreparedScene, detect, write
+from serving.engine.aoi import aoi_from_value
 from serving.engine.pools import InProcessPool, PoolConfig, RayPool, make_pool
 from serving.engine.reader import select_bands
 from serving.engine.scene import (
@@ -323,6 +324,7 @@ class JobService:
             return _for_client(text, uri, folder, label)
         options = DetectOptions(score_thr=opts.get("score_threshold"),
                                 bands=tuple(opts["bands"]) if opts.get("bands") else None,
+                                aoi=aoi_from_value(opts["aoi"]) if opts.get("aoi") else None,
                                 max_pixels=self.settings.max_pixels)
         fmt = opts.get("format", "geojson")
         t0 = time.perf_counter()

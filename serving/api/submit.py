@@ -21,6 +21,7 @@ from serving.api.models import JobHrefRequest, JobOptions
 from serving.api.scene_checks import ChecksBusy
 from serving.api.service import DataFull, JobService, QueueFull
 from serving.api.store import JobRecord
+from serving.engine.aoi import AoiError, aoi_from_value
 from serving.engine.scene import SceneError, SceneInfo, public_href
 
 MAX_JSON_BYTES = 64 * 1024
@@ -95,7 +96,7 @@ async def accept_href(service: JobService, options: JobHrefRequest, *, sync: boo
     data_room(service)
     check_model(options, service)
     info = await check_href(options, service)
-    cost = price(service, info)
+    cost = price(service, info, options)
     job = _submit(service, service.new_id(), options.href, options, sync=sync, owner=owner, cost=cost, extra=extra)
     return job, info
 
@@ -173,7 +174,7 @@ async def accept_file(service: JobService, job_id: str, upload: ingest.Upload, o
     check_model(options, service)
     info = await check_scene(str(upload.path), options, service, upload.filename)
     job = _submit(service, job_id, "upload", options, sync=sync, extra={"filename": upload.filename, **(extra or {})},
-                  owner=owner, cost=price(service, info))
+                  owner=owner, cost=price(service, info, options))
     return job, info
 
 
@@ -204,10 +205,18 @@ def past_limit(service: JobService, limit: int, cap: int) -> Iterator[None]:
         raise
 
 
-def price(service: JobService, info: SceneInfo) -> Cost:
-    """The job's windows and estimated seconds on this server (``job_cost``); 422 with the numbers past
-    ``--max-windows`` or ``--max-job-seconds``."""
-    cost = job_cost(info.height, info.width, service.model.window, service.model.overlap, service.window_rate)
+def price(service: JobService, info: SceneInfo, options: JobOptions) -> Cost:
+    """The job's windows (those meeting its area of interest) and estimated seconds on this server
+    (``job_cost``); 422 with the numbers past ``--max-windows`` or ``--max-job-seconds``, and for an
+    area of interest that does not overlap the scene."""
+    try:
+        area_px = aoi_from_value(options.aoi).in_pixels(info.crs, info.transform) if options.aoi else None
+    except AoiError as exc:
+        raise ApiError(422, str(exc)) from None
+    cost = job_cost(info.height, info.width, service.model.window, service.model.overlap, service.window_rate,
+                    area_px=area_px)
+    if cost.windows == 0:
+        raise ApiError(422, "the area of interest does not overlap the scene: there is nothing to search")
     try:
         check_cost(cost, max_windows=service.settings.max_windows, max_seconds=service.settings.max_job_seconds)
     except TooCostly as exc:

@@ -144,6 +144,19 @@ def max_pixels(args: argparse.Namespace) -> int:
     return DEFAULT_MAX_PIXELS if args.max_pixels is None else args.max_pixels
 
 
+def area_of_interest(args: argparse.Namespace):
+    """``--aoi`` read (``serving.engine.aoi.parse_aoi``), None without it; ``CliError`` (code 2) for one
+    that cannot be read."""
+    if args.aoi is None:
+        return None
+    from serving.engine.aoi import AoiError, parse_aoi
+
+    try:
+        return parse_aoi(args.aoi)
+    except AoiError as exc:
+        raise CliError(str(exc)) from None
+
+
 def pool_config(args: argparse.Namespace) -> PoolConfig:
     """The workers that ``detect`` and ``batch`` start, from their shared options."""
     from serving.engine.pools import PoolConfig  # not at import: `hbdnet --help` stays quick

@@ -15,7 +15,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from serving.cli.arguments import check_device, max_pixels, pool_config, resolve_model, show_progress
+from serving.cli.arguments import area_of_interest, check_device, max_pixels, pool_config, resolve_model, show_progress
 from serving.cli.errors import CliError
 
 
@@ -35,6 +35,7 @@ def run(args: argparse.Namespace) -> int:
     if not scenes:
         raise CliError(f"no scenes found in {' '.join(args.inputs)} (rasters are found by extension: "
                        ".tif .tiff .vrt .jp2 .img)")
+    aoi = area_of_interest(args)
     model = resolve_model(args.model, args.device, args.precision, args.runtime)
 
     def log(line: str) -> None:
@@ -43,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         summary = run_batch(
             scenes, Path(args.outdir), model, fmt=args.format,
-            options=DetectOptions(score_thr=args.score_thr, bands=args.bands, max_pixels=max_pixels(args)),
+            options=DetectOptions(score_thr=args.score_thr, bands=args.bands, max_pixels=max_pixels(args), aoi=aoi),
             pool_config=pool_config(args),
             retry_failed=args.retry_failed, show_progress=show_progress(args), log=log)
     except BatchError as exc:

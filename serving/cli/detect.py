@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from serving.batch.inputs import scene_stem
-from serving.cli.arguments import check_device, max_pixels, pool_config, resolve_model, show_progress
+from serving.cli.arguments import area_of_interest, check_device, max_pixels, pool_config, resolve_model, show_progress
 from serving.cli.errors import CliError
 
 
@@ -33,6 +33,7 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     check_device(args.device, args.ray_address)  # before any work
     output = Path(args.output) if args.output else Path.cwd() / f"{scene_stem(args.scene)}_bridges.gpkg"
+    aoi = area_of_interest(args)
     model = resolve_model(args.model, args.device, args.precision, args.runtime)
     bar = tqdm(total=0, unit="window", desc=scene_stem(args.scene),
                disable=args.progress_lines or not show_progress(args), file=sys.stderr, dynamic_ncols=True)
@@ -56,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
         bar.update(done - bar.n)
         estimate(done, total)
 
-    options = DetectOptions(score_thr=args.score_thr, bands=args.bands, max_pixels=max_pixels(args))
+    options = DetectOptions(score_thr=args.score_thr, bands=args.bands, max_pixels=max_pixels(args), aoi=aoi)
     try:
         detections = detect(args.scene, model, options, outputs=[output], pool_config=pool_config(args),
                             progress=progress, on_plan=on_plan)
@@ -74,8 +75,18 @@ def run(args: argparse.Namespace) -> int:
         print(f"hbdnet detect: warning: {note}", file=sys.stderr)
     bridges = len(detections.scores)
     print(f"{bridges} bridge{'' if bridges == 1 else 's'} found in {detections.windows} "
-          f"window{'' if detections.windows == 1 else 's'}, {time.perf_counter() - t0:.1f} s -> {output}")
+          f"window{'' if detections.windows == 1 else 's'}{searched(detections)}, "
+          f"{time.perf_counter() - t0:.1f} s -> {output}")
     return 0
+
+
+def searched(detections) -> str:
+    """What the summary line says of an area of interest ('' without one)."""
+    if detections.aoi is None:
+        return ""
+    dropped = detections.outside_bridges
+    return (f" within {detections.aoi} ({detections.outside_windows} windows outside it not run, {dropped} "
+            f"bridge{'' if dropped == 1 else 's'} outside it dropped)")
 
 
 def _first_line(exc: BaseException) -> str:

@@ -83,6 +83,11 @@ def _run_arguments(p: argparse.ArgumentParser) -> None:
                    help="refuse scenes of more than N pixels, width x height (default: 2,000,000,000)")
     p.add_argument("--bands", type=parse_bands, metavar="R,G,B",
                    help="1-based bands to use as R,G,B (or one band as grey); default: the first three")
+    p.add_argument("--aoi", metavar="FILE|minx,miny,maxx,maxy[,CRS]",
+                   help="search only this area: a vector file of polygons in any CRS (GeoPackage, GeoJSON, "
+                        "shapefile ...) or a box, in degrees of WGS84 unless a CRS follows (e.g. "
+                        "500000,5800000,502000,5802000,EPSG:32631); windows that do not meet it are not run and "
+                        "bridges whose centre lies outside it are dropped (default: the whole scene)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     _debug(p)
 

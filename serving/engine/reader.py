@@ -54,10 +54,12 @@ from typing import Literal
 
 import numpy as np
 import rasterio
+import shapely
 from rasterio.windows import Window
 
 from hbdnet.data.raster import DEFAULT_MAX_CHUNK_BYTES, read_pyramid_window
 from hbdnet.pyramid import PlanWindow, plan_pyramid
+from serving.engine.aoi import windows_meeting
 from serving.engine.gdal_cache import CacheHold
 from serving.engine.scene import SceneError, SceneInfo, open_raster, open_scene
 from serving.engine.stretch import Stretch, sample_stretch, stretch_from_samples, valid_mask
@@ -75,6 +77,10 @@ class EmptySceneWarning(UserWarning):
 
 class EmptyWindowsWarning(UserWarning):
     """Some windows of the scene have no valid pixel and are not run."""
+
+
+class OutsideAreaWarning(UserWarning):
+    """The area of interest does not overlap the scene: no window is run, nothing is found."""
 
 
 def has_float_bands(info: SceneInfo, bands: Sequence[int]) -> bool:
@@ -141,8 +147,9 @@ class ReadItem:
 
 @dataclass(frozen=True)
 class ScenePlan:
-    """The reads of a scene: the windows to read in plan order, the plan indexes skipped as empty, and
-    what the caller should be warned of (a striped layout), returned rather than emitted so that
+    """The reads of a scene: the windows to read in plan order, the plan indexes skipped as empty and
+    those outside the area of interest (``area_px``, in the scene's pixels; None: the whole scene),
+    and what the caller should be warned of (a striped layout), returned rather than emitted so that
     scenes can be planned on any thread (``warnings`` capture is process-wide)."""
 
     spec: ReadSpec
@@ -151,6 +158,8 @@ class ScenePlan:
     skipped: list[int] = field(default_factory=list)
     warnings: tuple[Warning, ...] = ()
     coverage: CoverageMap | None = None  # None: every pixel of the scene is valid
+    outside: list[int] = field(default_factory=list)
+    area_px: shapely.Geometry | None = None
 
 
 def select_bands(info: SceneInfo, bands: Sequence[int] | None = None) -> tuple[int, int, int]:
@@ -321,16 +330,22 @@ def empty_windows_notice(uri: str, skipped: int, total: int) -> Warning:
 def plan_scene(info: SceneInfo, *, bands: Sequence[int] | None = None, window: int = 1024,
                overlap: int = 200, resampling: PyramidResampling = "exact",
                percentiles: tuple[float, float] = (2.0, 98.0), cache_mb: int | None = None,
-               coverage_scan: bool = True) -> ScenePlan:
+               coverage_scan: bool = True, area_px: shapely.Geometry | None = None) -> ScenePlan:
     """The pyramid plan of a scene and the reads it needs, with empty windows left out (unless
-    ``coverage_scan=False``: every window planned, see ``prepare_read``)."""
+    ``coverage_scan=False``: every window planned, see ``prepare_read``), and with an area of
+    interest (``area_px``, in the scene's pixels) the windows that do not meet it (all of them, with
+    an ``OutsideAreaWarning``, when the area lies beside the scene)."""
     spec, coverage = prepare_read(info, bands=bands, window=window, resampling=resampling,
                                   percentiles=percentiles, cache_mb=cache_mb, coverage_scan=coverage_scan)
     # The top level must fit one window, whatever the window size (1024 in the authors' setting).
     plan = plan_pyramid(info.height, info.width, window=window, overlap=overlap, max_side=window)
+    inside = np.ones(len(plan), bool) if area_px is None else windows_meeting(area_px, window_footprints(plan))
     items: list[ReadItem] = []
     skipped: list[int] = []
+    outside = [i for i in range(len(plan)) if not inside[i]]
     for i, win in enumerate(plan):
+        if not inside[i]:
+            continue
         # Without a coverage map a masked scene's windows may all be partial.
         state = coverage.classify(win) if coverage is not None else (
             Coverage.PARTIAL if info.masked else Coverage.FULL)
@@ -340,13 +355,21 @@ def plan_scene(info: SceneInfo, *, bands: Sequence[int] | None = None, window: i
             # A scene masked by NaN alone has nothing in GDAL's mask: window_image tests the values.
             items.append(ReadItem(i, win, needs_mask=state is Coverage.PARTIAL and info.masked))
     notices: list[Warning] = []
-    if not items or skipped:
-        notices.append(empty_windows_notice(info.uri, len(skipped), len(plan)))
+    if not inside.any():
+        notices.append(OutsideAreaWarning(f"the area of interest does not overlap {info.uri}: nothing was searched"))
+    elif not items or skipped:
+        notices.append(empty_windows_notice(info.uri, len(skipped), len(plan) - len(outside)))
     if items and info.striped:
         notices.append(StripedSceneWarning(
             f"{info.uri} is striped (blocks {info.block_shapes[0]}), not tiled: reading row by row of "
             "windows; a tiled GeoTIFF / COG reads faster"))
-    return ScenePlan(spec, plan, items, skipped, tuple(notices), coverage)
+    return ScenePlan(spec, plan, items, skipped, tuple(notices), coverage, outside, area_px)
+
+
+def window_footprints(plan: Sequence[PlanWindow]) -> np.ndarray:
+    """(N, 4) ``x0, y0, x1, y1`` of each window in full-resolution scene pixels."""
+    return np.array([(w.col_off * w.scale, w.row_off * w.scale, (w.col_off + w.width) * w.scale,
+                      (w.row_off + w.height) * w.scale) for w in plan], np.float64).reshape(-1, 4)
 
 
 def window_image(spec: ReadSpec, data: np.ndarray, valid: np.ndarray | None) -> np.ndarray:

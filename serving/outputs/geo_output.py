@@ -111,13 +111,16 @@ def write_detections(
     model: str,
     class_names: Sequence[str] = ("bridge",),
     write_style: bool = True,
+    searched: str | None = None,
 ) -> Path:
     """Write detections to ``path`` in the format its extension names; return ``path``.
 
     ``boxes`` are ``(N, 5)`` rows ``(cx, cy, w, h, theta)`` in full-resolution scene pixels;
     ``transform`` and ``crs`` are the scene's (rasterio ``Affine`` and ``CRS``; ``crs`` may be
-    None). Raises :class:`OutputError` for an unknown extension or a path that cannot be written,
-    and ``ValueError`` for inconsistent arrays.
+    None). ``searched``: the area of interest the bridges were searched in, which the file's
+    description then names (None: the whole scene; the description of a GeoJSON or FlatGeobuf file
+    is then left out, as before). Raises :class:`OutputError` for an unknown extension or a path
+    that cannot be written, and ``ValueError`` for inconsistent arrays.
     """
     path = Path(path)
     suffix = path.suffix.lower()
@@ -146,20 +149,23 @@ def write_detections(
     qml = bridges_qml()
     layer = layer_name(path)
 
+    description = f"HBD-Net bridges in {scene} ({model})"
+    if searched is not None:
+        description += f", searched within the area of interest {searched}"
+    described = {"DESCRIPTION": description} if searched is not None else {}
     tmp = path.with_name(f".{path.stem}.{uuid.uuid4().hex[:12]}.partial{suffix}")
     try:
         if suffix == ".geojson":
             _write_ogr(tmp, "GeoJSON", layer, geometry, frame, columns,
-                       layer_options={"RFC7946": "YES", "COORDINATE_PRECISION": str(GEOJSON_DECIMALS)})
+                       layer_options={"RFC7946": "YES", "COORDINATE_PRECISION": str(GEOJSON_DECIMALS), **described})
         elif suffix == ".gpkg":
             _write_ogr(tmp, "GPKG", layer, geometry, frame, columns,
                        dataset_options={"VERSION": GPKG_VERSION},
-                       layer_options={"GEOMETRY_NAME": GEOMETRY_COLUMN,
-                                      "DESCRIPTION": f"HBD-Net bridges in {scene} ({model})"})
+                       layer_options={"GEOMETRY_NAME": GEOMETRY_COLUMN, "DESCRIPTION": description})
             if write_style:
                 _embed_styles(tmp, layer, qml, _named_sld(layer))
         else:
-            _write_ogr(tmp, "FlatGeobuf", layer, geometry, frame, columns)
+            _write_ogr(tmp, "FlatGeobuf", layer, geometry, frame, columns, layer_options=described or None)
         os.replace(tmp, path)
         if write_style:
             path.with_suffix(".qml").write_text(qml, encoding="utf-8")

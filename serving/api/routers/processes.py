@@ -123,6 +123,14 @@ def process(request: Request) -> Process:
                 title="Bands", description="1-based bands to use as R,G,B, or one band as grey", minOccurs=0,
                 maxOccurs=1, schema={"type": "array", "items": {"type": "integer", "minimum": 1}, "minItems": 1,
                                      "maxItems": 3}),
+            "aoi": InputDescription(
+                title="Area of interest", description="search only this area: a bounding box (CRS84 unless its "
+                "crs says otherwise), or a GeoJSON Polygon or MultiPolygon in WGS84; windows that do not meet it "
+                "are not run, bridges whose centre lies outside it are dropped", minOccurs=0, maxOccurs=1,
+                schema={"oneOf": [{"type": "object", "required": ["bbox"], "properties": {
+                    "bbox": {"type": "array", "items": {"type": "number"}, "minItems": 4, "maxItems": 4},
+                    "crs": {"type": "string", "format": "uri"}}, "format": "ogc-bbox"},
+                    {"type": "object", "required": ["type", "coordinates"], "format": "geojson-geometry"}]}),
         },
         outputs={"bridges": OutputDescription(
             title="Bridges", description="one oriented rectangle per bridge with its attributes",
@@ -138,9 +146,11 @@ def _inputs(body: Execute) -> tuple[str | bytes, dict]:
     anything else."""
     inputs = dict(body.inputs)
     image = inputs.pop("image", None)
-    unknown = set(inputs) - {"score_threshold", "bands"}
+    unknown = set(inputs) - {"score_threshold", "bands", "aoi"}
     if unknown:
-        raise ApiError(422, f"unknown inputs {sorted(unknown)}; the inputs are image, score_threshold, bands")
+        raise ApiError(422, f"unknown inputs {sorted(unknown)}; the inputs are image, score_threshold, bands, aoi")
+    if isinstance(inputs.get("aoi"), dict) and "bbox" in inputs["aoi"]:
+        inputs["aoi"] = _bbox_aoi(inputs["aoi"])
     if isinstance(image, str):
         return image, inputs
     if isinstance(image, dict) and isinstance(image.get("href"), str):
@@ -149,6 +159,16 @@ def _inputs(body: Execute) -> tuple[str | bytes, dict]:
         return _inline_scene(image), inputs
     raise ApiError(422, 'inputs.image must be {"href": URL} (http, https or s3), the URL, or a GeoTIFF inline '
                         '{"value": base64, "mediaType": "image/tiff"}')
+
+
+def _bbox_aoi(value: dict) -> str:
+    """An OGC bounding box input as ``minx,miny,maxx,maxy[,CRS]`` (CRS84, longitude first, by default)."""
+    bbox, crs = value.get("bbox"), value.get("crs")
+    if not isinstance(bbox, list) or len(bbox) != 4 or not all(isinstance(v, int | float) for v in bbox):
+        raise ApiError(422, "inputs.aoi.bbox must be [minx, miny, maxx, maxy]")
+    if crs in (None, "http://www.opengis.net/def/crs/OGC/1.3/CRS84"):
+        return ",".join(map(str, bbox))
+    return ",".join(map(str, bbox)) + f",{crs}"
 
 
 def _inline_scene(image: dict) -> bytes:

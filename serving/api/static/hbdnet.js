@@ -110,6 +110,8 @@ function options() {
   const opts = { format: $("format-input").value };
   const score = $("score-input").value.trim();
   if (score !== "") opts.score_threshold = score;
+  const aoi = $("aoi-input").value.trim();
+  if (aoi !== "") opts.aoi = aoi;
   return opts;
 }
 

@@ -271,3 +271,44 @@ def test_progress_lines_for_programs_that_run_hbdnet(tmp_path, tiny_checkpoint, 
     total = steps[-1][1]
     assert total > 1 and steps[-1] == (total, total) and len(steps) == len(set(steps)) >= 2
     assert [d for d, _ in steps] == sorted(d for d, _ in steps)
+
+
+def test_aoi_from_a_file_in_another_crs_limits_the_search_and_says_so(tmp_path, tiny_checkpoint, capsys):
+    from pyproj import Transformer
+
+    tif = write_tif(tmp_path / "scene.tif", UTM, size=(1500, 2200))  # 1100 x 750 m
+    west = shapely.box(500000, 5799250, 500400, 5800000)  # UTM: the west 800 px of the scene's 2200
+    to_lonlat = Transformer.from_crs("EPSG:32631", "EPSG:4326", always_xy=True)
+    area = shapely.transform(shapely.segmentize(west, 20), lambda xy: np.column_stack(to_lonlat.transform(*xy.T)))
+    aoi = tmp_path / "area.geojson"
+    pyogrio.raw.write(aoi, shapely.to_wkb([area]), [], [], geometry_type="Polygon", crs="EPSG:4326",
+                      driver="GeoJSON")
+    args = ["detect", str(tif), "--model", str(tiny_checkpoint), "--workers", "0", "--device", "cpu", "-q",
+            "--score-thr", "0"]
+    assert main([*args, "-o", str(tmp_path / "all.gpkg")]) == 0
+    everywhere = capsys.readouterr().out
+    assert main([*args, "-o", str(tmp_path / "west.gpkg"), "--aoi", str(aoi)]) == 0
+    summary = capsys.readouterr().out
+    assert " within area.geojson (1 polygon) (" in summary and " windows outside it not run, " in summary
+    not_run = int(summary.split(" windows outside it not run")[0].rsplit("(", 1)[1])
+    dropped = int(summary.split(" outside it dropped")[0].rsplit(", ", 1)[1].split()[0])
+    assert not_run > 0 and dropped > 0  # the untrained model reports boxes everywhere
+    assert int(summary.split()[0]) < int(everywhere.split()[0])
+    meta, _, geometry, fields = pyogrio.raw.read(tmp_path / "west.gpkg", layer="west")
+    centres = shapely.centroid(shapely.from_wkb(geometry))
+    assert len(centres) and shapely.contains(west.buffer(1.0), centres).all()
+    info = pyogrio.read_info(tmp_path / "west.gpkg", layer="west")
+    assert "searched within the area of interest area.geojson (1 polygon)" in info["layer_metadata"]["DESCRIPTION"]
+
+
+def test_a_bad_aoi_is_one_line(tmp_path, tiny_checkpoint, capsys):
+    tif = write_tif(tmp_path / "scene.tif", UTM, size=(300, 300))
+    assert main(["detect", str(tif), "--model", str(tiny_checkpoint), "--aoi", "4,52,3,53"]) == 2
+    assert "min < max" in one_error_line(capsys)
+
+
+def test_an_aoi_on_a_scene_without_a_crs_is_one_line(tmp_path, tiny_checkpoint, capsys):
+    tif = write_tif(tmp_path / "plain.tif", None, size=(300, 300))
+    assert main(["detect", str(tif), "-o", str(tmp_path / "b.gpkg"), "--model", str(tiny_checkpoint), "-q",
+                 "--aoi", "3,52,4,53"]) == 1
+    assert "the scene has no CRS, so an area of interest cannot be placed on it" in one_error_line(capsys)
