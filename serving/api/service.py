@@ -20,7 +20,9 @@ failed with the reason.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
+import socket
 import subprocess
 import threading
 import time
@@ -104,7 +106,9 @@ class JobService:
         self.settings = settings
         self.model = model
         settings.jobs_dir.mkdir(parents=True, exist_ok=True)
-        self.store: JobStore = store if store is not None else SqliteJobStore(settings.db_path)
+        self.store: JobStore = store if store is not None else open_store(settings)
+        # this process among the replicas of a shared store
+        self.replica = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.scene_checks = SceneChecks(settings.max_checking)  # submitted hrefs, opened before their 202
         self.href_policy = HrefPolicy.of(settings)
         self.window_rate = WindowRate(settings.seconds_per_window)  # measured on finished jobs (job_cost)
@@ -119,6 +123,7 @@ class JobService:
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._sweeper: threading.Thread | None = None
+        self._heart: threading.Thread | None = None
         self.current: str | None = None
 
     def _pool_config(self) -> PoolConfig:
@@ -136,6 +141,8 @@ class JobService:
         self.pool = self._pool_factory()
         self._thread = threading.Thread(target=self._dispatch, name="hbdnet-jobs", daemon=True)
         self._thread.start()
+        self._heart = threading.Thread(target=self._heartbeat, name="hbdnet-heartbeat", daemon=True)
+        self._heart.start()
         if self.settings.keep_results_s is not None:
             self._sweeper = threading.Thread(target=self._sweep, name="hbdnet-expiry", daemon=True)
             self._sweeper.start()
@@ -147,8 +154,9 @@ class JobService:
             self._wake.notify_all()
         if self._thread is not None:
             self._thread.join(timeout=60)
-        if self._sweeper is not None:
-            self._sweeper.join(timeout=10)
+        for thread in (self._sweeper, self._heart):
+            if thread is not None:
+                thread.join(timeout=10)
         if self.pool is not None:
             self.pool.close()
             self.pool = None
@@ -161,19 +169,53 @@ class JobService:
         self.store.close()
 
     def recover(self) -> None:
-        """Jobs found running go back to the queue (or fail, the second time); the seconds per window
-        measured by the last finished jobs are taken up again."""
+        """Jobs found running go back to the queue (or fail, the second time): all of them with a store
+        of this process alone, the stale ones (``take_over_stale``) with a shared one; the seconds per
+        window measured by the last finished jobs are taken up again."""
         for job in reversed(self.store.page(50, 0)[0]):
             if job.status == "successful" and "stream" in job.timings:
                 self.window_rate.add(job.timings["stream"], job.windows_total)
+        self.take_over_stale(0.0 if not self.store.shared else self.settings.takeover_s)
+
+    def take_over_stale(self, after_s: float) -> list[str]:
+        """Running jobs whose replica has not beaten its heartbeat for ``after_s`` go back to the queue
+        (or fail, the second time); of several replicas, one does it. Returns their ids."""
+        taken = []
         for job in self.store.with_status("running"):
+            alive = max(t for t in (job.heartbeat, job.updated) if t)  # a progress update says so too
+            if after_s and alive > now(ago_s=after_s):
+                continue
             if job.attempts >= 2:
-                self._finish_failed(job.id, INTERRUPTED)
-                log.warning("job %s interrupted twice: failed", job.id)
+                done = self.store.take_over(job, status="failed", finished=now(), message=INTERRUPTED)
+                if done:
+                    log.warning("job %s interrupted twice: failed", job.id)
             else:
-                self.store.update(job.id, status="accepted", windows_done=0, message="queued again after a restart",
-                                  timings=_interrupted(job, job.updated))
-                log.warning("job %s was running when the server stopped: queued again", job.id)
+                done = self.store.take_over(job, status="accepted", windows_done=0, replica=None, heartbeat=None,
+                                            message="queued again after a restart", timings=_interrupted(job, alive))
+                if done:
+                    log.warning("job %s was running on %s, which stopped: queued again", job.id, job.replica)
+            if done:
+                taken.append(job.id)
+        return taken
+
+    def _heartbeat(self) -> None:
+        """While a job runs here, beat its heartbeat; stop it when the store says it is not ours any more
+        (dismissed through another replica, or taken over); with a shared store, take over stale jobs."""
+        last_takeover = time.monotonic()
+        while not self._stopping.wait(self.settings.heartbeat_s):
+            try:
+                job_id = self.current
+                if job_id is not None and not self.store.beat(job_id, self.replica):
+                    ev = self._cancel.get(job_id)
+                    if ev is not None:
+                        ev.set()
+                if self.store.shared and time.monotonic() - last_takeover >= self.settings.takeover_s / 3:
+                    last_takeover = time.monotonic()
+                    if self.take_over_stale(self.settings.takeover_s):
+                        with self._wake:
+                            self._wake.notify_all()
+            except Exception:  # a store that does not answer now may answer at the next beat
+                log.exception("heartbeat failed")
 
     def ready(self) -> dict[str, bool]:
         return {"model": self.model is not None, "workers": self.pool is not None and self._thread is not None
@@ -286,16 +328,16 @@ class JobService:
 
     # -- running -------------------------------------------------------------------------------
     def _next(self) -> JobRecord | None:
+        """The next job this replica runs, claimed in the store (other replicas claim from it too: a job
+        submitted to one of them wakes nobody here, so the store is asked again every half second)."""
         with self._wake:
             while not self._stopping.is_set():
-                queued = self.store.with_status("accepted")
-                if queued:
-                    job = queued[0]
+                job = self.store.claim(self.replica)
+                if job is not None:
                     self._cancel[job.id] = threading.Event()
                     self.current = job.id
-                    return self.store.update(job.id, status="running", started=now(), attempts=job.attempts + 1,
-                                             windows_done=0, message=None)
-                self._wake.wait(timeout=1.0)
+                    return job
+                self._wake.wait(timeout=0.5 if self.store.shared else 1.0)
         return None
 
     def _dispatch(self) -> None:
@@ -392,6 +434,8 @@ class JobService:
             if current is None or current.status == "dismissed":
                 shutil.rmtree(folder, ignore_errors=True)
                 return
+            if current.replica != self.replica:  # taken over meanwhile: the other replica's run stands
+                return
             self.store.update(job.id, status="successful", finished=now(), windows_done=current.windows_total,
                               detections=len(result.scores), timings=timings, notes=notes, message=None)
         self.metrics.job_seconds.observe(total_s)
@@ -411,8 +455,8 @@ class JobService:
     def _stopped(self, job: JobRecord, timed_out: bool, done: int) -> None:
         with self._lock:
             current = self.store.get(job.id)
-            if current is None:
-                return
+            if current is None or (current.status != "dismissed" and current.replica != self.replica):
+                return  # taken over by another replica: its job now
             if current.status == "dismissed":
                 shutil.rmtree(self.job_dir(job.id), ignore_errors=True)
             elif timed_out:
@@ -428,6 +472,15 @@ class JobService:
             current = self.store.get(job_id)
             if current is not None and current.status not in FINAL:
                 self.store.update(job_id, status="failed", finished=now(), message=message)
+
+
+def open_store(settings: Settings) -> JobStore:
+    """The store ``settings.store`` names (PostgreSQL), else SQLite in the data folder."""
+    if settings.store is None:
+        return SqliteJobStore(settings.db_path)
+    from serving.api.postgres_store import PostgresJobStore
+
+    return PostgresJobStore(settings.store)
 
 
 def scene_label(job: JobRecord) -> str:

@@ -43,6 +43,12 @@ class Settings(BaseModel):
     max_inline_bytes: int = Field(16 * 2**20, gt=0, description="largest scene sent inline (base64 in an OGC "
                                                                 "execute request, held in memory): bytes decoded")
     max_pixels: int = Field(DEFAULT_MAX_PIXELS, gt=0)
+    store: str | None = Field(None, description="postgresql://... : a job store that several replicas share "
+                                                "(their --data-dir a folder they all reach); None: SQLite in "
+                                                "the data folder, for one server process")
+    heartbeat_s: float = Field(2.0, gt=0, description="how often a replica says it still runs its job")
+    takeover_s: float = Field(30.0, gt=0, description="a running job whose replica has not said so for this "
+                                                      "long is run again by another (shared store)")
     max_queue: int = Field(64, ge=1, description="jobs waiting to run; more get 429")
     job_timeout_s: float = Field(6 * 3600.0, gt=0, description="a job running longer fails")
     # A job's cost, known before it is accepted (serving.api.job_cost). Defaults for a CPU server: one

@@ -3,7 +3,9 @@
 Everything the service knows about a job lives in one record (``JobRecord``); files (the upload,
 the results) live under the data folder, named by the job id. ``SqliteJobStore`` keeps the records in
 ``DATA_DIR/jobs.sqlite3`` in WAL mode, one connection shared by the threads of the process behind a
-lock; another database (a server one) can take its place by implementing ``JobStore``.
+lock: the store of one server process. ``serving.api.postgres_store`` is the store that several
+replicas share (``shared``): a job is claimed by one replica (``claim``), which beats its heartbeat
+while it runs (``beat``), and a job whose replica stopped beating is taken over (``take_over``).
 """
 
 from __future__ import annotations
@@ -51,6 +53,8 @@ class JobRecord:
     notes: list[str] = field(default_factory=list)
     owner: str | None = None  # the name of the API key that submitted the job (None: the server needs no key)
     expired: str | None = None  # when the job's files were deleted after --keep-results (the record stays)
+    replica: str | None = None  # the server process that runs (or ran) the job
+    heartbeat: str | None = None  # when that process last said it was still running it
     seq: int = 0  # insertion order (set by the store)
 
 
@@ -77,11 +81,28 @@ class JobStore(Protocol):
         """Jobs in any of ``statuses``, oldest first."""
         ...
 
+    def claim(self, replica: str) -> JobRecord | None:
+        """The oldest accepted job, now running on ``replica`` (started, one more attempt, a first
+        heartbeat), taken by one caller only; None when no job waits."""
+        ...
+
+    def beat(self, job_id: str, replica: str) -> bool:
+        """``replica`` still runs ``job_id``: its heartbeat is now. False when the job is not running on
+        ``replica`` any more (dismissed, or taken over)."""
+        ...
+
+    def take_over(self, job: JobRecord, **changes: Any) -> bool:
+        """Apply ``changes`` to a running ``job`` if nobody has touched it since ``job`` was read (same
+        replica, same heartbeat): one of several replicas takes a stale job over."""
+        ...
+
     def counts(self) -> dict[str, int]: ...
 
     def writable(self) -> bool: ...
 
     def close(self) -> None: ...
+
+    shared: bool  # several server processes use it (their running jobs are not this one's)
 
 
 _COLUMNS = [f.name for f in dataclasses.fields(JobRecord)]
@@ -89,6 +110,8 @@ _JSON = {"options", "timings", "notes"}
 
 
 class SqliteJobStore:
+    shared = False
+
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self._lock = threading.Lock()
@@ -103,7 +126,7 @@ class SqliteJobStore:
             sync INTEGER NOT NULL DEFAULT 0, timings TEXT NOT NULL DEFAULT '{}', notes TEXT NOT NULL DEFAULT '[]')""")
         self._db.execute("CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status, seq)")
         have = {row[1] for row in self._db.execute("PRAGMA table_info(jobs)")}
-        for column in ("owner", "expired"):  # added after the first release: older databases get them here
+        for column in ("owner", "expired", "replica", "heartbeat"):  # added later: older databases get them here
             if column not in have:
                 self._db.execute(f"ALTER TABLE jobs ADD COLUMN {column} TEXT")
         self._db.execute("CREATE INDEX IF NOT EXISTS jobs_owner ON jobs (owner, seq)")
@@ -165,6 +188,38 @@ class SqliteJobStore:
     def with_status(self, *statuses: str) -> list[JobRecord]:
         marks = ", ".join("?" * len(statuses))
         return self._select(f"WHERE status IN ({marks})", statuses, "ORDER BY seq ASC")
+
+    def claim(self, replica: str) -> JobRecord | None:
+        with self._lock:
+            # a write transaction from the start: another connection to the file cannot claim in between
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                row = self._db.execute("SELECT id FROM jobs WHERE status = 'accepted' ORDER BY seq LIMIT 1").fetchone()
+                if row is not None:
+                    t = now()
+                    self._db.execute("UPDATE jobs SET status = 'running', started = ?, attempts = attempts + 1, "
+                                     "windows_done = 0, message = NULL, replica = ?, heartbeat = ?, updated = ? "
+                                     "WHERE id = ?", (t, replica, t, t, row[0]))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return self.get(row[0]) if row is not None else None
+
+    def beat(self, job_id: str, replica: str) -> bool:
+        with self._lock:
+            cur = self._db.execute("UPDATE jobs SET heartbeat = ? WHERE id = ? AND replica = ? AND status = 'running'",
+                                   (now(), job_id, replica))
+        return cur.rowcount == 1
+
+    def take_over(self, job: JobRecord, **changes: Any) -> bool:
+        changes.setdefault("updated", now())
+        values = {k: (json.dumps(v) if k in _JSON else v) for k, v in changes.items()}
+        with self._lock:
+            cur = self._db.execute(
+                f"UPDATE jobs SET {', '.join(f'{k} = ?' for k in values)} WHERE id = ? AND status = 'running' "
+                "AND replica IS ? AND heartbeat IS ?", (*values.values(), job.id, job.replica, job.heartbeat))
+        return cur.rowcount == 1
 
     def counts(self) -> dict[str, int]:
         with self._lock:

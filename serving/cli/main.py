@@ -238,6 +238,13 @@ def _add_serve(sub: Subparsers) -> None:
     p.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
                    help="let web pages from ORIGIN (https://maps.example.org, or * for any) call the API from a "
                         "browser, with a key; repeatable (default: none, CORS off)")
+    p.add_argument("--store", default=None, metavar="URL",
+                   help="postgresql://USER@HOST/DB: a job store shared by several hbdnet serve replicas (give them "
+                        "all the same --data-dir, a folder every replica reaches); default: SQLite in the data "
+                        "folder, for one server process")
+    p.add_argument("--takeover-after", type=float, default=30.0, metavar="SECONDS",
+                   help="with a shared --store, a job whose replica has not been heard of for this long is run "
+                        "again by another (default: 30)")
     p.add_argument("--basemap", default=None, metavar="URL",
                    help="tiles under the web page's map, a template such as "
                         "https://tile.openstreetmap.org/{z}/{x}/{y}.png (default: none; the page then loads "

@@ -35,7 +35,8 @@ def run(args: argparse.Namespace) -> int:
                         precision=args.precision, runtime=args.runtime, workers=args.workers,
                         read_threads=args.read_threads, ray_address=args.ray_address,
                         api_key=api_key, keys_file=args.keys_file, cors_origins=origins,
-                        basemap=basemap, basemap_attribution=args.basemap_attribution,
+                        basemap=basemap, basemap_attribution=args.basemap_attribution, store=args.store,
+                        takeover_s=args.takeover_after,
                         keep_results_s=args.keep_results, max_data_bytes=args.max_data,
                         max_upload_bytes=args.max_upload, max_queue=args.max_queue, job_timeout_s=args.job_timeout,
                         sync_max_pixels=args.sync_max_pixels, allow_private_hrefs=args.allow_private_hrefs,
@@ -47,6 +48,12 @@ def run(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise CliError(f"cannot create the data folder {settings.data_dir}: {exc.strerror or exc}") from exc
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    app = create_app(settings, JobService(settings, model))
+    from serving.api.postgres_store import StoreError
+
+    try:
+        service = JobService(settings, model)
+    except StoreError as exc:
+        raise CliError(str(exc)) from None
+    app = create_app(settings, service)
     uvicorn.run(app, host=args.host, port=args.port, log_level="info", timeout_graceful_shutdown=30)
     return 0

@@ -236,3 +236,63 @@ def static_server() -> Iterator[Callable[[Path], str]]:
     for proc in procs:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+# -- PostgreSQL: a real server of the tests' own, in a temporary folder --------------------------------
+
+def _postgres_bin() -> Path | None:
+    import glob
+
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    return Path(found[-1]).parent if found else None
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A PostgreSQL server on a free loopback port (``initdb`` in a temporary folder, trust auth), for
+    the session; as root it runs as the ``postgres`` user, as PostgreSQL requires. Skips where
+    PostgreSQL is not installed (``.ci/run`` installs it). Yields a function that makes a new empty
+    database and returns its URL."""
+    import os
+    import subprocess
+    import uuid
+
+    bin_dir = _postgres_bin()
+    if bin_dir is None:
+        pytest.skip("PostgreSQL is not installed (apt-get install postgresql; .ci/run installs it)")
+    import shutil
+    import tempfile
+
+    # not under pytest's own folder, which only root may enter
+    root = Path(tempfile.mkdtemp(prefix="hbdnet-postgres-"))
+    data, sock = root / "data", root / "sock"
+    sock.mkdir()
+    as_user: list[str] = []
+    if os.geteuid() == 0:
+        shutil.chown(root, "postgres")
+        shutil.chown(sock, "postgres")
+        as_user = ["runuser", "-u", "postgres", "--"]
+    port = free_port()
+
+    def run(*cmd: str) -> None:
+        out = subprocess.run([*as_user, *cmd], capture_output=True, text=True, timeout=120, check=False)
+        assert out.returncode == 0, out.stdout + out.stderr
+
+    run(str(bin_dir / "initdb"), "-D", str(data), "--auth=trust", "-U", "postgres", "--no-sync", "-E", "UTF8")
+    run(str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(root / "log.txt"), "-w", "-o",
+        f"-p {port} -k {sock} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200", "start")
+    base = f"postgresql://postgres@127.0.0.1:{port}"
+
+    def new_database() -> str:
+        import psycopg
+
+        name = f"t_{uuid.uuid4().hex[:12]}"
+        with psycopg.connect(f"{base}/postgres", autocommit=True) as conn:
+            conn.execute(f"CREATE DATABASE {name}")
+        return f"{base}/{name}"
+
+    try:
+        yield new_database
+    finally:
+        run(str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop")
+        shutil.rmtree(root, ignore_errors=True)

@@ -45,3 +45,12 @@ def test_bad_keys_file_origin_or_basemap_is_an_error_before_listening(tmp_path, 
     assert all(w in err for w in words), err
     assert "tooshortkey" not in err
     assert not (tmp_path / "d").exists()
+
+
+def test_a_store_that_cannot_be_reached_is_one_line(tmp_path, capsys, tiny_checkpoint):
+    code = main(["serve", "--model", str(tiny_checkpoint), "--data-dir", str(tmp_path / "d"), "--store",
+                 "postgresql://hbdnet:secret@127.0.0.1:9/jobs"])
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cannot use the job store postgresql://hbdnet:***@127.0.0.1:9/jobs" in err[0], err
+    assert "secret" not in err[0]
