@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from serving.api.store import _COLUMNS, _JSON, STATUSES, JobRecord, now
+from serving.api.store import _COLUMNS, _JSON, STATUSES, JobRecord, column_values, now
 
 # Each entry takes the schema from its index to the next version; never edit one that has shipped.
 MIGRATIONS = [
@@ -85,11 +85,7 @@ class PostgresJobStore:
         return rows[0] if rows else None
 
     def update(self, job_id: str, **changes: Any) -> JobRecord | None:
-        unknown = set(changes) - set(_COLUMNS) - {"updated"}
-        if unknown or "id" in changes or "seq" in changes:
-            raise ValueError(f"cannot update {sorted(unknown | ({'id', 'seq'} & set(changes)))}")
-        changes.setdefault("updated", now())
-        values = {k: (json.dumps(v) if k in _JSON else v) for k, v in changes.items()}
+        values = column_values(changes)
         rows = self._rows(f"UPDATE jobs SET {', '.join(f'{k} = %s' for k in values)} WHERE id = %s "
                           f"RETURNING {_SELECT}", (*values.values(), job_id))
         return rows[0] if rows else None
@@ -124,8 +120,7 @@ class PostgresJobStore:
             return cur.rowcount == 1
 
     def take_over(self, job: JobRecord, **changes: Any) -> bool:
-        changes.setdefault("updated", now())
-        values = {k: (json.dumps(v) if k in _JSON else v) for k, v in changes.items()}
+        values = column_values(changes)
         with self._pool.connection() as conn:
             cur = conn.execute(
                 f"UPDATE jobs SET {', '.join(f'{k} = %s' for k in values)} WHERE id = %s AND status = 'running' "

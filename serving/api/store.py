@@ -109,6 +109,15 @@ _COLUMNS = [f.name for f in dataclasses.fields(JobRecord)]
 _JSON = {"options", "timings", "notes"}
 
 
+def column_values(changes: dict[str, Any]) -> dict[str, Any]:
+    """``changes`` to a record as the values of its columns (JSON text where the column holds JSON),
+    ``updated`` now unless given; ``ValueError`` for a field that is not a column or cannot change."""
+    unknown = set(changes) - set(_COLUMNS) - {"updated"}
+    if unknown or "id" in changes or "seq" in changes:
+        raise ValueError(f"cannot update {sorted(unknown | ({'id', 'seq'} & set(changes)))}")
+    return {k: (json.dumps(v) if k in _JSON else v) for k, v in {"updated": now(), **changes}.items()}
+
+
 class SqliteJobStore:
     shared = False
 
@@ -164,11 +173,7 @@ class SqliteJobStore:
         return rows[0] if rows else None
 
     def update(self, job_id: str, **changes: Any) -> JobRecord | None:
-        unknown = set(changes) - set(_COLUMNS) - {"updated"}
-        if unknown or "id" in changes or "seq" in changes:
-            raise ValueError(f"cannot update {sorted(unknown | ({'id', 'seq'} & set(changes)))}")
-        changes.setdefault("updated", now())
-        values = {k: (json.dumps(v) if k in _JSON else v) for k, v in changes.items()}
+        values = column_values(changes)
         with self._lock:
             self._db.execute(f"UPDATE jobs SET {', '.join(f'{k} = ?' for k in values)} WHERE id = ?",
                              (*values.values(), job_id))
@@ -213,8 +218,7 @@ class SqliteJobStore:
         return cur.rowcount == 1
 
     def take_over(self, job: JobRecord, **changes: Any) -> bool:
-        changes.setdefault("updated", now())
-        values = {k: (json.dumps(v) if k in _JSON else v) for k, v in changes.items()}
+        values = column_values(changes)
         with self._lock:
             cur = self._db.execute(
                 f"UPDATE jobs SET {', '.join(f'{k} = ?' for k in values)} WHERE id = ? AND status = 'running' "
