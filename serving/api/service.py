@@ -31,6 +31,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import rasterio.shutil
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from serving.api import href_proxy
@@ -63,6 +64,7 @@ from serving.outputs.quicklook import write_quicklook
 log = logging.getLogger("hbdnet.serve")
 
 INPUT_NAME = "input"
+FETCHED_NAME = "fetched.tif"  # an href's scene, copied for the workers of a cluster (JobService._fetch)
 RESULT_STEM = "bridges"
 QUICKLOOK_NAME = "quicklook.png"
 INTERRUPTED = ("interrupted: the server stopped twice while this job ran; submit it again, and tell the "
@@ -403,6 +405,8 @@ class JobService:
             folder.mkdir(parents=True, exist_ok=True)
             if job.source != "upload":  # its host may resolve elsewhere now than when it was accepted
                 check_href_host(uri, self.href_policy)
+                if self.settings.ray_address is not None:
+                    uri = self._fetch(job.id, uri)
             result = detect(uri, self.model, options, outputs=outputs, pool=self.pool, progress=progress,
                             cancel=cancel, on_plan=on_plan)
             # Every format is written; GeoJSON is WGS84, so a scene without CRS has gpkg and fgb only.
@@ -441,6 +445,22 @@ class JobService:
         self.metrics.job_seconds.observe(total_s)
         self.window_rate.add(result.timings.get("stream", 0.0), result.windows)
         self.input_path(job.id).unlink(missing_ok=True)  # the results are what is kept
+        (self.job_dir(job.id) / FETCHED_NAME).unlink(missing_ok=True)
+
+    def _fetch(self, job_id: str, href: str) -> str:
+        """The scene at ``href`` copied into the job's folder by this process, through its guard proxy
+        (``serving.api.href_proxy``), as a tiled GeoTIFF. With ``--ray-address`` the workers may run on
+        machines that cannot reach that proxy: they read the copy, on the data folder the cluster
+        shares, and never the href, so that no request of theirs escapes the href policy."""
+        dest = self.job_dir(job_id) / FETCHED_NAME
+        try:
+            with open_raster(gdal_path(href), untrusted=True) as src:
+                rasterio.shutil.copy(src, dest, driver="GTiff", TILED="YES", COMPRESS="DEFLATE", BIGTIFF="IF_SAFER")
+        except Exception as exc:  # GDAL's errors come as several types, rasterio's private ones among them
+            dest.unlink(missing_ok=True)
+            said = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise SceneError(f"cannot read {href}: {said}") from None
+        return str(dest)
 
     def _write_quicklook(self, job_id: str, uri: str, scene: SceneInfo, bands: tuple[int, ...] | None) -> None:
         """The web page's picture of the scene in the job's bands, made while the scene is still here; a

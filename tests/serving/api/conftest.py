@@ -89,7 +89,7 @@ class Server:
 @pytest.fixture
 def serve(tmp_path, tiny_checkpoint) -> Iterator[Callable[..., Server]]:
     """Factory: ``serve(**settings)`` starts the service (in-process pool unless ``workers`` says otherwise,
-    the tiny model, data in ``tmp_path/data``) and stops it after the test."""
+    or ``pool_factory`` makes it; the tiny model, data in ``tmp_path/data``) and stops it after the test."""
     from serving.api.app import create_app
     from serving.api.service import JobService
     from serving.api.settings import Settings
@@ -103,8 +103,9 @@ def serve(tmp_path, tiny_checkpoint) -> Iterator[Callable[..., Server]]:
         settings.setdefault("workers", 0)
         model = settings.pop("model_ref", None) or model_ref(ModelSpec(path=str(tiny_checkpoint)),
                                                              name="tiny")
+        pool_factory = settings.pop("pool_factory", None)
         s = Settings(**settings)
-        server = Server(create_app(s, JobService(s, model)), free_port()).start()
+        server = Server(create_app(s, JobService(s, model, pool_factory=pool_factory)), free_port()).start()
         started.append(server)
         return server
 

@@ -215,3 +215,31 @@ def test_hanging_hrefs_leave_the_service_answering(serve, client, files):
     assert sorted(latencies)[-2] < 0.1 and max(latencies) < 0.5, sorted(latencies)[-5:]
     assert statuses[429] == 50 - 8 and statuses[422] == 8, statuses  # the 8 checked time out: 422
     assert files.hits() <= 8 * 2 * 2  # HTTP timeouts and one retry: no request goes on for good
+
+
+def test_with_a_cluster_the_workers_read_a_copy_never_the_href(serve, client, scene_file, files, wait_job,
+                                                                 tiny_checkpoint):
+    """With ``--ray-address`` the workers may run on machines that cannot reach the guard proxy: the
+    service copies an href's scene into the job's folder through the proxy, and the workers are given
+    the copy (a pool in this process stands for the cluster's, recording what it is given)."""
+    from serving.engine.detectors import ModelSpec
+    from serving.engine.pools import PoolConfig, make_pool
+
+    files.put("scene.tif", scene_file("scene.tif", 300, 300).read_bytes())
+    given: list[str] = []
+
+    def pool():
+        p = make_pool(ModelSpec(path=str(tiny_checkpoint)), PoolConfig(workers=0))
+        run = p.run
+        p.run = lambda spec, items, *a, **k: given.append(spec.uri) or run(spec, items, *a, **k)
+        return p
+
+    server = serve(allow_href_hosts=["127.0.0.1"], ray_address="127.0.0.1:1", pool_factory=pool)
+    r = client.post(f"{server.url}/jobs", json={"href": f"{files.url}/scene.tif"})
+    assert r.status_code == 202, r.text
+    assert wait_job(client, r.headers["location"])["status"] == "successful"
+    folder = server.service.job_dir(r.json()["jobID"])
+    assert given == [str(folder / "fetched.tif")]
+    assert not (folder / "fetched.tif").exists()  # the results are kept, not the copy
+    features = client.get(f"{r.headers['location']}/results").json()["features"]
+    assert {f["properties"]["scene"] for f in features} <= {f"{files.url}/scene.tif"}
