@@ -54,12 +54,20 @@ def _batches(windows: WindowDataset, levels: Callable[[int], bool], count: int) 
         yield batch.numpy()
 
 
-def int8_trunks(model: HBDNet, data: str | Path, count: int = CALIBRATION_WINDOWS) -> dict[str, bytes]:
-    """The int8 trunk of every detector of ``model`` (float32, in its inference form, on the CPU), by
-    detector name, calibrated on ``count`` windows of the images under ``data``."""
+def int8_trunks(model: HBDNet, data: str | Path, count: int = CALIBRATION_WINDOWS,
+                only: tuple[str, ...] | None = None) -> dict[str, bytes]:
+    """The int8 trunk of every detector of ``model`` (float32, in its inference form, on the CPU), or
+    of the detectors named in ``only`` (``local``, ``global.0`` ...; the others then run their float
+    trunks), by detector name, calibrated on ``count`` windows of the images under ``data``."""
     detectors = trunk_detectors(model)
     if not detectors:
         raise CalibrationError("this model fuses features across levels: its trunks cannot run in ONNX Runtime")
+    if only is not None:
+        unknown = sorted(set(only) - set(detectors))
+        if unknown:
+            raise CalibrationError(f"no detector {', '.join(unknown)} in this model (it has "
+                                   f"{', '.join(sorted(detectors))})")
+        detectors = {name: d for name, d in detectors.items() if name in only}
     windows = calibration_windows(data, model.cfg.window, model.cfg.overlap)
     trunks = {}
     for name, detector in detectors.items():

@@ -153,11 +153,13 @@ def trunk_detectors(model: nn.Module) -> dict[str, nn.Module]:
 
 def use_onnx_trunks(model: nn.Module, graphs: dict[str, bytes] | None = None) -> int:
     """Give every detector of an HBD-Net ``model`` (on the CPU, in its inference form) an ONNX Runtime
-    trunk: ``graphs[name]`` (the int8 trunks stored in a model file), else its float32 export. None
-    when the model fuses features across levels. Returns how many were given one."""
+    trunk: ``graphs[name]`` (the int8 trunks stored in a model file, for some or all of its
+    detectors), else its float32 export. None when the model fuses features across levels. Returns how
+    many were given one."""
     detectors = trunk_detectors(model)
-    if graphs is not None and set(graphs) != set(detectors):
+    if graphs is not None and not set(graphs) <= set(detectors):
         raise ValueError(f"trunk graphs for {sorted(graphs)}, but the model's detectors are {sorted(detectors)}")
     for name, detector in detectors.items():
-        detector.trunk = OnnxTrunk(graphs[name] if graphs is not None else export_trunk(detector))
+        given = (graphs or {}).get(name)
+        detector.trunk = OnnxTrunk(given if given is not None else export_trunk(detector))
     return len(detectors)

@@ -31,19 +31,22 @@ def run(args: argparse.Namespace) -> int:
     score_thr = args.score_thr if args.score_thr is not None else meta.pop("score_thr", None)
     dtype = "float16" if args.fp16 else "float32"
     try:
-        trunks = _int8_trunks(model, dtype, args.int8) if args.int8 is not None else None
+        only = tuple(n.strip() for n in args.int8_detectors.split(",")) if args.int8_detectors else None
+        if only is not None and args.int8 is None:
+            raise CliError("--int8-detectors goes with --int8 DATA")
+        trunks = _int8_trunks(model, dtype, args.int8, only) if args.int8 is not None else None
         path = save_safetensors(out, model, meta=meta, score_thr=score_thr, dtype=dtype, int8_trunks=trunks)
     except ValueError as err:
         raise CliError(str(err)) from err
     except OSError as err:
         raise CliError(f"cannot write {out}: {err}") from err
     size = path.stat().st_size / 2**20
-    print(f"wrote {path} ({size:.1f} MB, {dtype}" + (", int8 trunks" if args.int8 is not None else "")
+    print(f"wrote {path} ({size:.1f} MB, {dtype}" + (f", int8 trunks: {', '.join(sorted(trunks))}" if trunks else "")
           + (f", score_thr {score_thr:g}" if score_thr is not None else "") + ")")
     return 0
 
 
-def _int8_trunks(model, dtype: str, data: str) -> dict[str, bytes]:
+def _int8_trunks(model, dtype: str, data: str, only: tuple[str, ...] | None = None) -> dict[str, bytes]:
     """The int8 trunks of ``model`` as the file stores it (its float16 weights, if so), calibrated on
     windows of the images under ``data``; computed before anything is written, so that a calibration
     that fails leaves the output path as it was."""
@@ -58,4 +61,4 @@ def _int8_trunks(model, dtype: str, data: str) -> dict[str, bytes]:
     with tempfile.TemporaryDirectory(prefix="hbdnet-export-") as tmp:
         stored, _ = load_model(save_safetensors(Path(tmp) / "stored.safetensors", model, dtype=dtype))
     inference_form(stored, torch.device("cpu"))
-    return int8_trunks(stored, data)
+    return int8_trunks(stored, data, only=only)

@@ -153,6 +153,9 @@ def _add_export(sub: Subparsers) -> None:
                    help="also store the detectors' convolutional trunks quantized to int8 (ONNX Runtime, what "
                         "--runtime auto runs on a CPU), calibrated on windows of the images of DATA "
                         "(images/ and labelTxt/, e.g. the training data)")
+    p.add_argument("--int8-detectors", metavar="NAMES",
+                   help="with --int8, quantize only these detectors' trunks, comma-separated (local, global.0 "
+                        "...); the others run their float trunks (default: every detector)")
     p.add_argument("--score-thr", type=score, metavar="X",
                    help="operating point stored with the weights (used unless --score-thr is given at detect)")
     p.add_argument("--name", help="model name recorded in the metadata (default: the source's)")

@@ -4,9 +4,11 @@ beside a JSON file of its corners in longitude and latitude.
 
 The scene is read decimated (GDAL's average resampling), never whole: from its overviews where it
 has them, and otherwise block by block through GDAL's cache, held at ``QUICKLOOK_CACHE_BYTES``
-meanwhile (a 16,000 x 16,240 DEFLATE scene of real imagery without overviews: 1.8 s, against 1.6 s
-to decode it once in strips). Values other than 8-bit are stretched to 0-255 between the 2nd and
-98th percentiles of the quicklook's own valid pixels (a picture to look at, not the model's input).
+meanwhile. Without overviews that costs about three and a half decodes of the scene, once per job
+(``tools/bench_quicklook.py``: a 16k DEFLATE scene of real imagery, 4.4 s against 1.3 s for a decode
+in strips); GDAL's decimation, not the reading, is the cost. Values other than 8-bit are stretched to
+0-255 between the 2nd and 98th percentiles of the quicklook's own valid pixels (a picture to look
+at, not the model's input).
 """
 
 from __future__ import annotations
@@ -33,8 +35,9 @@ from serving.engine.stretch import stretch_from_samples, valid_mask
 WEB_MERCATOR = "EPSG:3857"
 DEFAULT_MAX_SIDE = 1024
 # GDAL's block cache while the quicklook is read (unless a reader holds more): without overviews,
-# GDAL reads the scene's blocks through it into the small output, so it bounds the memory.
-QUICKLOOK_CACHE_BYTES = 32 * 2**20
+# GDAL reads the scene's blocks through it into the small output, so it bounds the memory. (On a 16k
+# scene with 512 px tiles: 6.2 s at 32 MB, 4.3 s at 64, 128 or 256 MB.)
+QUICKLOOK_CACHE_BYTES = 64 * 2**20
 
 
 @dataclass(frozen=True)

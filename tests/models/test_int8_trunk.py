@@ -67,8 +67,9 @@ def test_a_model_file_with_int8_trunks_runs_them_on_a_cpu(int8_model):
     assert set(read_int8_trunks(int8_model)) == {"local", "global.0"}
     assert load_window_detector(int8_model, "cpu").runtime == "int8"  # auto
     assert load_window_detector(int8_model, "cpu", runtime="torch").runtime == "torch"
-    assert read_int8_trunks(bundled_model_path("default")) == {}  # the shipped file: none (MODEL_CARD.md)
-    assert load_window_detector(bundled_model_path("default"), "cpu").runtime == "torch"
+    # the shipped file: the local detector's trunk only (MODEL_CARD.md), which auto runs on a CPU
+    assert set(read_int8_trunks(bundled_model_path("default"))) == {"local"}
+    assert load_window_detector(bundled_model_path("default"), "cpu").runtime == "int8"
 
 
 def test_int8_detections_are_the_float_models(int8_model, autzen_windows):
@@ -78,7 +79,8 @@ def test_int8_detections_are_the_float_models(int8_model, autzen_windows):
     want, got = float_side.detect(images, plan), int8_side.detect(images, plan)
     # Both ways: a box scoring 0.3 or more from one runtime is in the other's, in the same place. The
     # scores move more: 8-bit activations calibrated on two windows lower the footbridge's at the coarse
-    # level from 0.49 to 0.18, which is why the shipped model keeps its float trunk (MODEL_CARD.md).
+    # level from 0.49 to 0.18, which is why the shipped model keeps its global detector's float trunk
+    # (MODEL_CARD.md).
     assert _matches(want, got, 0.3, min_iou=0.7, score_tol=0.35) >= 1  # the footbridge
     _matches(got, want, 0.3, min_iou=0.7, score_tol=0.35)
 
@@ -102,8 +104,10 @@ def test_export_quantizes_the_models_own_trunks(int8_model, autzen_windows):
 
 def test_int8_errors(tmp_path, capsys, int8_model):
     source = bundled_model_path("default")
+    plain = tmp_path / "plain.safetensors"  # the shipped weights without int8 trunks
+    assert main(["export", str(source), "-o", str(plain), "--fp16"]) == 0
     with pytest.raises(ValueError, match="holds no int8 trunk"):
-        load_window_detector(source, "cpu", runtime="int8")
+        load_window_detector(plain, "cpu", runtime="int8")
     with pytest.raises(ValueError, match="runtime int8 runs a float32 model"):
         load_window_detector(int8_model, "cpu", "bfloat16", runtime="int8")
     capsys.readouterr()
@@ -117,3 +121,28 @@ def test_a_failed_calibration_leaves_the_output_as_it_was(tmp_path, capsys):
     out.write_bytes(b"what was there")
     assert main(["export", str(bundled_model_path("default")), "-o", str(out), "--int8", str(tmp_path / "nope")]) == 2
     assert out.read_bytes() == b"what was there"
+
+
+def test_int8_for_the_local_detector_only_keeps_the_coarse_levels_float(tmp_path, calibration_folder, int8_model,
+                                                                          autzen_windows):
+    """``--int8-detectors local``: the local detector (level 0, most of a scene's windows) runs int8, the
+    global one its float trunk, whose detections are then those of the float export (``--runtime onnx``)."""
+    out = tmp_path / "local.safetensors"
+    assert main(["export", str(bundled_model_path("default")), "-o", str(out), "--fp16", "--int8",
+                 str(calibration_folder), "--int8-detectors", "local"]) == 0
+    assert set(read_int8_trunks(out)) == {"local"}
+    partial = load_window_detector(out, "cpu")
+    assert partial.runtime == "int8"
+    onnx_float = load_window_detector(out, "cpu", runtime="onnx")
+    both_int8 = load_window_detector(int8_model, "cpu")
+    coarse = [(image, w) for image, w in autzen_windows if w.level > 0]
+    fine = [(image, w) for image, w in autzen_windows if w.level == 0]
+    assert coarse and fine
+    images, plan = map(list, zip(*coarse))
+    for (gb, gs, _), (wb, ws, _) in zip(partial.detect(images, plan), onnx_float.detect(images, plan), strict=True):
+        assert np.array_equal(gb, wb) and np.array_equal(gs, ws)  # the float trunk, bit for bit
+    images, plan = map(list, zip(*fine))
+    for (gb, gs, _), (wb, ws, _) in zip(partial.detect(images, plan), both_int8.detect(images, plan), strict=True):
+        assert np.array_equal(gb, wb) and np.array_equal(gs, ws)  # the same int8 local trunk
+    assert main(["export", str(bundled_model_path("default")), "-o", str(tmp_path / "x.safetensors"), "--int8",
+                 str(calibration_folder), "--int8-detectors", "global.7"]) == 2

@@ -34,8 +34,10 @@ pytestmark = [
 
 
 def both(images):
-    """(float32, bfloat16) merged detections of ``images``."""
-    return [detect_images(images, model_ref(ModelSpec(str(MODEL), "cpu", precision=p))) for p in ("float32", "bfloat16")]
+    """(float32, bfloat16) merged detections of ``images``, both in PyTorch (on a CPU the shipped file
+    would otherwise run its int8 trunk in float32: ``--runtime auto``)."""
+    return [detect_images(images, model_ref(ModelSpec(str(MODEL), "cpu", precision=p, runtime="torch")))
+            for p in ("float32", "bfloat16")]
 
 
 def assert_top_boxes_matched(ref, got) -> None:
