@@ -11,15 +11,16 @@ from serving.cli.errors import CliError
 from serving.engine.window_count import windows_per_level
 
 
-def _scene_size(scene: str) -> tuple[int, int]:
-    """(height, width) of a size given as WIDTHxHEIGHT (or one side), or of the raster at ``scene``."""
+def _scene_size(scene: str) -> tuple[int, int, str | None]:
+    """(height, width) of a size given as WIDTHxHEIGHT (or one side), or of the raster at ``scene``, with
+    the raster's ground sample distance in words (None for a size, or a raster without a CRS)."""
     m = re.fullmatch(r"\s*(\d+)\s*(?:[xX]\s*(\d+))?\s*", scene)
     if m:
         w = int(m.group(1))
         h = int(m.group(2) or w)
         if h < 1 or w < 1:
             raise CliError(f"scene size must be at least 1 x 1 px, got {w} x {h} (width x height)")
-        return h, w
+        return h, w, None
     try:
         from rasterio.errors import RasterioIOError
 
@@ -28,10 +29,22 @@ def _scene_size(scene: str) -> tuple[int, int]:
         raise CliError(f"cannot open {scene!r}: rasterio is not installed") from err
     try:
         with open_raster(gdal_path(scene)) as ds:
-            return ds.height, ds.width
+            return ds.height, ds.width, _gsd_words(ds)
     except RasterioIOError as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise CliError(f"{scene!r} is neither a size (16384, 3000x5000) nor a raster that opens: {first}") from err
+
+
+def _gsd_words(ds) -> str | None:
+    from serving.outputs.geometry_attrs import ground_sample_distance
+
+    gsd = ground_sample_distance(ds.transform, ds.crs, ds.width, ds.height)
+    if gsd is None:
+        return None
+    across, down = gsd
+    same = abs(across - down) <= 0.01 * max(across, down)
+    return (f"{across:.3g} m" if same else f"{across:.3g} m across, {down:.3g} m down") + \
+        " a pixel at the scene's centre"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -39,9 +52,11 @@ def run(args: argparse.Namespace) -> int:
         validate_window(args.window, args.overlap)
     except ValueError as err:
         raise CliError(str(err)) from err
-    height, width = _scene_size(args.scene)
+    height, width, gsd = _scene_size(args.scene)
     print(f"scene {width} x {height} px (width x height), windows of {args.window} px overlapping by "
           f"{args.overlap} px")
+    if gsd is not None:
+        print(f"ground sample distance: {gsd}")
     total = 0
     for lv, n in windows_per_level(height, width, args.window, args.overlap):
         total += n

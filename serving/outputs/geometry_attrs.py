@@ -145,6 +145,25 @@ def _measure_axis(
     return distance, bearing
 
 
+def ground_sample_distance(transform: Affine, crs: object | None, width: int,
+                           height: int) -> tuple[float, float] | None:
+    """The ground size of a pixel (metres across, metres down) at the scene's centre: for a CRS bound
+    to the earth, the geodesic distance on the WGS84 ellipsoid from the centre pixel to its
+    neighbours (so also for degrees, and with a projection's scale factor); for a projected CRS
+    without one, the pixel size in its unit as metres. None without a CRS or a length unit."""
+    pcrs = to_pyproj_crs(crs)
+    if pcrs is None:
+        return None
+    frame = MapFrame(transform, pcrs)
+    centre = np.array([[width / 2.0, height / 2.0]] * 2)
+    ends = centre + np.array([[1.0, 0.0], [0.0, 1.0]])
+    across_down, _ = _measure_axis(apply_affine(transform, centre), apply_affine(transform, ends), frame,
+                                   lonlat_transformer(pcrs))
+    if not np.isfinite(across_down).all():
+        return None
+    return float(across_down[0]), float(across_down[1])
+
+
 def pixel_boxes_le90(boxes: np.ndarray) -> np.ndarray:
     """``(N, 5)`` boxes in any angle form, rewritten in le90 (w >= h, theta in [-pi/2, pi/2))."""
     return regularize_le90(torch.from_numpy(np.ascontiguousarray(boxes, dtype=np.float64))).numpy()

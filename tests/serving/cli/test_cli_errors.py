@@ -227,3 +227,11 @@ def test_detect_and_batch_print_the_plan_and_an_estimate(tmp_path, capsys, monke
     assert err[0] == "hbdnet batch: plan: big: 2200 x 1100 px (width x height), 9 windows to run: level 0 (1/1) 6, " \
                      "level 1 (1/2) 2, level 2 (1/4) 1"
     assert err[1].startswith("hbdnet batch: estimate: big: about ")
+
+
+def test_plan_of_a_georeferenced_scene_gives_its_ground_sample_distance(capsys):
+    sample = Path(__file__).resolve().parents[3] / "samples" / "autzen_willamette_footbridge_0.30m.tif"
+    assert main(["plan", str(sample)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    # 1 ft pixels of Oregon's state plane (0.3048 m) with the projection's scale factor
+    assert lines[1] == "ground sample distance: 0.305 m a pixel at the scene's centre"

@@ -533,3 +533,24 @@ def test_inconsistent_arrays_are_rejected(tmp_path):
             crs=UTM31,
             labels=np.array([1]),
         )
+
+
+@pytest.mark.parametrize(("crs", "transform", "across", "down"), [
+    # UTM 31N at its central meridian: 0.5 m pixels, times the projection's scale factor 0.9996
+    ("EPSG:32631", Affine(0.5, 0, 500000.0 - 500, 0, -0.5, 5800000.0 + 500), 0.4998, 0.4998),
+    # degrees at 52 N: a hundred-thousandth of a degree is 0.687 m across and 1.113 m down
+    ("EPSG:4326", Affine(1e-5, 0, 3.0, 0, -1e-5, 52.0), 0.6869, 1.1130),
+    # US survey feet (Oregon South, the Autzen sample's CRS family): 1 ft pixels
+    ("EPSG:2994", Affine(1.0, 0, 4000000.0, 0, -1.0, 900000.0), 0.3048, 0.3048),
+])
+def test_ground_sample_distance_from_projected_and_geographic_crss(crs, transform, across, down):
+    from serving.outputs.geometry_attrs import ground_sample_distance
+
+    got = ground_sample_distance(transform, crs, 2000, 2000)
+    assert got == pytest.approx((across, down), rel=2e-3)
+
+
+def test_no_ground_sample_distance_without_a_crs():
+    from serving.outputs.geometry_attrs import ground_sample_distance
+
+    assert ground_sample_distance(Affine(0.5, 0, 0, 0, -0.5, 0), None, 100, 100) is None
