@@ -20,6 +20,7 @@ from starlette.requests import Request
 
 from serving.api.errors import ApiError
 from serving.detect import DetectOptions
+from serving.engine.gdal_errors import first_line
 from serving.engine.scene import SceneError, SceneInfo, gdal_path, open_raster, open_scene, shown_as
 
 CHUNK = 1 << 20  # bytes written per disk write
@@ -237,7 +238,7 @@ def _driver(path: str) -> str:
     try:
         ds = open_raster(path, untrusted=True)
     except RasterioIOError as exc:
-        reason = _first_line(exc)
+        reason = first_line(exc)
         if "not recognized as" in reason or "not recognised as" in reason:
             raise SceneError("not a raster the service reads (GeoTIFF, PNG, JPEG, JPEG 2000): not recognized as a "
                              "supported file format") from None
@@ -252,10 +253,5 @@ def _driver(path: str) -> str:
         except RasterioIOError as exc:
             cause = exc.__cause__ or exc.__context__ or exc
             raise SceneError(f"{path} cannot be read to its end (truncated or corrupt): "
-                             f"{_first_line(cause)}") from exc
+                             f"{first_line(cause)}") from exc
         return ds.driver
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

@@ -14,6 +14,7 @@ import json
 from typing import Any
 
 from serving.api.store import _COLUMNS, _JSON, STATUSES, JobRecord, column_values, now
+from serving.engine.gdal_errors import first_line
 
 # Each entry takes the schema from its index to the next version; never edit one that has shipped.
 MIGRATIONS = [
@@ -50,7 +51,7 @@ class PostgresJobStore:
             self._pool.wait(timeout=timeout_s)
             self.migrate()
         except self._errors as exc:
-            raise StoreError(f"cannot use the job store {_safe(url)}: {_first_line(exc)}") from None
+            raise StoreError(f"cannot use the job store {_safe(url)}: {first_line(exc)}") from None
 
     def migrate(self) -> int:
         """Bring the schema to the last version; returns it."""
@@ -163,8 +164,3 @@ def _safe(url: str) -> str:
         return url
     netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
     return urlunsplit(parts._replace(netloc=netloc))
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

@@ -43,6 +43,7 @@ from serving.api.settings import Settings
 from serving.api.store import FINAL, JobRecord, JobStore, SqliteJobStore, now
 from serving.detect import DetectOptions, PreparedScene, detect, write
 from serving.engine.aoi import aoi_from_value
+from serving.engine.gdal_errors import first_line
 from serving.engine.pools import InProcessPool, PoolConfig, RayPool, make_pool
 from serving.engine.reader import select_bands
 from serving.engine.scene import (
@@ -458,8 +459,7 @@ class JobService:
                 rasterio.shutil.copy(src, dest, driver="GTiff", TILED="YES", COMPRESS="DEFLATE", BIGTIFF="IF_SAFER")
         except Exception as exc:  # GDAL's errors come as several types, rasterio's private ones among them
             dest.unlink(missing_ok=True)
-            said = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise SceneError(f"cannot read {href}: {said}") from None
+            raise SceneError(f"cannot read {href}: {first_line(exc)}") from None
         return str(dest)
 
     def _write_quicklook(self, job_id: str, uri: str, scene: SceneInfo, bands: tuple[int, ...] | None) -> None:

@@ -31,6 +31,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from urllib.parse import unquote, urljoin, urlparse
 
+from serving.engine.gdal_errors import first_line
+
 if TYPE_CHECKING:
     import pystac
 
@@ -202,7 +204,7 @@ def stac_scenes(href: str) -> list[SceneInput]:
     try:
         data = pystac.StacIO.default().read_json(href)
     except Exception as exc:  # pystac surfaces file, network and JSON errors as assorted types
-        raise InputError(f"cannot read STAC file {href}: {_one_line(exc)}") from exc
+        raise InputError(f"cannot read STAC file {href}: {first_line(exc)}") from exc
     if not isinstance(data, dict):
         raise InputError(f"{href} is not a STAC Item, Catalog, Collection or ItemCollection")
     try:
@@ -220,7 +222,7 @@ def stac_scenes(href: str) -> list[SceneInput]:
         if isinstance(exc, InputError):
             raise
         raise InputError(f"{href} is not a readable STAC Item, Catalog, Collection or ItemCollection: "
-                         f"{_one_line(exc)}") from exc
+                         f"{first_line(exc)}") from exc
     scenes: list[SceneInput] = []
     for item in items:
         scenes.extend(item_scenes(item, base=href))
@@ -283,8 +285,3 @@ def _file_url_path(url: str) -> str:
 
 def _url_path(uri: str) -> str:
     return unquote(urlparse(uri).path) if "://" in uri else uri
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0]

@@ -17,6 +17,8 @@ import shapely.errors
 import shapely.geometry
 from affine import Affine
 
+from serving.engine.gdal_errors import first_line
+
 WGS84 = "EPSG:4326"
 
 
@@ -83,7 +85,7 @@ def aoi_from_value(value: str | dict) -> AreaOfInterest:
     try:
         geometry = shapely.geometry.shape(value)
     except (KeyError, TypeError, ValueError, IndexError, shapely.errors.ShapelyError) as exc:
-        raise AoiError(f"aoi: not a valid GeoJSON {value['type']}: {_first_line(exc)}") from None
+        raise AoiError(f"aoi: not a valid GeoJSON {value['type']}: {first_line(exc)}") from None
     if geometry.is_empty or not np.isfinite(shapely.get_coordinates(geometry)).all():
         raise AoiError("aoi: the polygon is empty or has coordinates that are not numbers")
     return AreaOfInterest(shapely.make_valid(geometry), WGS84, f"a GeoJSON {value['type']} (WGS84)")
@@ -100,7 +102,7 @@ def read_aoi_file(path: Path) -> AreaOfInterest:
     try:
         meta, _, wkb, _ = pyogrio.raw.read(path, read_geometry=True, columns=[])
     except (pyogrio.errors.DataSourceError, pyogrio.errors.DataLayerError) as exc:
-        raise AoiError(f"area of interest {path}: not a vector file GDAL reads ({_first_line(exc)})") from None
+        raise AoiError(f"area of interest {path}: not a vector file GDAL reads ({first_line(exc)})") from None
     shapes = [g for g in shapely.from_wkb(wkb) if g is not None and not g.is_empty] if wkb is not None else []
     polygons = [g for g in shapes if g.geom_type in ("Polygon", "MultiPolygon")]
     if not polygons:
@@ -142,8 +144,3 @@ def _check_crs(crs: str, text: str) -> None:
         pyproj.CRS.from_user_input(crs)
     except pyproj.exceptions.CRSError:
         raise AoiError(f"area of interest {text!r}: unknown CRS {crs!r} (e.g. EPSG:4326)") from None
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

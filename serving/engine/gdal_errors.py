@@ -5,7 +5,8 @@ server!", an HTTP error) and then a generic "not recognized as being in a suppor
 rasterio raises only the last one and logs the others (logger ``rasterio._env``, level INFO, usually
 off). ``collecting()`` gathers, for the calling thread only, the messages GDAL signals meanwhile, so
 that ``serving.engine.scene.open_raster`` can say the real reason. Logging output is left as it was:
-records below the level the logger had before are still dropped.
+records below the level the logger had before are still dropped. ``first_line`` is what every
+one-line error of hbdnet says of an exception.
 """
 
 from __future__ import annotations
@@ -60,3 +61,9 @@ def collecting() -> Iterator[list[str]]:
         yield found
     finally:
         _local.messages = outer
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of ``exc``'s message, or its type's name when it has none."""
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0]

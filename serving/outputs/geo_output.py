@@ -45,6 +45,7 @@ import pyogrio.raw
 import shapely
 from rasterio.transform import Affine
 
+from serving.engine.gdal_errors import first_line
 from serving.outputs.formats import OutputError, check_output_path
 from serving.outputs.geometry_attrs import (
     BridgeGeometry,
@@ -171,16 +172,11 @@ def write_detections(
             path.with_suffix(".qml").write_text(qml, encoding="utf-8")
     except (OSError, *_GDAL_ERRORS) as exc:
         # GDAL names the file it was writing: the temporary one, which the user never asked for.
-        reason = _one_line(exc).replace(str(tmp), str(path)).replace(tmp.name, path.name)
+        reason = first_line(exc).replace(str(tmp), str(path)).replace(tmp.name, path.name)
         raise OutputError(f"cannot write {path}: {reason}") from exc
     finally:
         tmp.unlink(missing_ok=True)
     return path
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0]
 
 
 def _validate(boxes, scores, labels, levels, num_classes: int) -> Detections:
