@@ -1,12 +1,11 @@
 """Detect bridges (local): runs ``hbdnet detect`` on the raster."""
 
 import os
-import os.path
 
 from qgis.core import QgsProcessingAlgorithm, QgsProcessingParameterString
 
 from . import common
-from .runner import Run
+from .runner import run_hbdnet
 
 MODEL = "MODEL"
 
@@ -44,7 +43,7 @@ class DetectBridgesLocal(QgsProcessingAlgorithm):
                     "--score-thr", repr(self.parameterAsDouble(parameters, common.SCORE, context)),
                     "--model", self.parameterAsString(parameters, MODEL, context) or "default",
                     *common.bands_option(self, parameters, context)]
-            Run(args, feedback)()
+            run_hbdnet(args, feedback)
         finally:
             if scene != source:
                 os.remove(scene)

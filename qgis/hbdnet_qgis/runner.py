@@ -41,60 +41,49 @@ def find_hbdnet():
         "Settings > Options > Processing > Providers > hbdnet, or put it on the PATH")
 
 
-class Run:
-    """One ``hbdnet`` process. ``pid`` while it runs (tests look for it after a cancel)."""
-
-    last = None  # the most recent Run of this QGIS process
-
-    def __init__(self, args, feedback):
-        self.args = [find_hbdnet(), *args]
-        self.feedback = feedback
-        self.pid = None
-        Run.last = self
-
-    def __call__(self):
-        """Run to the end; raise QgsProcessingException with hbdnet's own error line when it fails, or
-        when the user cancels (the process is stopped first). Returns the lines it printed on stdout."""
-        feedback = self.feedback
-        feedback.pushCommandInfo(" ".join(self.args))
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
-        # its own process group, so that a cancel stops its workers too
-        group = ({"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP} if os.name == "nt"
-                 else {"start_new_session": True})
+def run_hbdnet(args, feedback):
+    """Run ``hbdnet ARGS`` to the end; raise QgsProcessingException with hbdnet's own error line when it
+    fails, or when the user cancels (the process is stopped first). Returns the lines it printed on
+    stdout."""
+    argv = [find_hbdnet(), *args]
+    feedback.pushCommandInfo(" ".join(argv))
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    # its own process group, so that a cancel stops its workers too
+    group = ({"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP} if os.name == "nt"
+             else {"start_new_session": True})
+    try:
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                bufsize=1, env=env, **group)
+    except OSError as exc:
+        raise QgsProcessingException(f"cannot run {argv[0]}: {exc.strerror or exc}") from None
+    lines = queue.Queue()
+    readers = [threading.Thread(target=_pump, args=(stream, name, lines), daemon=True)
+               for stream, name in ((proc.stdout, "out"), (proc.stderr, "err"))]
+    for reader in readers:
+        reader.start()
+    out, err = [], []
+    while True:
+        if feedback.isCanceled():
+            _stop(proc)
+            raise QgsProcessingException("cancelled: hbdnet was stopped")
         try:
-            proc = subprocess.Popen(self.args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                    bufsize=1, env=env, **group)
-        except OSError as exc:
-            raise QgsProcessingException(f"cannot run {self.args[0]}: {exc.strerror or exc}") from None
-        self.pid = proc.pid
-        lines = queue.Queue()
-        readers = [threading.Thread(target=_pump, args=(stream, name, lines), daemon=True)
-                   for stream, name in ((proc.stdout, "out"), (proc.stderr, "err"))]
-        for reader in readers:
-            reader.start()
-        out, err = [], []
-        while True:
-            if feedback.isCanceled():
-                _stop(proc)
-                raise QgsProcessingException("cancelled: hbdnet was stopped")
-            try:
-                name, line = lines.get(timeout=0.1)
-            except queue.Empty:
-                if proc.poll() is not None and not any(r.is_alive() for r in readers):
-                    break
-                continue
-            line = line.rstrip("\n")
-            (out if name == "out" else err).append(line)
-            match = PROGRESS.search(line)
-            if match:
-                done, total = int(match.group(1)), int(match.group(2))
-                feedback.setProgress(100.0 * done / max(1, total))
-            elif line.strip() and not (name == "err" and ": error: " in line):  # an error is raised below
-                feedback.pushInfo(line)
-        if proc.wait() != 0:
-            said = [line for line in err if line.strip() and not PROGRESS.search(line)]
-            raise QgsProcessingException(said[-1] if said else f"hbdnet stopped with exit code {proc.returncode}")
-        return out
+            name, line = lines.get(timeout=0.1)
+        except queue.Empty:
+            if proc.poll() is not None and not any(r.is_alive() for r in readers):
+                break
+            continue
+        line = line.rstrip("\n")
+        (out if name == "out" else err).append(line)
+        match = PROGRESS.search(line)
+        if match:
+            done, total = int(match.group(1)), int(match.group(2))
+            feedback.setProgress(100.0 * done / max(1, total))
+        elif line.strip() and not (name == "err" and ": error: " in line):  # an error is raised below
+            feedback.pushInfo(line)
+    if proc.wait() != 0:
+        said = [line for line in err if line.strip() and not PROGRESS.search(line)]
+        raise QgsProcessingException(said[-1] if said else f"hbdnet stopped with exit code {proc.returncode}")
+    return out
 
 
 def _pump(stream, name, lines):

@@ -35,13 +35,31 @@ def start(gui=False):
     return app
 
 
-def cancel_when_running(feedback):
+def hbdnet_pid(output):
+    """The process running ``hbdnet detect ... -o output``, found in /proc (None when there is none)."""
+    for entry in os.listdir("/proc"):
+        try:
+            argv = open(f"/proc/{entry}/cmdline", "rb").read().split(b"\0") if entry.isdigit() else []
+        except OSError:
+            continue
+        if b"detect" in argv and output.encode() in argv:
+            return int(entry)
+    return None
+
+
+def cancel_when_running(feedback, output=None):
+    """Cancel once the run reports progress; ``seen["pid"]``: the hbdnet process then running."""
+    seen = {}
+
     def watch():
         while feedback.progress() <= 0:
             time.sleep(0.05)
+        if output is not None:
+            seen["pid"] = hbdnet_pid(output)
         feedback.cancel()
 
     threading.Thread(target=watch, daemon=True).start()
+    return seen
 
 
 def run_cancelled(algorithm, parameters):
@@ -49,14 +67,14 @@ def run_cancelled(algorithm, parameters):
     from qgis.core import QgsProcessingException
 
     feedback = QgsProcessingFeedback()
-    cancel_when_running(feedback)
+    seen = cancel_when_running(feedback, parameters["OUTPUT"] if algorithm.endswith("local") else None)
     t = time.monotonic()
     try:
         processing.run(algorithm, parameters, feedback=feedback)
         error = None
     except QgsProcessingException as exc:
         error = str(exc)
-    return {"error": error, "seconds": time.monotonic() - t, "progress": feedback.progress()}
+    return {"error": error, "seconds": time.monotonic() - t, "progress": feedback.progress(), **seen}
 
 
 def alive(pid):
@@ -72,11 +90,9 @@ def main():
     command, *args = sys.argv[1:]
     app = start(gui=command == "screenshots")  # noqa: F841 - QGIS ends when its application object goes
     if command == "cancel-local":
-        from hbdnet_qgis.runner import Run
-
         result = run_cancelled("hbdnet:detectbridgeslocal", {"INPUT": args[0], "OUTPUT": args[1]})
         time.sleep(0.5)
-        result.update(pid=Run.last.pid, alive=alive(Run.last.pid))
+        result["alive"] = result.get("pid") is not None and alive(result["pid"])
     elif command == "cancel-server":
         from qgis.core import QgsAuthMethodConfig
 

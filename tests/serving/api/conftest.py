@@ -16,15 +16,10 @@ import rasterio
 from affine import Affine
 
 from serving.engine.detectors import ModelSpec
+from serving.testing.servers import free_port
 
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def write_scene(path: Path, height: int, width: int, *, count: int = 3, seed: int = 0, crs: str | None = "EPSG:32631",

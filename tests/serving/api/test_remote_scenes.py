@@ -18,7 +18,7 @@ import httpx
 import pytest
 import rasterio
 
-from tests.serving.api.conftest import free_port
+from serving.testing.servers import free_port
 
 VRT = """<VRTDataset rasterXSize="300" rasterYSize="300">
   <VRTRasterBand dataType="Byte" band="1">

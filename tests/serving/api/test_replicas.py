@@ -15,7 +15,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from .conftest import free_port, write_scene
+from serving.testing.servers import free_port, wait_ready
+
+from .conftest import write_scene
 
 HBDNET = Path(sys.executable).with_name("hbdnet")
 TAKEOVER_S = 3
@@ -39,15 +41,7 @@ def replicas(postgres_server, tiny_checkpoint, tmp_path):
             started.append(proc)
             out.append((f"http://127.0.0.1:{port}", proc))
         for base, proc in out:
-            deadline = time.monotonic() + 120
-            while True:
-                try:
-                    if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "replica0.log").read_text()
-                time.sleep(0.2)
+            wait_ready(base, proc)
         return out
 
     start.db = url  # type: ignore[attr-defined]
