@@ -9,6 +9,7 @@ itself holds no data and needs no key; it asks for one and sends it with every c
 
 from __future__ import annotations
 
+import functools
 import importlib.resources
 import json
 from urllib.parse import urlsplit
@@ -54,11 +55,12 @@ def wants_html(request: Request) -> bool:
 
 def check_basemap(template: str) -> str:
     """``template`` if it is an http(s) tile URL with {z}, {x} and {y}, else ValueError."""
-    parts = urlsplit(template.replace("{s}", "a"))
+    parts = urlsplit(template)
     if parts.scheme not in ("http", "https") or not parts.netloc or not all(
-            f"{{{k}}}" in template for k in "zxy"):
-        raise ValueError(f"--basemap is an http(s) tile URL with {{z}}, {{x}} and {{y}}, like "
-                         f"https://tile.openstreetmap.org/{{z}}/{{x}}/{{y}}.png; got {template[:200]!r}")
+            f"{{{k}}}" in template for k in "zxy") or "{s}" in parts.netloc.partition(".")[2]:
+        raise ValueError(f"--basemap is an http(s) tile URL with {{z}}, {{x}} and {{y}} ({{s}} only in the host's "
+                         f"first label), like https://tile.openstreetmap.org/{{z}}/{{x}}/{{y}}.png; got "
+                         f"{template[:200]!r}")
     return template
 
 
@@ -67,18 +69,24 @@ def content_security_policy(basemap: str | None) -> str:
     fetches with the key), and tiles from the basemap's host when there is one."""
     images = "'self' blob: data:"
     if basemap:
-        parts = urlsplit(basemap.replace("{s}", "a"))
-        host = parts.netloc.replace("a.", "*.", 1) if "{s}" in basemap else parts.netloc
+        parts = urlsplit(basemap)
+        first, dot, rest = parts.netloc.partition(".")
+        host = f"*{dot}{rest}" if "{s}" in first else parts.netloc  # {s}: the tile servers a, b, c ...
         images += f" {parts.scheme}://{host}"
-    return (f"default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src {images}; "
+    return (f"default-src 'none'; script-src 'self'; style-src 'self'; img-src {images}; "
             "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
+
+
+@functools.cache
+def _page_template() -> str:
+    return (importlib.resources.files("serving.api") / "static" / "index.html").read_text(encoding="utf-8")
 
 
 def page(service: JobService, settings: Settings) -> HTMLResponse:
     config = {"model": service.model.label, "scoreThreshold": service.model.score_thr,
               "keyRequired": bool(settings.api_key or settings.keys_file), "basemap": settings.basemap,
               "basemapAttribution": settings.basemap_attribution, "colour": BRIDGE_COLOUR}
-    text = (importlib.resources.files("serving.api") / "static" / "index.html").read_text(encoding="utf-8")
+    text = _page_template()
     # "<" escaped: the JSON sits inside a <script> element
     html = text.replace("__CONFIG__", json.dumps(config).replace("<", "\\u003c"))
     return HTMLResponse(html, headers={"Content-Security-Policy": content_security_policy(settings.basemap),
