@@ -24,10 +24,11 @@ def detect_images(
     merge_method: Literal["holistic", "authors"] = "holistic",
     workers: int = 0,
     progress: Callable[[int, int], None] | None = None,
+    bands: tuple[int, ...] | None = None,
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Merged whole-image detections ``(boxes (N, 5), scores (N,))`` of every box the model reports
     (no score threshold: AP ranks them all)."""
-    options = DetectOptions(score_thr=0.0, merge_config=MergeConfig(method=merge_method))
+    options = DetectOptions(score_thr=0.0, bands=bands, merge_config=MergeConfig(method=merge_method))
     out = []
     with make_pool(model.spec, PoolConfig(workers=workers)) as pool, warnings.catch_warnings():
         # Labelled images are photographs without georeference, as expected here.

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -36,12 +36,22 @@ class DotaFormatError(ValueError):
 
 @dataclass
 class DotaImage:
-    """One image and its boxes (full-resolution pixels)."""
+    """One image and its boxes (full-resolution pixels).
+
+    A scene of the user's (``hbdnet finetune``) may add how its pixels become the model's: ``bands``
+    (1-based, read in this order; default the first three, or the one band) and ``to_uint8`` (a
+    picklable callable from the read ``(C, H, W)`` array to uint8 RGB-ordered bands: the scene's
+    stretch at inference). ``background`` (shapely, full-resolution pixels) is where a window without
+    a box is known to hold no bridge: elsewhere such windows are not used at all (default: everywhere).
+    """
 
     image_path: Path
     boxes: Tensor  # (N, 5) float32, le90
     difficult: Tensor  # (N,) bool
     polygons: np.ndarray  # (N, 8) float64, the label file's corners for the kept boxes
+    bands: tuple[int, ...] | None = None
+    to_uint8: Callable[[np.ndarray], np.ndarray] | None = None
+    background: object | None = None  # shapely geometry
 
     @property
     def image_id(self) -> str:

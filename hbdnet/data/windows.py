@@ -41,7 +41,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -239,7 +238,7 @@ class WindowDataset(Dataset):
         self.levels = sorted(set(int(lv) for lv in levels))
         self.config = config
         self.transform = transform
-        self.infos = [_read_info(img.image_path) for img in self.images]
+        self.infos = [_read_info(img) for img in self.images]
         self.entries, self.spare = self._build_index()
 
     def _build_index(self) -> tuple[list[_Entry], list[_Entry]]:
@@ -255,7 +254,10 @@ class WindowDataset(Dataset):
                     cfg.iof_thr,
                     cfg.min_length(win.level),
                 )
-                (full if len(tg.boxes) else empty).append(_Entry(i, win, tg))
+                if len(tg.boxes):
+                    full.append(_Entry(i, win, tg))
+                elif _known_background(img, win):
+                    empty.append(_Entry(i, win, tg))
         if not cfg.filter_empty:
             pick = set(range(len(empty)))
         else:
@@ -281,7 +283,7 @@ class WindowDataset(Dataset):
         img, info, win = self.images[entry.image_index], self.infos[entry.image_index], entry.window
         cfg = self.config
         with open_image(img.image_path) as ds:
-            image = _as_three_bands(read_pyramid_window(ds, win, info.bands, cfg.resampling))
+            image = _pixels(img, read_pyramid_window(ds, win, info.bands, cfg.resampling))
             crops = self._global_crops(ds, img, info, win) if cfg.with_global_crops else None
         meta = {
             "image_id": img.image_id,
@@ -305,7 +307,7 @@ class WindowDataset(Dataset):
         images, rels, targets, levels = [], [], [], []
         for ctx in context_crops(win, info.height, info.width, cfg.with_global_crops, c):
             crop = ctx.window
-            pixels = _as_three_bands(read_pyramid_window(ds, crop, info.bands, cfg.resampling))
+            pixels = _pixels(img, read_pyramid_window(ds, crop, info.bands, cfg.resampling))
             canvas = torch.tensor(cfg.pad_value, dtype=torch.float32).view(3, 1, 1).repeat(1, c, c)
             canvas[:, : crop.height, : crop.width] = pixels
             images.append(canvas)
@@ -329,17 +331,37 @@ def _rect(win: PlanWindow) -> tuple[float, float, float, float]:
     return (x0, y0, x0 + win.width, y0 + win.height)
 
 
-def _read_info(path: Path) -> _ImageInfo:
+def _known_background(img: DotaImage, win: PlanWindow) -> bool:
+    """A window without a box teaches "no bridge here" only where the labels say so (``background``)."""
+    if img.background is None:
+        return True
+    s = win.scale
+    x0, y0 = win.col_off * s, win.row_off * s
+    footprint = shapely.box(x0, y0, x0 + win.width * s, y0 + win.height * s)
+    return bool(shapely.covers(img.background, footprint))
+
+
+def _read_info(img: DotaImage) -> _ImageInfo:
+    path = img.image_path
     with open_image(path) as ds:
-        if ds.count >= 3:
-            bands: tuple[int, ...] = (1, 2, 3)
+        if img.bands is not None:
+            bands: tuple[int, ...] = img.bands
+            if any(not 1 <= b <= ds.count for b in bands):
+                raise ValueError(f"{path}: bands {list(bands)} asked, the image has {ds.count}")
+        elif ds.count >= 3:
+            bands = (1, 2, 3)
         elif ds.count == 1:
             bands = (1,)
         else:
             raise ValueError(f"{path}: expected 1 or >= 3 bands, got {ds.count}")
-        if any(ds.dtypes[b - 1] != "uint8" for b in bands):
+        if img.to_uint8 is None and any(ds.dtypes[b - 1] != "uint8" for b in bands):
             raise ValueError(f"{path}: training images must be uint8, got {ds.dtypes}")
         return _ImageInfo(ds.height, ds.width, bands)
+
+
+def _pixels(img: DotaImage, data: np.ndarray) -> Tensor:
+    """The window as the model gets it: three uint8 bands."""
+    return _as_three_bands(img.to_uint8(data) if img.to_uint8 is not None else data)
 
 
 def _as_three_bands(pixels: np.ndarray) -> Tensor:

@@ -264,7 +264,7 @@ class Trainer:
     def __init__(
         self,
         cfg: ExperimentConfig,
-        data_dir: str | Path,
+        data: str | Path | list[DotaImage],
         work_dir: str | Path,
         device: str | torch.device = "cpu",
         max_iters: int | None = None,
@@ -272,8 +272,9 @@ class Trainer:
         log: Callable[[str], None] = print,
         on_iteration: Callable[[Trainer, int], None] | None = None,
     ):
+        """``data``: a DOTA-format folder (images/ and labelTxt/), or the labelled images themselves."""
         self.cfg = cfg
-        self.data_dir = Path(data_dir)
+        self.data = data if isinstance(data, list) else Path(data)
         self.work_dir = Path(work_dir)
         self.device = torch.device(device)
         self.max_iters = max_iters  # per stage; for smoke runs
@@ -296,9 +297,12 @@ class Trainer:
         _seed_everything(cfg.train.seed)
         self.work_dir.mkdir(parents=True, exist_ok=True)
         (self.work_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-        images = load_dota_folder(self.data_dir, tuple(cfg.data.classes))
-        if not images:
-            raise ValueError(f"no labelled images found under {self.data_dir} (expected images/ and labelTxt/)")
+        if isinstance(self.data, list):
+            images = self.data
+        else:
+            images = load_dota_folder(self.data, tuple(cfg.data.classes))
+            if not images:
+                raise ValueError(f"no labelled images found under {self.data} (expected images/ and labelTxt/)")
         names = [s.name for s in cfg.stages]
         unknown = sorted(set(only or []) - set(names))
         if unknown:
@@ -430,7 +434,7 @@ class Trainer:
         n_syn = len(dataset.synthetic) if dataset.synthetic is not None else 0
         limit = total if self.max_iters is None else min(total, self.max_iters)
         self.log(f"stage {stage.name}: levels {stage.levels}, {dataset.num_windows} windows + {n_syn} synthetic "
-                 f"per epoch = {per_epoch} iterations x {stage.epochs} epochs = {total} iterations; "
+                 f"+ {dataset.negatives} bridge-free per epoch = {per_epoch} iterations x {stage.epochs} epochs = {total} iterations; "
                  f"warm-up {warmup}, lr {stage.lr:g} x0.1 at epochs {stage.lr_steps}")
         bar = tqdm(total=limit, initial=min(iteration, limit), desc=f"{stage.name}", disable=not self.progress,
                    dynamic_ncols=True, leave=False)
@@ -525,7 +529,7 @@ class Trainer:
 
 def train(
     cfg: ExperimentConfig,
-    data_dir: str | Path,
+    data: str | Path | list[DotaImage],
     work_dir: str | Path,
     device: str = "cpu",
     stages: list[str] | None = None,
@@ -540,6 +544,6 @@ def train(
             replace(s, epochs=epochs, lr_steps=[max(1, round(e * epochs / s.epochs)) for e in s.lr_steps])
             for s in cfg.stages
         ])
-    trainer = Trainer(cfg, data_dir, work_dir, device, max_iters=max_iters, progress=progress, log=log,
+    trainer = Trainer(cfg, data, work_dir, device, max_iters=max_iters, progress=progress, log=log,
                       on_iteration=on_iteration)
     return trainer.run(stages)

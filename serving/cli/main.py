@@ -12,7 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from serving.cli import batch, convert, detect, evaluate, export, plan, serve, train
+from serving.cli import batch, convert, detect, evaluate, export, finetune, plan, serve, train
 from serving.cli.arguments import (RUNTIMES, device, duration, one_line_errors, parse_bands, positive_number, precision,
                                    score, size_in_bytes, whole_number)
 from serving.cli.errors import CliError
@@ -138,6 +138,50 @@ def _add_train(sub: Subparsers) -> None:
     p.add_argument("--checkpoint-every", type=whole_number("checkpoint every", 0),
                    help="iterations between resumable saves (default: the config's train.checkpoint_every)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _parts(text: str) -> list[str]:
+    from hbdnet.training.config import DETECTOR_PARTS
+
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    if text == "all":
+        return list(DETECTOR_PARTS)
+    bad = [p for p in parts if p not in DETECTOR_PARTS]
+    if bad or not parts:
+        raise argparse.ArgumentTypeError(f"give all, or some of {','.join(DETECTOR_PARTS)}, got {text!r}")
+    return parts
+
+
+def _add_finetune(sub: Subparsers) -> None:
+    p = _command(sub, "finetune", finetune.run,
+                 "adapt a model to your scenes from a corrected bridge layer (resumable)",
+                 "Fine-tune a model on your own scenes from bridge polygons you corrected (for example a layer "
+                 "hbdnet detect wrote, edited in QGIS: false boxes deleted, loose ones fixed, missed bridges "
+                 "drawn). Labels and reviewed areas are polygon layers in any CRS. Windows without a label "
+                 "inside the reviewed areas are taught as holding no bridge. Ctrl-C saves the run; the same "
+                 "command resumes it. Exit codes: 0 written, 2 unusable scenes, labels, model or output, "
+                 "130 interrupted (saved).")
+    p.add_argument("--model", metavar="NAME|PATH", default="default",
+                   help="the model to start from: a file or a bundled name")
+    p.add_argument("--scene", dest="scenes", action="append", required=True, metavar="SCENE",
+                   help="a georeferenced scene the labels are on (repeatable)")
+    p.add_argument("--labels", required=True, help="the bridges: a polygon layer (GeoPackage, GeoJSON, ...)")
+    p.add_argument("--reviewed", help="polygons where every bridge is labelled (default: the scenes' footprints)")
+    p.add_argument("-o", "--output", required=True, help="the .safetensors model file to write")
+    p.add_argument("--work-dir", help="checkpoints and log, for resuming (default: OUTPUT.finetune/ beside it)")
+    p.add_argument("--train", type=_parts, default=["roi_head"], metavar="PARTS",
+                   help="the parts that learn: all, or some of backbone,neck,rpn_head,roi_head; training the trunk "
+                        "(backbone, neck, rpn_head) drops the base file's int8 trunk (default: roi_head)")
+    p.add_argument("--epochs", type=whole_number("epochs", 1), default=8, help="epochs per stage")
+    p.add_argument("--lr", type=positive_number("learning rate"), default=0.001,
+                   help="the local stage's learning rate; the global stage's is half")
+    p.add_argument("--bands", type=parse_bands, help="bands as R,G,B or one grey band, as for detect")
+    p.add_argument("--device", type=device, default="auto", help="auto, cpu, cuda or cuda:N (auto: cuda when present)")
+    p.add_argument("--max-iters", type=whole_number("max iters", 1),
+                   help="stop each stage at this iteration and save it; the same command without it resumes")
+    p.add_argument("--checkpoint-every", type=whole_number("checkpoint every", 1), default=10,
+                   help="iterations between resumable saves")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (a line every few iterations)")
 
 
 def _add_export(sub: Subparsers) -> None:
@@ -288,7 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hbdnet", description="Holistic bridge detection in large scenes.")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_plan, _add_convert, _add_train, _add_export, _add_eval, _add_detect, _add_batch, _add_serve):
+    for add in (_add_plan, _add_convert, _add_train, _add_finetune, _add_export, _add_eval, _add_detect, _add_batch, _add_serve):
         add(sub)
     for p in sub.choices.values():
         one_line_errors(p)

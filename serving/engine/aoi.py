@@ -23,7 +23,8 @@ WGS84 = "EPSG:4326"
 
 
 class AoiError(ValueError):
-    """An area of interest that cannot be read or placed on the scene (one line)."""
+    """An area of interest (or another polygon layer: fine-tuning labels) that cannot be read or placed on
+    the scene (one line)."""
 
 
 @dataclass(frozen=True)
@@ -37,19 +38,25 @@ class AreaOfInterest:
 
     def in_pixels(self, crs: object | None, transform: Affine) -> shapely.Geometry:
         """The area in the pixel grid of a scene (column, row of its full resolution)."""
-        if crs is None:
-            raise AoiError("the scene has no CRS, so an area of interest cannot be placed on it")
-        scene_crs = pyproj.CRS.from_user_input(crs)
-        to_scene = pyproj.Transformer.from_crs(pyproj.CRS.from_user_input(self.crs), scene_crs, always_xy=True)
-        # Edges densified first, so that a box in degrees keeps its curved outline in a projected CRS.
-        span = max(np.ptp(np.asarray(self.geometry.bounds).reshape(2, 2), axis=0))
-        dense = shapely.segmentize(self.geometry, max(span / 64, 1e-9))
-        projected = shapely.transform(dense, lambda xy: np.column_stack(to_scene.transform(xy[:, 0], xy[:, 1])))
-        if not np.isfinite(shapely.get_coordinates(projected)).all():
-            raise AoiError(f"the area of interest {self.label} cannot be reprojected to the scene's CRS")
-        inverse = ~transform
-        return shapely.make_valid(shapely.transform(
-            projected, lambda xy: np.column_stack(inverse @ (xy[:, 0], xy[:, 1]))))
+        return in_scene_pixels(np.array([self.geometry]), self.crs, crs, transform, f"the area of interest {self.label}")[0]
+
+
+def in_scene_pixels(geometries: np.ndarray, crs: str, scene_crs: object | None, transform: Affine,
+                    what: str) -> np.ndarray:
+    """Geometries in ``crs`` reprojected to a scene and expressed in its pixel grid (column, row of its
+    full resolution), each made valid. ``what`` names them in errors."""
+    if scene_crs is None:
+        raise AoiError(f"the scene has no CRS, so {what} cannot be placed on it")
+    to_scene = pyproj.Transformer.from_crs(pyproj.CRS.from_user_input(crs), pyproj.CRS.from_user_input(scene_crs),
+                                           always_xy=True)
+    # Edges densified first, so that a box in degrees keeps its curved outline in a projected CRS.
+    span = max(np.ptp(np.asarray(shapely.total_bounds(geometries)).reshape(2, 2), axis=0))
+    dense = shapely.segmentize(geometries, max(span / 64, 1e-9))
+    projected = shapely.transform(dense, lambda xy: np.column_stack(to_scene.transform(xy[:, 0], xy[:, 1])))
+    if not np.isfinite(shapely.get_coordinates(projected)).all():
+        raise AoiError(f"{what} cannot be reprojected to the scene's CRS")
+    inverse = ~transform
+    return shapely.make_valid(shapely.transform(projected, lambda xy: np.column_stack(inverse @ (xy[:, 0], xy[:, 1]))))
 
 
 def parse_aoi(text: str) -> AreaOfInterest:
@@ -94,25 +101,34 @@ def aoi_from_value(value: str | dict) -> AreaOfInterest:
 def read_aoi_file(path: Path) -> AreaOfInterest:
     """The union of the polygons of the first layer of a vector file (GeoPackage, GeoJSON, shapefile
     ...), in the file's CRS."""
+    if not path.is_file():
+        raise AoiError(f"area of interest {path}: no such file, and not minx,miny,maxx,maxy[,CRS] either")
+    polygons, crs = read_polygon_layer(path, f"area of interest {path}")
+    geometry = shapely.union_all(polygons)
+    return AreaOfInterest(geometry, crs, f"{path.name} ({len(polygons)} polygon{'s' * (len(polygons) > 1)})")
+
+
+def read_polygon_layer(path: Path, what: str) -> tuple[np.ndarray, str]:
+    """The polygons of the first layer of a vector file, each made valid, and the layer's CRS.
+    ``what`` starts each error (e.g. "labels corrected.gpkg")."""
     import pyogrio
     import pyogrio.errors
 
     if not path.is_file():
-        raise AoiError(f"area of interest {path}: no such file, and not minx,miny,maxx,maxy[,CRS] either")
+        raise AoiError(f"{what}: no such file")
     try:
         meta, _, wkb, _ = pyogrio.raw.read(path, read_geometry=True, columns=[])
     except (pyogrio.errors.DataSourceError, pyogrio.errors.DataLayerError) as exc:
-        raise AoiError(f"area of interest {path}: not a vector file GDAL reads ({first_line(exc)})") from None
+        raise AoiError(f"{what}: not a vector file GDAL reads ({first_line(exc)})") from None
     shapes = [g for g in shapely.from_wkb(wkb) if g is not None and not g.is_empty] if wkb is not None else []
     polygons = [g for g in shapes if g.geom_type in ("Polygon", "MultiPolygon")]
     if not polygons:
-        raise AoiError(f"area of interest {path}: it holds no polygon")
+        raise AoiError(f"{what}: it holds no polygon")
     if len(polygons) < len(shapes):
-        raise AoiError(f"area of interest {path}: it holds lines or points besides polygons; give polygons only")
+        raise AoiError(f"{what}: it holds lines or points besides polygons; give polygons only")
     if meta.get("crs") is None:
-        raise AoiError(f"area of interest {path}: it has no CRS")
-    geometry = shapely.union_all([shapely.make_valid(g) for g in polygons])
-    return AreaOfInterest(geometry, meta["crs"], f"{path.name} ({len(polygons)} polygon{'s' * (len(polygons) > 1)})")
+        raise AoiError(f"{what}: it has no CRS")
+    return shapely.make_valid(np.array(polygons)), meta["crs"]
 
 
 def windows_meeting(area_px: shapely.Geometry, boxes: np.ndarray) -> np.ndarray:
