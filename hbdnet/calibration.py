@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hbdnet.data.dota import load_dota_folder
+from hbdnet.data.dota import DotaImage, load_dota_folder
 from hbdnet.data.windows import WindowConfig, WindowDataset
 from hbdnet.models.hbdnet import HBDNet
 from hbdnet.models.onnx_trunk import export_trunk, quantize_trunk, trunk_detectors
@@ -31,11 +31,11 @@ class CalibrationError(ValueError):
     """No windows to calibrate on, or a model whose trunk cannot be exported."""
 
 
-def calibration_windows(data: str | Path, window: int, overlap: int) -> WindowDataset:
-    """Every window of every level of the images under ``data`` (``images/`` and ``labelTxt/``), with
-    or without bridges, the pyramid going on down to a quarter of the window."""
+def calibration_windows(data: str | Path | list[DotaImage], window: int, overlap: int) -> WindowDataset:
+    """Every window of every level of the images under ``data`` (``images/`` and ``labelTxt/``; or the
+    images themselves), with or without bridges, the pyramid going on down to a quarter of the window."""
     try:
-        images = load_dota_folder(data, missing_image="skip")
+        images = data if isinstance(data, list) else load_dota_folder(data, missing_image="skip")
     except FileNotFoundError as err:
         raise CalibrationError(f"cannot calibrate on {data}: {err}") from err
     if not images:
@@ -54,11 +54,12 @@ def _batches(windows: WindowDataset, levels: Callable[[int], bool], count: int) 
         yield batch.numpy()
 
 
-def int8_trunks(model: HBDNet, data: str | Path, count: int = CALIBRATION_WINDOWS,
+def int8_trunks(model: HBDNet, data: str | Path | list[DotaImage], count: int = CALIBRATION_WINDOWS,
                 only: tuple[str, ...] | None = None) -> dict[str, bytes]:
     """The int8 trunk of every detector of ``model`` (float32, in its inference form, on the CPU), or
     of the detectors named in ``only`` (``local``, ``global.0`` ...; the others then run their float
-    trunks), by detector name, calibrated on ``count`` windows of the images under ``data``."""
+    trunks), by detector name, calibrated on ``count`` windows of the images under ``data`` (or of
+    ``data``, a list of images)."""
     detectors = trunk_detectors(model)
     if not detectors:
         raise CalibrationError("this model fuses features across levels: its trunks cannot run in ONNX Runtime")
@@ -76,3 +77,20 @@ def int8_trunks(model: HBDNet, data: str | Path, count: int = CALIBRATION_WINDOW
 
         trunks[name] = quantize_trunk(export_trunk(detector), _batches(windows, runs, count))
     return trunks
+
+
+def stored_int8_trunks(model: HBDNet, dtype: str, data: str | Path | list[DotaImage],
+                       only: tuple[str, ...] | None = None) -> dict[str, bytes]:
+    """The int8 trunks of ``model`` as a file of ``dtype`` stores it (its float16 weights, if so): the
+    graphs then match the weights beside them once read back."""
+    import tempfile
+
+    import torch
+
+    from hbdnet.checkpoint import load_model, save_safetensors
+    from hbdnet.models.deploy import inference_form
+
+    with tempfile.TemporaryDirectory(prefix="hbdnet-export-") as tmp:
+        stored, _ = load_model(save_safetensors(Path(tmp) / "stored.safetensors", model, dtype=dtype))
+    inference_form(stored, torch.device("cpu"))
+    return int8_trunks(stored, data, only=only)

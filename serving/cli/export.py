@@ -10,6 +10,7 @@ from serving.cli.errors import CliError
 
 
 def run(args: argparse.Namespace) -> int:
+    from hbdnet.calibration import stored_int8_trunks
     from hbdnet.checkpoint import SAFETENSORS_SUFFIX, CheckpointError, load_model, save_safetensors
 
     out = Path(args.output)
@@ -34,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
         only = tuple(n.strip() for n in args.int8_detectors.split(",")) if args.int8_detectors else None
         if only is not None and args.int8 is None:
             raise CliError("--int8-detectors goes with --int8 DATA")
-        trunks = _int8_trunks(model, dtype, args.int8, only) if args.int8 is not None else None
+        trunks = stored_int8_trunks(model, dtype, args.int8, only) if args.int8 is not None else None
         path = save_safetensors(out, model, meta=meta, score_thr=score_thr, dtype=dtype, int8_trunks=trunks)
     except ValueError as err:
         raise CliError(str(err)) from err
@@ -44,21 +45,3 @@ def run(args: argparse.Namespace) -> int:
     print(f"wrote {path} ({size:.1f} MB, {dtype}" + (f", int8 trunks: {', '.join(sorted(trunks))}" if trunks else "")
           + (f", score_thr {score_thr:g}" if score_thr is not None else "") + ")")
     return 0
-
-
-def _int8_trunks(model, dtype: str, data: str, only: tuple[str, ...] | None = None) -> dict[str, bytes]:
-    """The int8 trunks of ``model`` as the file stores it (its float16 weights, if so), calibrated on
-    windows of the images under ``data``; computed before anything is written, so that a calibration
-    that fails leaves the output path as it was."""
-    import tempfile
-
-    import torch
-
-    from hbdnet.calibration import int8_trunks
-    from hbdnet.checkpoint import load_model, save_safetensors
-    from hbdnet.models.deploy import inference_form
-
-    with tempfile.TemporaryDirectory(prefix="hbdnet-export-") as tmp:
-        stored, _ = load_model(save_safetensors(Path(tmp) / "stored.safetensors", model, dtype=dtype))
-    inference_form(stored, torch.device("cpu"))
-    return int8_trunks(stored, data, only=only)

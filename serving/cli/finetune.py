@@ -49,8 +49,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"stopped at --max-iters {args.max_iters}; the same command without it resumes the run")
         return 0
     print(f"operating point {result.operating_point}")
-    print("int8 trunk of the base model kept (CPU speed as before)" if result.int8_kept else
-          "no int8 trunk in the new file (the trunk was trained, or the base had none); "
-          "hbdnet export --int8 makes one")
+    print(f"int8 trunk {result.int8}")
     print(f"wrote {result.output}")
     return 0

@@ -1,11 +1,15 @@
 """``hbdnet finetune``: a trained model adapted to a user's scenes from their corrected bridge layer.
 
 The recipe is made for tens of bridges on a CPU, minutes rather than hours. It starts from the base
-model's weights and keeps its architecture. By default only the box heads (``roi_head``) learn. The
-trunk (backbone, FPN, RPN) stays as it was, for three reasons: with tens of bridges a trunk overfits,
-as the model card's runs show; frozen, it needs no backward pass, which is most of an iteration's
-cost; and the base file's int8 trunk still holds for it, so the new file keeps the CPU speed of the
-one it came from. ``parts`` can widen that, and then the int8 trunk is dropped.
+model's weights and keeps its architecture. By default the RPN head and the box heads learn
+(``rpn_head``, ``roi_head``): those decide what is proposed and kept in the new imagery. The
+backbone and FPN stay as they were: with tens of bridges they overfit (the model card's runs), and
+frozen they need no backward pass, most of an iteration's cost. ``parts`` chooses otherwise; on
+imagery made from NWPU, training the RPN head too gave the better result (``MODEL_CARD.md``).
+
+A base file's int8 trunk (backbone, FPN and RPN head convs, for CPUs) is kept when none of those
+parts learnt, and otherwise made again, calibrated on windows of the user's own scenes, so that the
+new file keeps the CPU speed of the one it came from.
 
 The stages are those of the base model's training: the local detector on level 0, then the global
 detector on the coarser levels of the same scenes (from its own weights). Windows come from the
@@ -48,9 +52,9 @@ TRUNK_PARTS = ("backbone", "neck", "rpn_head")
 
 @dataclass(frozen=True)
 class FinetuneOptions:
-    epochs: int = 8  # per stage
+    epochs: int = 16  # per stage
     lr: float = 0.001  # the local stage's; the global stage runs at half of it
-    parts: tuple[str, ...] = ("roi_head",)
+    parts: tuple[str, ...] = ("rpn_head", "roi_head")
     bands: tuple[int, ...] | None = None
     batch_size: int = 2
     seed: int = 0
@@ -66,7 +70,7 @@ class FinetuneResult:
     held_back: list[Path]
     score_thr: float | None
     operating_point: str  # how the threshold was chosen, in words
-    int8_kept: bool
+    int8: str  # what became of the base model's int8 trunk, in words
     labels_outside: int
     reviewed_given: bool
 
@@ -86,20 +90,22 @@ def finetune(base: str, scenes: list[Path], labels: Path, output: Path, *, revie
     model_path = train(cfg, train_images, work_dir, device=options.device, max_iters=options.max_iters,
                        progress=progress, log=log)
     if not read_checkpoint(model_path)["meta"].get("complete"):
-        return FinetuneResult(None, data.bridges, [], None, "not chosen: the run has not ended", False,
+        return FinetuneResult(None, data.bridges, [], None, "not chosen: the run has not ended", "not made yet",
                               data.labels_outside, data.reviewed_given)
     model, _ = load_model(model_path)
+    dtype = base_ckpt.get("dtype", "float32")
+    trunks, int8 = _int8_trunks(model, dtype, read_int8_trunks(base_path), options.parts, data)
     base_thr = base_ckpt["meta"].get("score_thr")
     if held:
-        thr = _best_threshold(model_path, held, options.bands)
+        # Chosen on the model as it will run (its int8 trunk on a CPU): written once without a threshold.
+        candidate = save_safetensors(work_dir / "candidate.safetensors", model, dtype=dtype, int8_trunks=trunks)
+        thr = _best_threshold(candidate, held, options.bands)
         how = (f"chosen on {len(held)} held-back scene(s) with {sum(len(i.boxes) for i in held)} bridges "
                f"(best F1): {thr:.3f}")
     else:
         thr = base_thr
         how = (f"kept from the base model ({base_thr}): fewer than {MIN_SCENES_TO_HOLD_BACK} scenes or "
                f"{MIN_BRIDGES_TO_HOLD_BACK} bridges to hold some back")
-    trunk_frozen = not set(options.parts) & set(TRUNK_PARTS)
-    trunks = read_int8_trunks(base_path) if trunk_frozen else {}
     meta = {
         "name": f"{base_ckpt['meta'].get('name', base_path.stem)}-finetuned",
         "finetuned_from": {"model": str(base), "sha256": sha256(base_path), "meta": base_ckpt["meta"]},
@@ -108,10 +114,23 @@ def finetune(base: str, scenes: list[Path], labels: Path, output: Path, *, revie
                      "parts": list(options.parts), "epochs": options.epochs, "lr": options.lr,
                      "operating_point": how},
     }
-    save_safetensors(output, model, meta=meta, score_thr=thr, dtype=base_ckpt.get("dtype", "float32"),
-                     int8_trunks=trunks)
-    return FinetuneResult(output, data.bridges, [i.image_path for i in held], thr, how, bool(trunks),
+    save_safetensors(output, model, meta=meta, score_thr=thr, dtype=dtype, int8_trunks=trunks)
+    return FinetuneResult(output, data.bridges, [i.image_path for i in held], thr, how, int8,
                           data.labels_outside, data.reviewed_given)
+
+
+def _int8_trunks(model, dtype: str, base: dict[str, bytes], parts: tuple[str, ...],
+                 data: LabelledScenes) -> tuple[dict[str, bytes], str]:
+    """The base file's int8 trunks where the trunk did not learn, else the same detectors' trunks made
+    again from the new weights, calibrated on the user's scenes."""
+    from hbdnet.calibration import stored_int8_trunks
+
+    if not base:
+        return {}, "none: the base model has no int8 trunk"
+    if not set(parts) & set(TRUNK_PARTS):
+        return base, f"kept from the base model ({', '.join(sorted(base))})"
+    trunks = stored_int8_trunks(model, dtype, data.images, only=tuple(base))
+    return trunks, f"made again ({', '.join(sorted(base))}), calibrated on windows of your scenes"
 
 
 def finetune_config(base: HBDNetConfig, base_path: str, bridges: int, options: FinetuneOptions) -> ExperimentConfig:

@@ -210,3 +210,26 @@ def test_a_work_folder_of_other_inputs_is_refused(inputs, tiny_base, tmp_path, c
     assert code == 2 and "holds a fine-tuning run of other inputs or settings" in err
     os.remove(Path(str(out) + ".finetune") / "finetune.json")
     assert main(argv) == 2 and "is not empty and holds no fine-tuning run" in capsys.readouterr().err
+
+
+def test_the_int8_trunk_is_kept_or_made_again_from_the_new_weights(inputs, tiny_base, tmp_path, capsys):
+    from hbdnet.calibration import stored_int8_trunks
+    from hbdnet.checkpoint import load_model, read_int8_trunks, save_safetensors
+
+    scene, labels = inputs
+    model, meta = load_model(tiny_base)
+    images = labelled_scenes([scene], labels).images
+    base = save_safetensors(tmp_path / "base.safetensors", model, meta=meta, score_thr=0.05,
+                            int8_trunks=stored_int8_trunks(model, "float32", images, only=("local",)))
+    heads = tmp_path / "heads.safetensors"
+    assert main([*_argv(base, scene, labels, heads)[:-5], "--epochs", "1", "--train", "roi_head", "--no-progress"]) == 0
+    assert "int8 trunk kept from the base model (local)" in capsys.readouterr().out
+    assert read_int8_trunks(heads) == read_int8_trunks(base)
+
+    rpn = tmp_path / "rpn.safetensors"
+    assert main([*_argv(base, scene, labels, rpn)[:-5], "--epochs", "1", "--no-progress"]) == 0
+    assert "int8 trunk made again (local), calibrated on windows of your scenes" in capsys.readouterr().out
+    made = read_int8_trunks(rpn)
+    assert set(made) == {"local"} and made["local"] != read_int8_trunks(base)["local"]
+    assert main(["detect", str(scene), "--model", str(rpn), "--runtime", "int8", "-o", str(tmp_path / "f.gpkg"),
+                 "-q"]) == 0
