@@ -103,6 +103,7 @@ class SceneResult:
     startup (workers started for this scene, beside the plan), stream (wall time of reading +
     detecting), read and detect (summed over workers), merge, total. ``started`` and ``finished``:
     wall clock (``time.time()``) of the scene's first task start and last task end on the workers.
+    ``nodes``: windows run on each Ray node, by node id (``PoolRun.nodes``; empty in this process).
     ``notes``: one line each.
     """
 
@@ -125,6 +126,7 @@ class SceneResult:
     finished: float = 0.0
     notes: list[str] = field(default_factory=list)
     window_detections: list[WindowDetections] = field(default_factory=list)
+    nodes: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -226,6 +228,7 @@ def finish(prepared: PreparedScene, run: PoolRun, model: ModelRef, options: Dete
         finished=run.finished,
         notes=notes,
         window_detections=run.detections,
+        nodes=dict(run.nodes),
     )
 
 

@@ -443,6 +443,8 @@ class JobService:
                 return
             self.store.update(job.id, status="successful", finished=now(), windows_done=current.windows_total,
                               detections=len(result.scores), timings=timings, notes=notes, message=None)
+        log.info("job %s successful: %d bridges in %d windows%s", job.id, len(result.scores), result.windows,
+                 _by_node(result.nodes))
         self.metrics.job_seconds.observe(total_s)
         self.window_rate.add(result.timings.get("stream", 0.0), result.windows)
         self.input_path(job.id).unlink(missing_ok=True)  # the results are what is kept
@@ -506,6 +508,11 @@ def open_store(settings: Settings) -> JobStore:
 def scene_label(job: JobRecord) -> str:
     """The scene as its client named it: the uploaded file's name, or the href without its secrets."""
     return job.options.get("filename") or public_href(job.source)
+
+
+def _by_node(nodes: dict[str, int]) -> str:
+    """Where a job's windows ran, for the log: `` (windows by Ray node: ID=N, ...)``; "" in this process."""
+    return f" (windows by Ray node: {', '.join(f'{k}={n}' for k, n in sorted(nodes.items()))})" if nodes else ""
 
 
 def _who(name: str | None) -> str:

@@ -8,6 +8,9 @@ and one JSON line per finished scene to ``OUTDIR/manifest.jsonl``::
      "windows": n, "seconds": s, "error": null | one line, "warnings": [one line each],
      "model": {"name", "sha256"}, "params": {...}, "source": input, "finished_at": ISO 8601 UTC}
 
+and, for a scene whose windows ran on Ray actors, ``"nodes": {ray node id: windows}``: where its
+windows ran (each counted once, on the node whose result was kept), to see how a cluster shares them.
+
 Resuming. A line is appended (flushed and fsynced) only after the scene's output file is complete
 and renamed into place, so a crash or Ctrl-C loses at most the scenes in progress. On a re-run the
 latest line of each scene decides: a scene is skipped when it ran with the same model (sha256 of
@@ -181,8 +184,10 @@ def run_batch(
         bars = SceneBars(len(todo), show_progress)
         say = log if log is not None else (lambda line: None)
 
-        def record(bs: _BatchScene, outcome: tuple[int, int, list[str]] | Exception, t_end: float) -> None:
-            """The scene's manifest line; ``outcome`` is (bridges, windows, notes) or its error."""
+        def record(bs: _BatchScene, outcome: tuple[int, int, list[str], dict[str, int]] | Exception,
+                   t_end: float) -> None:
+            """The scene's manifest line; ``outcome`` is (bridges, windows, notes, windows by Ray node) or its
+            error."""
             seconds = round(bs.plan_s + (t_end - bs.handed if bs.handed is not None else 0.0), 3)
             rec: dict[str, Any] = {"scene": bs.scene.uri, "output": bs.output.name}
             if isinstance(outcome, Exception):  # a bad scene must not stop the others; the reason is recorded
@@ -191,9 +196,11 @@ def run_batch(
                 summary.ran_failed += 1
                 say(f"failed: {bs.scene.uri}: {rec['error']}")
             else:
-                bridges, windows, notes = outcome
+                bridges, windows, notes, nodes = outcome
                 rec.update(status="ok", detections=bridges, windows=windows, seconds=seconds, error=None,
                            warnings=notes)
+                if nodes:
+                    rec["nodes"] = nodes
                 summary.ran_ok += 1
                 summary.detections += bridges
                 for note in notes:
@@ -241,7 +248,7 @@ def run_batch(
                     except Exception as exc:
                         record(bs, exc, time.perf_counter())
                     else:
-                        record(bs, (len(result.scores), result.windows, notes), time.perf_counter())
+                        record(bs, (len(result.scores), result.windows, notes, result.nodes), time.perf_counter())
         finally:
             bars.close()
             if own_pool and pool is not None:

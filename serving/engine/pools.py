@@ -17,12 +17,21 @@ or when ``ray_address`` joins a cluster. On a machine without a GPU Ray would on
 (about 0.8 GB) and seconds of start-up for no speed-up, so the default there is in-process.
 
 Ray pool: one actor per GPU (``num_gpus=1``) when the cluster has GPUs and the detector can use them,
-else ``workers`` CPU actors (default one actor holding every CPU for torch's threads; n actors share
-the CPUs). At most ``tasks_in_flight`` tasks per actor are outstanding (backpressure: windows are read
-only as fast as the detector consumes them). An actor that dies is restarted by Ray and its tasks are
-retried there (``max_restarts`` / ``max_task_retries``, from ``max_attempts``); a task that raises is
-not retried: it fails its scene. Results are keyed by plan index and returned in plan order, so they
-do not depend on the number of workers or on scheduling.
+else ``workers`` CPU actors (default one actor holding every CPU of a node for torch's threads; n actors
+share the CPUs, each with no more than lets all n fit on the cluster's nodes: ``cpus_per_actor``). At
+most ``tasks_in_flight`` tasks per actor are outstanding (backpressure: windows are read only as fast as
+the detector consumes them). Each actor's results name its Ray node (``PoolRun.nodes``).
+
+Lost workers. An actor whose process dies (the OOM killer) or whose node does (a machine lost) is
+restarted by Ray wherever the cluster has room (``max_restarts = max_attempts - 1``), but its tasks are
+not retried on it (``max_task_retries=0``): they go to the actors that are up, at most ``max_attempts``
+times each, and the lost actor gets work again once it answers. A restarted actor may never come back
+(its node gone, and no surviving node with the CPUs or GPU it asks for, all held by the other actors),
+and tasks queued for it would wait forever. While every actor is lost, work waits for one to come back
+at most ``start_timeout_s``, then its scenes fail with the reason (and later scenes at once, until one
+is back). A task that raises is not retried: it fails its scene. Results are keyed by plan index and
+returned in plan order, so they do not depend on the number of workers, on scheduling or on a task
+run twice.
 
 Many scenes (``run_many``): the same dispatch loop streams the tasks of up to ``open_scenes`` scenes
 through the same actors, so that the actors work on the next scene while the caller plans it and
@@ -42,10 +51,12 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 
 from serving.engine.detectors import DetectorSpec, local_gpus
+from serving.engine.gdal_errors import first_line
 from serving.engine.pyramid_pass import DEFAULT_BUFFER_BYTES
 from serving.engine.reader import ReadItem, ReadSpec
 from serving.engine.scene import remote_access
@@ -78,8 +89,10 @@ class PoolConfig:
     task_windows: int = 8  # windows per task (a task never spans two rows of windows or two levels)
     tasks_in_flight: int = 2  # per actor
     open_scenes: int = 2  # scenes whose tasks may be in flight at once (run_many), and readers kept per worker
-    max_attempts: int = 3  # per task, counting actor deaths (Ray's max_task_retries = max_attempts - 1)
-    start_timeout_s: float = 300.0  # actors not up by then: the cluster lacks the resources asked for
+    max_attempts: int = 3  # per task, counting lost workers; and each actor's restarts (max_attempts - 1)
+    # Actors not up by then: the cluster lacks the resources asked for. Also how long work waits for a
+    # lost actor to come back while none is up.
+    start_timeout_s: float = 300.0
     # In-process pool, exact pyramid: every level from one decode of the scene
     # (``serving.engine.worker``) instead of one exact read per window (6-7 decodes).
     one_pass: bool = True
@@ -96,6 +109,15 @@ class PoolConfig:
     def ray_reads_in_one_pass(self, actors: int | None) -> bool:
         """Whether a Ray pool of ``actors`` (None: not known) reads each scene in one pass."""
         return self.ray_one_pass if self.ray_one_pass is not None else actors == 1
+
+
+def _lost_worker_errors() -> tuple[type[Exception], ...]:
+    """What a task's result raises when its worker was lost, not when the task failed: its actor's process
+    or node died or cannot be reached (``RayActorError``, ``ActorUnavailableError`` among them), or the
+    result was lost with its node's object store."""
+    from ray.exceptions import ObjectLostError, RayActorError
+
+    return RayActorError, ObjectLostError
 
 
 def _run_one(pool: InProcessPool | RayPool, spec: ReadSpec, items: Sequence[ReadItem],
@@ -174,6 +196,28 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> bool:
     return True
 
 
+class RayWindowWorker(WindowWorker):
+    """``WindowWorker`` as a Ray actor: its results name the node they ran on (``PoolRun.nodes``), so that
+    a run can say how a cluster shared its windows."""
+
+    def __init__(self, *args, **kwargs):
+        import ray
+
+        super().__init__(*args, **kwargs)
+        self.node = ray.get_runtime_context().get_node_id()
+
+    def run(self, task: WindowTask) -> TaskResult:
+        res = super().run(task)
+        res.node = self.node
+        return res
+
+    def run_pass(self, spec: ReadSpec, items: tuple[ReadItem, ...],
+                 buffer_bytes: int) -> Iterator[tuple[TaskResult, int]]:
+        for res, windows in super().run_pass(spec, items, buffer_bytes):
+            res.node = self.node
+            yield res, windows
+
+
 class RayPool:
     """Ray actors running ``WindowWorker``; see the module docstring for placement and retries."""
 
@@ -198,12 +242,18 @@ class RayPool:
             # Without a GPU, one actor by default, with every CPU as torch threads: one copy of the
             # model in memory (a CPU model's activations are most of a worker's footprint) and the
             # same throughput as several single-threaded actors. Ray sets OMP_NUM_THREADS to num_cpus.
-            cpus = max(1, int(ray.available_resources().get("CPU", 1)))  # other pools may hold some
             n = config.workers or 1
-            options = {"num_cpus": max(1, cpus // n)}
-        retries = max(0, config.max_attempts - 1)
-        self._actor_class = ray.remote(**options, max_restarts=retries, max_task_retries=retries)(WindowWorker)
+            free = int(ray.available_resources().get("CPU", 1))  # other pools may hold some
+            node_cpus = [int(node["Resources"].get("CPU", 0)) for node in ray.nodes() if node["Alive"]]
+            options = {"num_cpus": cpus_per_actor(n, free, node_cpus)}
+        # Ray restarts a lost actor wherever the cluster has room; its tasks are not retried on it but sent
+        # to the actors that are up (``_task_lost``), since it may never come back.
+        self._actor_class = ray.remote(**options, max_restarts=max(0, config.max_attempts - 1),
+                                       max_task_retries=0)(RayWindowWorker)
         self.actors = [self._new_actor() for _ in range(n)]
+        self._up = [True] * n  # answered and not lost since: tasks go to these only
+        self._probes: dict[ray.ObjectRef, int] = {}  # lost actors' ``pid`` calls: they answer once back up
+        self._no_actor: str | None = None  # why work failed the last time every actor was lost
         self.one_pass = config.ray_reads_in_one_pass(n)
         # Wait for the actors to be up, so that start-up time is not counted as streaming time, and so
         # that asking for more workers than the cluster can place fails here instead of hanging.
@@ -230,9 +280,9 @@ class RayPool:
         after the next scene's tasks are submitted, so the actors keep working while the caller
         handles it. A task that raises, or that keeps losing its worker, fails its scene only: the
         scene is yielded with that error and its tasks still in flight are ignored when they return.
+        A task whose worker is lost goes to another actor that is up (``_task_lost``).
         """
         import ray
-        from ray.exceptions import RayActorError
 
         cfg = self.config
         jobs = iter(jobs)
@@ -257,18 +307,20 @@ class RayPool:
                 if scene.cancelled():  # before it started: nothing to stop
                     to_stream.remove(scene)
                     continue
-                if min(load):
+                slot = self._free_actor(load, 1)
+                if slot is None:
                     break
-                slot = load.index(0)
-                stream = self.actors[slot].run_pass.options(num_returns="streaming", max_task_retries=0).remote(
+                stream = self.actors[slot].run_pass.options(num_returns="streaming").remote(
                     scene.job.spec, scene.start_pass(), cfg.pass_buffer_bytes)
                 streams[stream] = (slot, scene)
                 load[slot] += max(1, cfg.tasks_in_flight)
                 scene.outstanding += 1
                 to_stream.remove(scene)
             for scene in open_scenes:  # oldest scene first: its result is what the caller waits for
-                while scene.pending and min(load) < max(1, cfg.tasks_in_flight) and not scene.cancelled():
-                    slot = load.index(min(load))
+                while scene.pending and not scene.cancelled():
+                    slot = self._free_actor(load, max(1, cfg.tasks_in_flight))
+                    if slot is None:
+                        break
                     task = scene.pending.popleft()
                     in_flight[self.actors[slot].run.remote(task)] = (slot, scene, task)
                     load[slot] += 1
@@ -280,34 +332,118 @@ class RayPool:
                 for scene in finished:
                     yield scene.outcome()
                 continue
-            if not in_flight and not streams:  # every scene drawn is done
-                continue
-            ready, _ = ray.wait([*in_flight, *streams], num_returns=1)
+            if not in_flight and not streams:
+                if to_stream or any(s.pending for s in open_scenes):  # work waits, and no actor is up
+                    self._wait_for_an_actor(open_scenes, to_stream)
+                continue  # else every scene drawn is done: draw the next
+            ready, _ = ray.wait([*in_flight, *streams, *self._probes], num_returns=1)
             for ref in ready:
-                if ref in streams:
+                if ref in self._probes:
+                    self._probe_back(ref)
+                elif ref in streams:
                     self._stream_step(ref, streams, load, to_stream)
-                    continue
-                slot, scene, task = in_flight.pop(ref)
-                load[slot] -= 1
-                scene.outstanding -= 1
-                try:
-                    res: TaskResult = ray.get(ref)
-                except RayActorError as exc:  # Ray restarted the actor and retried the task max_attempts times
-                    scene.fail(RuntimeError(f"task of {len(task.items)} windows failed {cfg.max_attempts} "
-                                            f"times (workers dying): {exc}"))
-                    continue
-                except Exception as exc:  # the task raised (a read or detector error): its scene fails
-                    scene.fail(exc)
-                    continue
-                if scene.error is None and not scene.cancelled():
-                    scene.add(res, len(task.items))
+                else:
+                    self._task_back(ref, in_flight, load)
+
+    def _task_back(self, ref, in_flight: dict, load: list[int]) -> None:
+        """Take a task's result, or its error: a task that raised fails its scene; one whose worker was
+        lost goes back to its scene's queue (``_task_lost``)."""
+        import ray
+
+        slot, scene, task = in_flight.pop(ref)
+        load[slot] -= 1
+        scene.outstanding -= 1
+        try:
+            res: TaskResult = ray.get(ref)
+        except _lost_worker_errors() as exc:
+            self._lose(slot)
+            self._task_lost(scene, task, exc)
+            return
+        except Exception as exc:  # the task raised (a read or detector error): its scene fails
+            scene.fail(exc)
+            return
+        if scene.error is None and not scene.cancelled():
+            scene.add(res, len(task.items))
+
+    def _task_lost(self, scene: SceneState, task: WindowTask, exc: Exception) -> None:
+        """A task whose actor died, or whose node did, goes to the front of its scene's queue, for any
+        actor that is up; Ray does not retry it on its own actor (``max_task_retries=0``): that actor
+        may never come back (its node gone, and no other node with the resources it asks for), and a
+        task queued for it would wait forever. Its results may have been computed already; running it
+        again is harmless, as results are kept by window. ``max_attempts`` losses fail the scene."""
+        if scene.error is not None or scene.cancelled():
+            return
+        lost = scene.lost[task] = scene.lost.get(task, 0) + 1
+        if lost >= self.config.max_attempts:
+            scene.fail(RuntimeError(f"task of {len(task.items)} windows lost its worker {lost} times (workers or "
+                                    f"their nodes dying): {first_line(exc)}"))
+        else:
+            scene.pending.appendleft(task)
+
+    def _free_actor(self, load: list[int], limit: int) -> int | None:
+        """The least loaded actor that is up and has fewer than ``limit`` tasks in flight; None if none."""
+        free = [i for i, up in enumerate(self._up) if up and load[i] < limit]
+        return min(free, key=load.__getitem__) if free else None
+
+    def _lose(self, slot: int) -> None:
+        """The actor of ``slot`` lost its process or node: no task goes to it until it answers again
+        (Ray restarts it where the cluster has room, if anywhere)."""
+        if self._up[slot]:
+            self._up[slot] = False
+            self._probes[self._probe(slot)] = slot
+
+    def _probe(self, slot: int):
+        # Retried by Ray across restarts: it answers once the actor is up again, or fails once it is dead.
+        return self.actors[slot].pid.options(max_task_retries=-1).remote()
+
+    def _probe_back(self, ref) -> None:
+        """An actor that was lost answered (it is up again), or is gone for good (restarts used up)."""
+        import ray
+        from ray.exceptions import ActorDiedError
+
+        slot = self._probes.pop(ref)
+        try:
+            ray.get(ref)
+        except ActorDiedError:
+            return
+        except _lost_worker_errors():  # unreachable still: ask again
+            self._probes[self._probe(slot)] = slot
+            return
+        self._up[slot] = True
+        self._no_actor = None
+
+    def _wait_for_an_actor(self, open_scenes: list[SceneState], to_stream: list[SceneState]) -> None:
+        """Work waits and every actor was lost: wait for one to come back, at most ``start_timeout_s``
+        (not at all when the last such wait ran out), then fail the waiting scenes with the reason
+        rather than wait forever for an actor the cluster may have no room for. A scene cancelled
+        meanwhile ends the wait (the caller yields it)."""
+        import ray
+
+        deadline = time.monotonic() + (0 if self._no_actor else self.config.start_timeout_s)
+        ready: list = []
+        while self._probes and not ready:
+            step = max(0.0, min(1.0, deadline - time.monotonic()))  # a second at most: cancelling is checked
+            ready = ray.wait(list(self._probes), num_returns=1, timeout=step)[0]
+            if time.monotonic() >= deadline or any(s.cancelled() for s in open_scenes):
+                break
+        for ref in ready:
+            self._probe_back(ref)
+        if any(self._up) or (ready and self._probes) or any(s.finished for s in open_scenes):
+            return  # one is back, another may still come, or a scene was cancelled
+        if self._no_actor is None:
+            why = (f"none came back within {self.config.start_timeout_s:.0f} s" if self._probes
+                   else "none can come back (restarts used up)")
+            self._no_actor = (f"every one of the {len(self.actors)} workers was lost (their processes or nodes died) "
+                              f"and {why}; cluster resources free now: {ray.available_resources()}")
+        for scene in open_scenes:
+            scene.fail(RuntimeError(self._no_actor))
+        to_stream.clear()
 
     def _stream_step(self, stream, streams: dict, load: list[int], to_stream: list[SceneState]) -> None:
         """Take the next result of a scene's one-pass stream (``run_pass``), or its end or error. A pass
-        whose actor died goes back to ``to_stream`` (Ray restarts the actor), for the windows not yet
-        back, until ``max_attempts`` passes have run."""
+        whose actor died goes back to ``to_stream``, for the windows not yet back, on whichever actor is
+        up first, until ``max_attempts`` passes have run."""
         import ray
-        from ray.exceptions import RayActorError
 
         slot, scene = streams[stream]
 
@@ -323,7 +459,10 @@ class RayPool:
             return
         except Exception as exc:  # the pass raised (its scene fails), or its worker died
             end()
-            if isinstance(exc, RayActorError) and scene.passes < self.config.max_attempts and not scene.cancelled():
+            lost = isinstance(exc, _lost_worker_errors())
+            if lost:
+                self._lose(slot)
+            if lost and scene.passes < self.config.max_attempts and not scene.cancelled():
                 to_stream.append(scene)
             else:
                 scene.fail(exc)
@@ -336,9 +475,10 @@ class RayPool:
             end()
 
     def worker_pids(self) -> list[int]:
+        """The actors' process ids, each once it is up (an actor Ray is restarting is waited for)."""
         import ray
 
-        return ray.get([a.pid.remote() for a in self.actors])
+        return ray.get([self._probe(slot) for slot in range(len(self.actors))])
 
     def close(self) -> None:
         import ray
@@ -354,6 +494,17 @@ class RayPool:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def cpus_per_actor(actors: int, free_cpus: int, node_cpus: Sequence[int]) -> int:
+    """CPUs for each of ``actors`` CPU actors: an equal share of the cluster's ``free_cpus``, lowered until
+    they all fit on its nodes (``node_cpus``: each node's CPUs), since an actor runs on one node. On one
+    machine, the equal share; on four 8-CPU nodes, 1 actor gets 8 (the cluster's 32 no node has, and the
+    pool would never start) and 6 actors get 4 each (with 5, only 4 of them would find a place)."""
+    share = max(1, free_cpus // max(1, actors))
+    while share > 1 and sum(c // share for c in node_cpus) < actors:
+        share -= 1
+    return share
 
 
 def runs_in_process(detector_spec: DetectorSpec, config: PoolConfig) -> bool:

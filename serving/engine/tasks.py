@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from serving.engine.reader import ReadItem, ReadSpec
 from serving.merge.window_detections import WindowDetections
@@ -36,6 +36,7 @@ class TaskResult:
     detect_s: float = 0.0
     started: float = 0.0  # wall clock (time.time(), comparable across the processes of one machine)
     finished: float = 0.0
+    node: str = ""  # the Ray node that ran the windows ("" in the calling process)
 
 
 @dataclass
@@ -43,7 +44,9 @@ class PoolRun:
     """Window detections in plan order, and where the time went (read/detect summed over workers).
 
     ``started`` and ``finished``: wall clock (``time.time()``) of the scene's first task start and
-    last task end on the workers; 0.0 for a scene with no window to read.
+    last task end on the workers; 0.0 for a scene with no window to read. ``nodes``: the windows the
+    detector ran on each Ray node (its node id), each counted once however often its task was sent;
+    empty when they ran in the calling process.
     """
 
     detections: list[WindowDetections]
@@ -52,6 +55,7 @@ class PoolRun:
     started: float = 0.0
     finished: float = 0.0
     skipped: int = 0  # windows found without a valid pixel while reading (one-pass reads), not run
+    nodes: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -103,6 +107,7 @@ class SceneState:
         self.done = 0  # windows
         self.error: Exception | None = None
         self.passes = 0  # one-pass reads started (``RayPool``)
+        self.lost: dict[WindowTask, int] = {}  # tasks whose worker was lost, and how often (``RayPool``)
 
     @property
     def finished(self) -> bool:
@@ -117,6 +122,8 @@ class SceneState:
     def add(self, res: TaskResult, windows: int) -> None:
         self.results.update(res.detections)
         run = self.run
+        if res.node:
+            run.nodes[res.node] = run.nodes.get(res.node, 0) + len(res.detections)
         run.read_s += res.read_s
         run.detect_s += res.detect_s
         run.started = res.started if not run.started else min(run.started, res.started)

@@ -12,6 +12,7 @@ import pickle
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,7 +26,7 @@ from hbdnet.pyramid import PlanWindow
 from serving.batch.inputs import expand_inputs
 from serving.detect import SceneResult
 from serving.engine.detectors import ModelSpec, NoopDetector, NoopSpec
-from serving.engine.pools import InProcessPool, PoolConfig, RayPool, make_pool
+from serving.engine.pools import InProcessPool, PoolConfig, RayPool, cpus_per_actor, make_pool
 from serving.engine.reader import ReadItem, WindowReader, plan_scene
 from serving.engine.scene import open_scene
 from serving.engine.tasks import SceneJob, WindowTask, make_tasks
@@ -162,7 +163,7 @@ def test_results_do_not_depend_on_the_number_of_workers(ray_runtime, pool2, scen
 
 def test_a_killed_worker_is_restarted_and_the_result_is_complete(pool2, scene_path, reference):
     """A worker process that dies mid-scene (SIGKILL, as the OOM killer does) is restarted by Ray and
-    its tasks retried there: the scene's windows are all there, as without the crash."""
+    its tasks run again on the actors that are up: the scene's windows are all there, as without the crash."""
     scene_plan = plan_scene(open_scene(scene_path), window=WINDOW, overlap=OVERLAP)
     before = pool2.worker_pids()
     killed = []
@@ -177,6 +178,38 @@ def test_a_killed_worker_is_restarted_and_the_result_is_complete(pool2, scene_pa
     after = pool2.worker_pids()
     assert len(after) == 2 and after[0] != before[0] and after[1] == before[1]  # restarted in place
     _same_windows(run.detections, reference.window_detections)
+
+
+def test_a_pool_whose_workers_are_gone_for_good_fails_its_scenes_at_once(ray_runtime, scene_path, bridges):
+    """The only actor killed with no restart left (``max_attempts=1``): the scene it ran fails with the
+    reason, and so does the next one, at once, instead of waiting for a worker that cannot come back
+    (the run is on a thread, so that a wait for ever fails the test instead of blocking it)."""
+    scene_plan = plan_scene(open_scene(scene_path), window=WINDOW, overlap=OVERLAP)
+    config = PoolConfig(workers=1, task_windows=2, max_attempts=1, ray_one_pass=False)
+    with RayPool(PerfectSpec(bridges), config) as pool:
+        alive = pool.worker_pids()
+
+        def kill_once(done: int, total: int) -> None:
+            if alive:
+                os.kill(alive.pop(), signal.SIGKILL)
+
+        jobs = [SceneJob(scene_plan.spec, scene_plan.items, kill_once), SceneJob(scene_plan.spec, scene_plan.items)]
+        results: list = []
+        run = threading.Thread(target=lambda: results.extend(pool.run_many(jobs)), daemon=True)
+        run.start()
+        run.join(timeout=60)
+        assert not run.is_alive(), "the pool still waits for a worker that cannot come back"
+    (_, first), (_, second) = results
+    assert isinstance(first, RuntimeError) and "lost its worker 1 times" in str(first), first
+    assert isinstance(second, RuntimeError) and "every one of the 1 workers was lost" in str(second), second
+
+
+def test_cpu_actors_get_a_share_that_fits_on_a_node():
+    assert cpus_per_actor(2, 3, [3]) == 1  # one machine: an equal share of the free CPUs
+    assert cpus_per_actor(2, 4, [2, 2]) == 2  # one actor on each node
+    assert cpus_per_actor(1, 32, [8, 8, 8, 8]) == 8  # a node's CPUs, never the cluster's
+    assert cpus_per_actor(6, 32, [8, 8, 8, 8]) == 4  # with 5 each, two of the six would find no node
+    assert cpus_per_actor(3, 0, []) == 1
 
 
 def test_in_process_pool_is_reusable_across_scenes(scene_path, geotiff, bridges):
