@@ -169,11 +169,11 @@ def _add_finetune(sub: Subparsers) -> None:
     p.add_argument("--reviewed", help="polygons where every bridge is labelled (default: the scenes' footprints)")
     p.add_argument("-o", "--output", required=True, help="the .safetensors model file to write")
     p.add_argument("--work-dir", help="checkpoints and log, for resuming (default: OUTPUT.finetune/ beside it)")
-    p.add_argument("--train", type=_parts, default=["rpn_head", "roi_head"], metavar="PARTS",
+    p.add_argument("--train", type=_parts, default=["roi_head"], metavar="PARTS",
                    help="the parts that learn: all, or some of backbone,neck,rpn_head,roi_head; when the trunk "
                         "(backbone, neck, rpn_head) learns, the base file's int8 trunk is made again, calibrated "
-                        "on your scenes (default: rpn_head,roi_head)")
-    p.add_argument("--epochs", type=whole_number("epochs", 1), default=16, help="epochs per stage")
+                        "on your scenes (default: roi_head)")
+    p.add_argument("--epochs", type=whole_number("epochs", 1), default=8, help="epochs per stage")
     p.add_argument("--lr", type=positive_number("learning rate"), default=0.001,
                    help="the local stage's learning rate; the global stage's is half")
     p.add_argument("--bands", type=parse_bands, help="bands as R,G,B or one grey band, as for detect")

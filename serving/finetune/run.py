@@ -1,15 +1,13 @@
 """``hbdnet finetune``: a trained model adapted to a user's scenes from their corrected bridge layer.
 
 The recipe is made for tens of bridges on a CPU, minutes rather than hours. It starts from the base
-model's weights and keeps its architecture. By default the RPN head and the box heads learn
-(``rpn_head``, ``roi_head``): those decide what is proposed and kept in the new imagery. The
-backbone and FPN stay as they were: with tens of bridges they overfit (the model card's runs), and
-frozen they need no backward pass, most of an iteration's cost. ``parts`` chooses otherwise; on
-imagery made from NWPU, training the RPN head too gave the better result (``MODEL_CARD.md``).
-
-A base file's int8 trunk (backbone, FPN and RPN head convs, for CPUs) is kept when none of those
-parts learnt, and otherwise made again, calibrated on windows of the user's own scenes, so that the
-new file keeps the CPU speed of the one it came from.
+model's weights and keeps its architecture. By default only the box heads learn (``roi_head``). The
+trunk (backbone, FPN, RPN head) stays as it was: with tens of bridges a trunk overfits (the model
+card's runs), frozen it needs no backward pass, most of an iteration's cost, and the base file's int8
+trunk still holds for it, so the new file keeps the CPU speed and the int8 scores of the one it came
+from. On imagery made from NWPU this default did better than training the RPN head too
+(``MODEL_CARD.md``, "Fine-tuning"). ``parts`` chooses otherwise; then the int8 trunk is made again from
+the new weights, calibrated on windows of the user's own scenes.
 
 The stages are those of the base model's training: the local detector on level 0, then the global
 detector on the coarser levels of the same scenes (from its own weights). Windows come from the
@@ -52,9 +50,9 @@ TRUNK_PARTS = ("backbone", "neck", "rpn_head")
 
 @dataclass(frozen=True)
 class FinetuneOptions:
-    epochs: int = 16  # per stage
+    epochs: int = 8  # per stage
     lr: float = 0.001  # the local stage's; the global stage runs at half of it
-    parts: tuple[str, ...] = ("rpn_head", "roi_head")
+    parts: tuple[str, ...] = ("roi_head",)
     bands: tuple[int, ...] | None = None
     batch_size: int = 2
     seed: int = 0

@@ -222,12 +222,13 @@ def test_the_int8_trunk_is_kept_or_made_again_from_the_new_weights(inputs, tiny_
     base = save_safetensors(tmp_path / "base.safetensors", model, meta=meta, score_thr=0.05,
                             int8_trunks=stored_int8_trunks(model, "float32", images, only=("local",)))
     heads = tmp_path / "heads.safetensors"
-    assert main([*_argv(base, scene, labels, heads)[:-5], "--epochs", "1", "--train", "roi_head", "--no-progress"]) == 0
+    assert main([*_argv(base, scene, labels, heads)[:-5], "--epochs", "1", "--no-progress"]) == 0
     assert "int8 trunk kept from the base model (local)" in capsys.readouterr().out
     assert read_int8_trunks(heads) == read_int8_trunks(base)
 
     rpn = tmp_path / "rpn.safetensors"
-    assert main([*_argv(base, scene, labels, rpn)[:-5], "--epochs", "1", "--no-progress"]) == 0
+    assert main([*_argv(base, scene, labels, rpn)[:-5], "--epochs", "1", "--train", "rpn_head,roi_head",
+                 "--no-progress"]) == 0
     assert "int8 trunk made again (local), calibrated on windows of your scenes" in capsys.readouterr().out
     made = read_int8_trunks(rpn)
     assert set(made) == {"local"} and made["local"] != read_int8_trunks(base)["local"]
