@@ -7,6 +7,7 @@ from qgis.PyQt.QtGui import QIcon
 
 from .detect_local import DetectBridgesLocal
 from .detect_server import DetectBridgesServer
+from .finetune_local import FinetuneLocal
 from .runner import EXECUTABLE_SETTING
 
 HERE = os.path.dirname(__file__)
@@ -57,3 +58,4 @@ class HbdnetProvider(QgsProcessingProvider):
     def loadAlgorithms(self):
         self.addAlgorithm(DetectBridgesLocal())
         self.addAlgorithm(DetectBridgesServer())
+        self.addAlgorithm(FinetuneLocal())

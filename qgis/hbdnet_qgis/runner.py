@@ -12,7 +12,8 @@ import time
 from qgis.core import QgsProcessingException
 
 EXECUTABLE_SETTING = "HBDNET_EXECUTABLE"
-PROGRESS = re.compile(r"progress (\d+)/(\d+) windows")
+# detect's --progress-lines, and finetune's line every few iterations (each stage: 0 to 100 %)
+PROGRESS = re.compile(r"progress (\d+)/(\d+) windows|\bit (\d+)/(\d+) epoch")
 
 
 def configured_executable():
@@ -76,8 +77,10 @@ def run_hbdnet(args, feedback):
         (out if name == "out" else err).append(line)
         match = PROGRESS.search(line)
         if match:
-            done, total = int(match.group(1)), int(match.group(2))
+            done, total = (int(g) for g in match.groups() if g is not None)
             feedback.setProgress(100.0 * done / max(1, total))
+            if match.group(3) is not None:  # finetune's line also says the loss and the time left
+                feedback.pushInfo(line)
         elif line.strip() and not (name == "err" and ": error: " in line):  # an error is raised below
             feedback.pushInfo(line)
     if proc.wait() != 0:

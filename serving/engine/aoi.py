@@ -117,7 +117,9 @@ def read_polygon_layer(path: Path, what: str) -> tuple[np.ndarray, str]:
     if not path.is_file():
         raise AoiError(f"{what}: no such file")
     try:
-        meta, _, wkb, _ = pyogrio.raw.read(path, read_geometry=True, columns=[])
+        # The first layer that is not QGIS's style table: a GeoPackage hbdnet detect wrote holds both.
+        layers = [name for name, _ in pyogrio.list_layers(path) if name != "layer_styles"]
+        meta, _, wkb, _ = pyogrio.raw.read(path, layer=layers[0] if layers else None, read_geometry=True, columns=[])
     except (pyogrio.errors.DataSourceError, pyogrio.errors.DataLayerError) as exc:
         raise AoiError(f"{what}: not a vector file GDAL reads ({first_line(exc)})") from None
     shapes = [g for g in shapely.from_wkb(wkb) if g is not None and not g.is_empty] if wkb is not None else []

@@ -114,6 +114,7 @@ def test_the_zip_installs_and_its_tools_are_listed(qgis):
     out = subprocess.run([qgis["exe"], "list"], env=qgis["env"], capture_output=True, text=True, timeout=120,
                          check=False)
     assert "hbdnet:detectbridgeslocal" in out.stdout and "hbdnet:detectbridgesserver" in out.stdout
+    assert "hbdnet:finetunemodellocal" in out.stdout
     with zipfile.ZipFile(next((qgis["root"] / "dist").glob("hbdnet_qgis-*.zip"))) as zf:
         names = set(zf.namelist())
     assert {"hbdnet_qgis/metadata.txt", "hbdnet_qgis/__init__.py", "hbdnet_qgis/LICENSE",
@@ -184,6 +185,23 @@ def test_an_area_of_interest_limits_the_search(qgis, tmp_path):
     assert on_the_footbridge(feature)
     plan = next(line for line in out.stdout.splitlines() if "plan:" in line)
     assert "3248 x 4000" not in plan, plan  # the raster was cut to the polygon's box
+
+
+def test_the_fine_tune_tool_learns_from_the_corrected_layer_and_detect_takes_its_model(qgis, local_result, tmp_path):
+    """The loop inside QGIS: the local tool's layer (here left as it is: one footbridge) and its raster
+    make a model file, which the local tool then runs."""
+    from hbdnet.checkpoint import read_checkpoint
+
+    model = tmp_path / "mine.safetensors"
+    out = run_tool(qgis, "finetunemodellocal", f"--SCENES={qgis['autzen']}", f"--LABELS={local_result}",
+                   "--EPOCHS=1", f"--OUTPUT={model}")
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "1 bridge(s) labelled on 1 scene(s)" in out.stdout and "every scene's whole footprint" in out.stdout
+    lineage = read_checkpoint(model)["meta"]["finetune"]
+    assert lineage["bridges_trained"] == 1 and str(qgis["autzen"]) in lineage["files"]
+    out = run_tool(qgis, "detectbridgeslocal", f"--INPUT={qgis['autzen']}", f"--MODEL={model}",
+                   f"--OUTPUT={tmp_path / 'again.gpkg'}")
+    assert result_uri(out).startswith(str(tmp_path / "again.gpkg")) and "found in 27 windows" in out.stdout
 
 
 def one_error_line(out: subprocess.CompletedProcess) -> str:

@@ -234,3 +234,18 @@ def test_the_int8_trunk_is_kept_or_made_again_from_the_new_weights(inputs, tiny_
     assert set(made) == {"local"} and made["local"] != read_int8_trunks(base)["local"]
     assert main(["detect", str(scene), "--model", str(rpn), "--runtime", "int8", "-o", str(tmp_path / "f.gpkg"),
                  "-q"]) == 0
+
+
+def test_a_geopackage_with_qgis_styles_reads_its_bridge_layer(tmp_path):
+    """hbdnet detect writes a layer_styles table beside the bridges (QGIS's default style): the labels are
+    the other layer, read without a warning."""
+    import warnings
+
+    scene = write_scene(tmp_path / "scene.tif")
+    path = tmp_path / "edited.gpkg"
+    pyogrio.raw.write(path, None, [np.array(["<qml/>"], dtype=object)], ["styleQML"], layer="layer_styles")
+    pyogrio.raw.write(path, shapely.to_wkb(pixel_polygons_to_lonlat(BRIDGES)), [], [], layer="edited",
+                      geometry_type="Polygon", crs="EPSG:4326", append=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert labelled_scenes([scene], path).bridges == 3
