@@ -38,6 +38,8 @@ class AreaOfInterest:
 
     def in_pixels(self, crs: object | None, transform: Affine) -> shapely.Geometry:
         """The area in the pixel grid of a scene (column, row of its full resolution)."""
+        if crs is None:
+            raise AoiError("the scene has no CRS, so an area of interest cannot be placed on it")
         return in_scene_pixels(np.array([self.geometry]), self.crs, crs, transform, f"the area of interest {self.label}")[0]
 
 
