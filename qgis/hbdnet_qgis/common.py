@@ -44,10 +44,15 @@ def raster_file(alg, parameters, context):
     layer = alg.parameterAsRasterLayer(parameters, INPUT, context)
     if layer is None:
         raise QgsProcessingException("no raster layer given")
+    return raster_source(layer), layer
+
+
+def raster_source(layer):
+    """The file (or GDAL path) hbdnet reads for a raster layer; one line where it has none."""
     if layer.providerType() != "gdal":
         raise QgsProcessingException(f"{layer.name()} is a {layer.providerType()} layer, not a file: save it as a "
                                      "GeoTIFF first (Export > Save As)")
-    return layer.source(), layer
+    return layer.source()
 
 
 def bands_option(alg, parameters, context):

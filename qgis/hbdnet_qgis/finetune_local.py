@@ -60,10 +60,7 @@ class FinetuneLocal(QgsProcessingAlgorithm):
             raise QgsProcessingException("no raster given")
         args = ["finetune", "--no-progress"]
         for layer in rasters:
-            if layer.providerType() != "gdal":
-                raise QgsProcessingException(f"{layer.name()} is a {layer.providerType()} layer, not a file: save "
-                                             "it as a GeoTIFF first (Export > Save As)")
-            args += ["--scene", layer.source()]
+            args += ["--scene", common.raster_source(layer)]
         args += ["--labels", self._layer_file(parameters, LABELS, context, feedback)]
         if parameters.get(REVIEWED):
             args += ["--reviewed", self._layer_file(parameters, REVIEWED, context, feedback)]
