@@ -434,7 +434,8 @@ class Trainer:
         n_syn = len(dataset.synthetic) if dataset.synthetic is not None else 0
         limit = total if self.max_iters is None else min(total, self.max_iters)
         self.log(f"stage {stage.name}: levels {stage.levels}, {dataset.num_windows} windows + {n_syn} synthetic "
-                 f"+ {dataset.negatives} bridge-free per epoch = {per_epoch} iterations x {stage.epochs} epochs = {total} iterations; "
+                 f"+ {dataset.negatives} bridge-free per epoch = {per_epoch} iterations x {stage.epochs} epochs "
+                 f"= {total} iterations; "
                  f"warm-up {warmup}, lr {stage.lr:g} x0.1 at epochs {stage.lr_steps}")
         bar = tqdm(total=limit, initial=min(iteration, limit), desc=f"{stage.name}", disable=not self.progress,
                    dynamic_ncols=True, leave=False)

@@ -32,8 +32,9 @@ def run(args: argparse.Namespace) -> int:
                               max_iters=args.max_iters, checkpoint_every=args.checkpoint_every,
                               device=str(resolve_device(args.device)))
     try:
-        result = finetune(args.model, scenes, Path(args.labels), output, reviewed=args.reviewed and Path(args.reviewed),
-                          work_dir=args.work_dir and Path(args.work_dir), options=options,
+        result = finetune(args.model, scenes, Path(args.labels), output,
+                          reviewed=Path(args.reviewed) if args.reviewed else None,
+                          work_dir=Path(args.work_dir) if args.work_dir else None, options=options,
                           progress=not args.no_progress, log=print)
     except TrainingInterrupted as stop:
         print(f"hbdnet finetune: interrupted; saved {stop.path}; run the same command again to resume")

@@ -40,7 +40,8 @@ class AreaOfInterest:
         """The area in the pixel grid of a scene (column, row of its full resolution)."""
         if crs is None:
             raise AoiError("the scene has no CRS, so an area of interest cannot be placed on it")
-        return in_scene_pixels(np.array([self.geometry]), self.crs, crs, transform, f"the area of interest {self.label}")[0]
+        what = f"the area of interest {self.label}"
+        return in_scene_pixels(np.array([self.geometry]), self.crs, crs, transform, what)[0]
 
 
 def in_scene_pixels(geometries: np.ndarray, crs: str, scene_crs: object | None, transform: Affine,

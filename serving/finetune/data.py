@@ -90,8 +90,9 @@ def _scene_image(path: Path, polygons: np.ndarray, crs: str, taken: np.ndarray,
         raise FinetuneDataError(str(exc)) from None
     try:
         in_pixels = in_scene_pixels(polygons, crs, info.crs, info.transform, "the labels")
-        reviewed = (shapely.union_all(in_scene_pixels(areas[0], areas[1], info.crs, info.transform, "the reviewed areas"))
-                    if areas is not None else None)
+        reviewed = None
+        if areas is not None:
+            reviewed = shapely.union_all(in_scene_pixels(*areas, info.crs, info.transform, "the reviewed areas"))
     except AoiError as exc:
         raise FinetuneDataError(f"{path}: {exc}") from None
     footprint = shapely.box(0, 0, info.width, info.height)

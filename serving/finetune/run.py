@@ -32,16 +32,21 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from hbdnet.checkpoint import load_model, read_checkpoint, read_int8_trunks, resolve_model_path, save_safetensors
 from hbdnet.config_io import from_dict, to_dict
 from hbdnet.data.augment import AugmentConfig
+from hbdnet.data.dota import DotaImage
 from hbdnet.evaluation.rotated_map import evaluate
 from hbdnet.models.hbdnet import HBDNetConfig
 from hbdnet.training.config import DataConfig, ExperimentConfig, StageConfig, TrainConfig
 from hbdnet.training.trainer import train
+from serving.engine.aoi import centres_inside
+from serving.evaluate import detect_images
 from serving.finetune.data import LabelledScenes, labelled_scenes, sha256
+from serving.model_ref import resolve_model
 
 MIN_SCENES_TO_HOLD_BACK = 2
 MIN_BRIDGES_TO_HOLD_BACK = 20
@@ -155,12 +160,12 @@ def finetune_config(base: HBDNetConfig, base_path: str, bridges: int, options: F
     )
 
 
-def _split(data: LabelledScenes) -> tuple[list, list]:
+def _split(data: LabelledScenes) -> tuple[list[DotaImage], list[DotaImage]]:
     """Training scenes and held-back ones (the last scenes, with at least a fifth of the bridges)."""
     images = data.images
     if len(images) < MIN_SCENES_TO_HOLD_BACK or data.bridges < MIN_BRIDGES_TO_HOLD_BACK:
         return images, []
-    held: list = []
+    held: list[DotaImage] = []
     for img in reversed(images[1:]):
         if sum(len(i.boxes) for i in held) >= data.bridges / 5:
             break
@@ -168,10 +173,7 @@ def _split(data: LabelledScenes) -> tuple[list, list]:
     return images[:len(images) - len(held)], held
 
 
-def _best_threshold(model_path: Path, held: list, bands: tuple[int, ...] | None) -> float:
-    from serving.evaluate import detect_images
-    from serving.model_ref import resolve_model
-
+def _best_threshold(model_path: Path, held: list[DotaImage], bands: tuple[int, ...] | None) -> float:
     model = resolve_model(str(model_path), device="cpu")
     dets = detect_images(held, model, bands=bands)
     dets = [_on_reviewed(img, boxes, scores) for img, (boxes, scores) in zip(held, dets)]
@@ -179,12 +181,8 @@ def _best_threshold(model_path: Path, held: list, bands: tuple[int, ...] | None)
     return float(evaluate(dets, gts)["f1_score_thr"])
 
 
-def _on_reviewed(img, boxes: torch.Tensor, scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _on_reviewed(img: DotaImage, boxes: torch.Tensor, scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Only boxes centred in the reviewed area can be judged right or wrong."""
-    import numpy as np
-
-    from serving.engine.aoi import centres_inside
-
     keep = torch.from_numpy(centres_inside(img.background, boxes[:, :2].numpy().astype(np.float64)))
     return boxes[keep], scores[keep]
 
