@@ -43,6 +43,7 @@ from serving.engine.scene import (
     SceneInfo,
     check_scene_size,
     open_scene,
+    regridded,
     scene_reference,
 )
 from serving.engine.tasks import Cancel, PoolRun, Progress, SceneJob
@@ -51,6 +52,7 @@ from serving.merge.config import MergeConfig
 from serving.merge.window_detections import WindowDetections
 from serving.model_ref import ModelRef
 from serving.outputs.formats import OutputError, check_output_path, fsync_path
+from serving.resolution import Resolution, ResolutionPlan, check_resolution, plan_resolution, to_scene_pixels
 
 Pool = InProcessPool | RayPool
 T = TypeVar("T")
@@ -65,7 +67,9 @@ class DetectOptions:
     three). ``max_pixels``: larger scenes are refused. ``merge_config``: how window boxes are merged
     (None: the holistic merge's defaults). ``resampling``: how pyramid levels are made. ``aoi``: the
     area to search (None: the whole scene); windows that do not meet it are not run, bridges whose
-    centre lies outside it are dropped.
+    centre lies outside it are dropped. ``gsd``: the scene's metres a pixel (None: from its CRS).
+    ``resolution``: the finest level's (None: towards the model's best; ``"native"``: the scene's own;
+    ``serving.resolution``).
     """
 
     score_thr: float | None = None
@@ -74,6 +78,8 @@ class DetectOptions:
     merge_config: MergeConfig | None = None
     resampling: PyramidResampling = "exact"
     aoi: AreaOfInterest | None = None
+    gsd: float | None = None
+    resolution: Resolution = None
 
     def __post_init__(self) -> None:
         if self.score_thr is not None and not 0.0 <= self.score_thr <= 1.0:
@@ -86,6 +92,9 @@ class DetectOptions:
             raise ValueError(f"max pixels must be 1 or more, got {self.max_pixels}")
         if self.resampling not in ("exact", "overview"):
             raise ValueError(f"resampling must be 'exact' or 'overview', got {self.resampling!r}")
+        if self.gsd is not None and not 0 < self.gsd < float("inf"):
+            raise ValueError(f"a ground sample distance must be metres a pixel above 0, got {self.gsd}")
+        object.__setattr__(self, "resolution", check_resolution(self.resolution))
 
     def check(self, info: SceneInfo) -> None:
         """``SceneError`` (one line) when the scene lacks the bands asked for or its size is out of bounds."""
@@ -132,7 +141,8 @@ class SceneResult:
 @dataclass
 class PreparedScene:
     """A scene opened and planned, ready for a pool: ``timings`` so far, from ``t_start``
-    (``time.perf_counter()``); ``notes`` what planning found to say (one line each)."""
+    (``time.perf_counter()``); ``notes`` what planning found to say (one line each). ``resolution``:
+    the grid the plan is on (``working``: the scene as read, ``info`` itself unless it is resampled)."""
 
     uri: str
     info: SceneInfo
@@ -140,6 +150,13 @@ class PreparedScene:
     t_start: float
     timings: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    resolution: ResolutionPlan = field(default_factory=lambda: ResolutionPlan(None, None, None))
+    working: SceneInfo | None = None
+
+    @property
+    def grid(self) -> SceneInfo:
+        """The scene as the plan's windows see it."""
+        return self.working if self.working is not None else self.info
 
 
 def check_outputs(info: SceneInfo, outputs: Sequence[Path]) -> None:
@@ -169,14 +186,18 @@ def prepare(uri: str, info: SceneInfo, model: ModelRef, options: DetectOptions, 
     for a pool that finds the empty windows in its one pass). Nothing is warned (``notes``), so a
     scene may be planned on a thread beside the one that runs the workers."""
     t = time.perf_counter()
+    resolution = plan_resolution(info, model.gsd, gsd=options.gsd, resolution=options.resolution,
+                                 window=model.window)
+    working = regridded(info, resolution.regrid)
     try:
-        area_px = options.aoi.in_pixels(info.crs, info.transform) if options.aoi is not None else None
+        area_px = options.aoi.in_pixels(working.crs, working.transform) if options.aoi is not None else None
     except AoiError as exc:
         raise SceneError(f"{uri}: {exc}") from None
-    plan = plan_scene(info, bands=options.bands, window=model.window, overlap=model.overlap,
-                      resampling=options.resampling, coverage_scan=coverage_scan, area_px=area_px)
+    plan = plan_scene(working, bands=options.bands, window=model.window, overlap=model.overlap,
+                      resampling=options.resampling, coverage_scan=coverage_scan, area_px=area_px,
+                      levels=resolution.levels)
     notes = [_one_line(str(w)) for w in plan.warnings]
-    return PreparedScene(uri, info, plan, t, {"plan": time.perf_counter() - t}, notes)
+    return PreparedScene(uri, info, plan, t, {"plan": time.perf_counter() - t}, notes, resolution, working)
 
 
 def finish(prepared: PreparedScene, run: PoolRun, model: ModelRef, options: DetectOptions) -> SceneResult:
@@ -196,7 +217,7 @@ def finish(prepared: PreparedScene, run: PoolRun, model: ModelRef, options: Dete
     else:
         boxes = np.zeros((0, 5), np.float64)
         scores, labels, levels = np.zeros(0, np.float64), np.zeros(0, np.int64), np.zeros(0, np.int64)
-    kept = keep_on_valid_pixels(boxes, prepared.info, prepared.plan.spec, prepared.plan.coverage)
+    kept = keep_on_valid_pixels(boxes, prepared.grid, prepared.plan.spec, prepared.plan.coverage)
     scores, labels, levels = scores[kept.keep], labels[kept.keep], levels[kept.keep]
     score_thr = model.score_threshold(options.score_thr)
     keep = scores >= score_thr
@@ -210,7 +231,7 @@ def finish(prepared: PreparedScene, run: PoolRun, model: ModelRef, options: Dete
     timings["total"] = time.perf_counter() - prepared.t_start
     return SceneResult(
         uri=prepared.uri,
-        boxes=kept.boxes[keep],
+        boxes=to_scene_pixels(kept.boxes[keep], prepared.resolution.regrid),
         scores=scores[keep],
         labels=labels[keep],
         levels=levels[keep],

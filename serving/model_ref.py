@@ -21,12 +21,45 @@ class ModelError(Exception):
 
 
 @dataclass(frozen=True)
+class ModelGsd:
+    """The ground sample distances (metres a pixel) a model sees bridges at, as its file records them
+    (``meta["gsd_m"]``: ``{"min", "best", "max"}``): pyramid levels finer than ``min`` or coarser than
+    ``max`` are not run; a scene's finest level is resampled into ``min`` to ``best`` (``best``: the
+    coarsest finest level at which the model still finds its small bridges). ``max_upsample``: how far
+    a coarse scene is upsampled at most (``serving.resolution``)."""
+
+    min: float
+    best: float
+    max: float
+    max_upsample: float = 2.0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.min <= self.best <= self.max or self.max_upsample < 1:
+            raise ValueError(f"a model's GSD range must be 0 < min <= best <= max and max_upsample >= 1, got {self}")
+
+    @classmethod
+    def from_meta(cls, meta: dict) -> ModelGsd | None:
+        """The range a model file's meta records (None: it records none, or not a valid one)."""
+        value = meta.get("gsd_m")
+        if not isinstance(value, dict):
+            return None
+        try:
+            return cls(**{k: float(v) for k, v in value.items() if k in ("min", "best", "max", "max_upsample")})
+        except (TypeError, ValueError):
+            return None
+
+    def as_meta(self) -> dict[str, float]:
+        return {"min": self.min, "best": self.best, "max": self.max, "max_upsample": self.max_upsample}
+
+
+@dataclass(frozen=True)
 class ModelRef:
     """The detector to run and how outputs and the manifest name it.
 
     ``sha256`` identifies the weights (of the checkpoint file for a ``ModelSpec``); ``window`` and
     ``overlap`` are the pyramid the model was built for; ``class_names`` index its labels;
-    ``score_thr`` is the operating point stored with the model (None: none was chosen).
+    ``score_thr`` is the operating point stored with the model (None: none was chosen); ``gsd`` the
+    ground sample distances it was made for (None: unknown, scenes run at their own resolution).
     """
 
     name: str
@@ -36,6 +69,7 @@ class ModelRef:
     window: int = 1024
     overlap: int = 200
     score_thr: float | None = None
+    gsd: ModelGsd | None = None
 
     def score_threshold(self, given: float | None) -> float:
         """The threshold a run uses: ``given``, else the model's stored operating point, else 0."""
@@ -76,6 +110,7 @@ def model_ref(spec: DetectorSpec, name: str | None = None, *, window: int | None
             window=window or int(config.get("window", 1024)),
             overlap=int(config.get("overlap", 200)) if overlap is None else overlap,
             score_thr=float(meta["score_thr"]) if meta.get("score_thr") is not None else None,
+            gsd=ModelGsd.from_meta(meta),
         )
     return ModelRef(name or spec.name, spec.fingerprint(), spec, window=window or 1024,
                     overlap=200 if overlap is None else overlap)

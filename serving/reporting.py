@@ -8,20 +8,25 @@ from collections.abc import Callable
 
 from serving.engine.reader import ScenePlan
 from serving.engine.scene import SceneInfo
+from serving.resolution import ResolutionPlan
 
 
-def plan_summary(info: SceneInfo, plan: ScenePlan) -> str:
-    """One line: the scene's size (width x height) and the windows to run per pyramid level (and those
-    skipped)."""
+def plan_summary(info: SceneInfo, plan: ScenePlan, resolution: ResolutionPlan | None = None) -> str:
+    """One line: the scene's size (width x height) as the pyramid is planned on it and the windows to
+    run per pyramid level, with the level's metres a pixel and how the scene was resampled where
+    ``resolution`` knows them (and the windows skipped)."""
+    level_gsds = resolution.level_gsds if resolution is not None else ()
     counts = Counter(item.window.level for item in plan.items)
-    levels = ", ".join(f"level {lv} (1/{2**lv}) {n}" for lv, n in sorted(counts.items()))
+    levels = ", ".join(f"level {lv} ({f'{level_gsds[lv]:.3g} m' if lv < len(level_gsds) else f'1/{2**lv}'}) {n}"
+                       for lv, n in sorted(counts.items()))
     n = len(plan.items)
     line = f"{info.width} x {info.height} px (width x height), {n} window{'' if n == 1 else 's'} to run"
     if levels:
         line += f": {levels}"
     if plan.skipped:
         line += f"; {len(plan.skipped)} without a valid pixel skipped"
-    return line
+    said = resolution.summary() if resolution is not None else None
+    return f"{said}; {line}" if said else line
 
 
 def duration(seconds: float) -> str:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -43,6 +44,9 @@ class DotaImage:
     picklable callable from the read ``(C, H, W)`` array to uint8 RGB-ordered bands: the scene's
     stretch at inference). ``background`` (shapely, full-resolution pixels) is where a window without
     a box is known to hold no bridge: elsewhere such windows are not used at all (default: everywhere).
+    ``opener`` (picklable, called with no argument) opens the image as a context manager of a rasterio
+    dataset, for a scene read on another grid than its file's (default: ``open_image(image_path)``);
+    boxes and background are then in that grid's pixels.
     """
 
     image_path: Path
@@ -52,6 +56,7 @@ class DotaImage:
     bands: tuple[int, ...] | None = None
     to_uint8: Callable[[np.ndarray], np.ndarray] | None = None
     background: object | None = None  # shapely geometry
+    opener: Callable[[], AbstractContextManager] | None = None
 
     @property
     def image_id(self) -> str:

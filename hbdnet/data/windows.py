@@ -40,6 +40,7 @@ unnormalised: padding to the window size and normalising belong to the model's t
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -282,7 +283,7 @@ class WindowDataset(Dataset):
     def _load(self, entry: _Entry) -> WindowSample:
         img, info, win = self.images[entry.image_index], self.infos[entry.image_index], entry.window
         cfg = self.config
-        with open_image(img.image_path) as ds:
+        with _open(img) as ds:
             image = _pixels(img, read_pyramid_window(ds, win, info.bands, cfg.resampling))
             crops = self._global_crops(ds, img, info, win) if cfg.with_global_crops else None
         meta = {
@@ -341,9 +342,13 @@ def _known_background(img: DotaImage, win: PlanWindow) -> bool:
     return bool(shapely.covers(img.background, footprint))
 
 
+def _open(img: DotaImage) -> AbstractContextManager:
+    return img.opener() if img.opener is not None else open_image(img.image_path)
+
+
 def _read_info(img: DotaImage) -> _ImageInfo:
     path = img.image_path
-    with open_image(path) as ds:
+    with _open(img) as ds:
         if img.bands is not None:
             bands: tuple[int, ...] = img.bands
             if any(not 1 <= b <= ds.count for b in bands):

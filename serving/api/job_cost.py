@@ -11,6 +11,7 @@ jobs (``WindowRate``), started from ``--seconds-per-window`` until the first job
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import shapely
@@ -57,12 +58,14 @@ MAX_LISTED_WINDOWS = 200_000
 
 
 def job_cost(height: int, width: int, window: int, overlap: int, rate: WindowRate, *,
-             area_px: shapely.Geometry | None = None) -> Cost:
-    """The windows of the scene's pyramid (those meeting ``area_px``, an area of interest in the
-    scene's pixels, when given) and the seconds they should take."""
-    windows = count_windows(height, width, window, overlap)
+             area_px: shapely.Geometry | None = None, levels: Sequence[int] | None = None) -> Cost:
+    """The windows of the scene's pyramid (of ``levels``, None: all; those meeting ``area_px``, an area
+    of interest in the scene's pixels, when given) and the seconds they should take. ``height`` and
+    ``width`` are the grid the pyramid is planned on (``serving.resolution``)."""
+    windows = count_windows(height, width, window, overlap, levels)
     if area_px is not None and windows <= MAX_LISTED_WINDOWS:
-        plan = plan_pyramid(height, width, window=window, overlap=overlap, max_side=window)
+        plan = plan_pyramid(height, width, window=window, overlap=overlap, max_side=window,
+                            levels=None if levels is None else list(levels))
         windows = int(windows_meeting(area_px, window_footprints(plan)).sum())
     return Cost(windows, windows * rate.seconds)
 

@@ -62,6 +62,20 @@ class JobOptions(BaseModel):
     bands: list[int] | None = Field(None, description="1-based bands to use as R,G,B (or one band as grey); "
                                                       "default: the first three image bands")
 
+    gsd: float | None = Field(None, gt=0.0, allow_inf_nan=False,
+                              description="the scene's ground sample distance in metres a pixel "
+                                          "(default: from its CRS and transform)")
+    resolution: float | Literal["native"] | None = Field(
+        None, description="metres a pixel of the finest pyramid level (default: the scene resampled into "
+                          "the range the model was made for; 'native': the scene's own pixels)")
+
+    @field_validator("resolution")
+    @classmethod
+    def _resolution(cls, v: float | str | None) -> float | str | None:
+        from serving.resolution import check_resolution
+
+        return check_resolution(v)
+
     aoi: str | dict[str, Any] | None = Field(
         None, description="search only this area: 'minx,miny,maxx,maxy' in degrees of WGS84 (or "
                           "'minx,miny,maxx,maxy,EPSG:NNNN' in that CRS), or a GeoJSON Polygon or MultiPolygon in "

@@ -367,7 +367,8 @@ class JobService:
 
         def for_client(text: str) -> str:
             return _for_client(text, uri, folder, label)
-        options = DetectOptions(score_thr=opts.get("score_threshold"),
+        options = DetectOptions(score_thr=opts.get("score_threshold"), gsd=opts.get("gsd"),
+                                resolution=opts.get("resolution"),
                                 bands=tuple(opts["bands"]) if opts.get("bands") else None,
                                 aoi=aoi_from_value(opts["aoi"]) if opts.get("aoi") else None,
                                 max_pixels=self.settings.max_pixels)

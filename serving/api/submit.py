@@ -23,6 +23,7 @@ from serving.api.service import DataFull, JobService, QueueFull
 from serving.api.store import JobRecord
 from serving.engine.aoi import AoiError, aoi_from_value
 from serving.engine.scene import SceneError, SceneInfo, public_href
+from serving.resolution import plan_resolution
 
 MAX_JSON_BYTES = 64 * 1024
 
@@ -210,11 +211,18 @@ def price(service: JobService, info: SceneInfo, options: JobOptions) -> Cost:
     (``job_cost``); 422 with the numbers past ``--max-windows`` or ``--max-job-seconds``, and for an
     area of interest that does not overlap the scene."""
     try:
-        area_px = aoi_from_value(options.aoi).in_pixels(info.crs, info.transform) if options.aoi else None
+        res = plan_resolution(info, service.model.gsd, gsd=options.gsd, resolution=options.resolution,
+                              window=service.model.window)
+    except SceneError as exc:
+        raise ApiError(422, str(exc)) from None
+    height, width = (res.regrid.height, res.regrid.width) if res.regrid else (info.height, info.width)
+    transform = res.regrid.transform(info.transform) if res.regrid else info.transform
+    try:
+        area_px = aoi_from_value(options.aoi).in_pixels(info.crs, transform) if options.aoi else None
     except AoiError as exc:
         raise ApiError(422, str(exc)) from None
-    cost = job_cost(info.height, info.width, service.model.window, service.model.overlap, service.window_rate,
-                    area_px=area_px)
+    cost = job_cost(height, width, service.model.window, service.model.overlap, service.window_rate,
+                    area_px=area_px, levels=res.levels)
     if cost.windows == 0:
         raise ApiError(422, "the area of interest does not overlap the scene: there is nothing to search")
     try:

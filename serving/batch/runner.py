@@ -220,7 +220,7 @@ def run_batch(
                     bs.handed = time.perf_counter()
                     bs.plan_s = prepared.timings["open"] + prepared.timings["plan"]
                     bars.start(bs.key, bs.scene.name)
-                    say(f"plan: {bs.scene.name}: {plan_summary(prepared.info, prepared.plan)}")
+                    say(f"plan: {bs.scene.name}: {plan_summary(prepared.grid, prepared.plan, prepared.resolution)}")
                     estimate.start()
 
                 def progress(done: int, total: int, key: int = key, estimate: RunEstimate = estimate) -> None:

@@ -76,6 +76,13 @@ def parse_bands(text: str) -> tuple[int, ...]:
     return bands
 
 
+def resolution(text: str) -> float | str:
+    """``--resolution``: ``native``, or metres a pixel above 0."""
+    if text.strip().lower() == "native":
+        return "native"
+    return positive_number("resolution", "m")(text)
+
+
 def device(text: str) -> str:
     if not _DEVICE.fullmatch(text):
         raise argparse.ArgumentTypeError(f"device must be auto, cpu, cuda or cuda:N, got {text!r}")

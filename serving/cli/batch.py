@@ -44,7 +44,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         summary = run_batch(
             scenes, Path(args.outdir), model, fmt=args.format,
-            options=DetectOptions(score_thr=args.score_thr, bands=args.bands, max_pixels=max_pixels(args), aoi=aoi),
+            options=DetectOptions(score_thr=args.score_thr, bands=args.bands, max_pixels=max_pixels(args), aoi=aoi,
+                                  gsd=args.gsd, resolution=args.resolution),
             pool_config=pool_config(args),
             retry_failed=args.retry_failed, show_progress=show_progress(args), log=log)
     except BatchError as exc:

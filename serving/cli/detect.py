@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     estimate = RunEstimate(say)
 
     def on_plan(prepared: PreparedScene) -> None:
-        say(f"plan: {plan_summary(prepared.info, prepared.plan)}")
+        say(f"plan: {plan_summary(prepared.grid, prepared.plan, prepared.resolution)}")
         estimate.start()
 
     last = [(-1, -1)]
@@ -57,7 +57,8 @@ def run(args: argparse.Namespace) -> int:
         bar.update(done - bar.n)
         estimate(done, total)
 
-    options = DetectOptions(score_thr=args.score_thr, bands=args.bands, max_pixels=max_pixels(args), aoi=aoi)
+    options = DetectOptions(score_thr=args.score_thr, bands=args.bands, max_pixels=max_pixels(args), aoi=aoi,
+                            gsd=args.gsd, resolution=args.resolution)
     try:
         detections = detect(args.scene, model, options, outputs=[output], pool_config=pool_config(args),
                             progress=progress, on_plan=on_plan)

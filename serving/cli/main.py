@@ -14,7 +14,7 @@ from pathlib import Path
 
 from serving.cli import batch, convert, detect, evaluate, export, finetune, plan, serve, train
 from serving.cli.arguments import (RUNTIMES, device, duration, one_line_errors, parse_bands, positive_number, precision,
-                                   score, size_in_bytes, whole_number)
+                                   resolution, score, size_in_bytes, whole_number)
 from serving.cli.errors import CliError
 from serving.outputs.formats import OUTPUT_FORMATS
 
@@ -88,8 +88,18 @@ def _run_arguments(p: argparse.ArgumentParser) -> None:
                         "shapefile ...) or a box, in degrees of WGS84 unless a CRS follows (e.g. "
                         "500000,5800000,502000,5802000,EPSG:32631); windows that do not meet it are not run and "
                         "bridges whose centre lies outside it are dropped (default: the whole scene)")
+    _resolution_arguments(p)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     _debug(p)
+
+
+def _resolution_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--gsd", type=positive_number("ground sample distance", "m"), metavar="M",
+                   help="the scene's ground sample distance in metres a pixel (default: from its CRS and "
+                        "transform; give it for a scene without a CRS)")
+    p.add_argument("--resolution", type=resolution, metavar="M|native",
+                   help="metres a pixel of the finest pyramid level (default: the scene resampled into the "
+                        "range the model was made for, up or down; native: the scene's own pixels)")
 
 
 def _add_plan(sub: Subparsers) -> None:
@@ -100,6 +110,9 @@ def _add_plan(sub: Subparsers) -> None:
     p.add_argument("--window", type=whole_number("window", 1, "px"), default=1024, metavar="PX", help="window side")
     p.add_argument("--overlap", type=whole_number("overlap", 0, "px"), default=200, metavar="PX",
                    help="overlap of neighbouring windows, less than --window")
+    p.add_argument("--model", metavar="NAME|PATH", default=None,
+                   help="the model whose ground sample distances plan the levels (default: the bundled 'default')")
+    _resolution_arguments(p)
 
 
 def _add_convert(sub: Subparsers) -> None:

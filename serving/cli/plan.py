@@ -4,6 +4,7 @@ width x height like every size hbdnet prints."""
 from __future__ import annotations
 
 import argparse
+import math
 import re
 
 from hbdnet.pyramid import validate_window
@@ -11,9 +12,9 @@ from serving.cli.errors import CliError
 from serving.engine.window_count import windows_per_level
 
 
-def _scene_size(scene: str) -> tuple[int, int, str | None]:
+def _scene_size(scene: str) -> tuple[int, int, tuple[str, float] | None]:
     """(height, width) of a size given as WIDTHxHEIGHT (or one side), or of the raster at ``scene``, with
-    the raster's ground sample distance in words (None for a size, or a raster without a CRS)."""
+    the raster's ground sample distance (``_gsd_words``; None for a size, or a raster without a CRS)."""
     m = re.fullmatch(r"\s*(\d+)\s*(?:[xX]\s*(\d+))?\s*", scene)
     if m:
         w = int(m.group(1))
@@ -35,7 +36,8 @@ def _scene_size(scene: str) -> tuple[int, int, str | None]:
         raise CliError(f"{scene!r} is neither a size (16384, 3000x5000) nor a raster that opens: {first}") from err
 
 
-def _gsd_words(ds) -> str | None:
+def _gsd_words(ds) -> tuple[str, float] | None:
+    """The raster's ground sample distance in words, and as one number (the geometric mean)."""
     from serving.outputs.geometry_attrs import ground_sample_distance
 
     gsd = ground_sample_distance(ds.transform, ds.crs, ds.width, ds.height)
@@ -43,8 +45,8 @@ def _gsd_words(ds) -> str | None:
         return None
     across, down = gsd
     same = abs(across - down) <= 0.01 * max(across, down)
-    return (f"{across:.3g} m" if same else f"{across:.3g} m across, {down:.3g} m down") + \
-        " a pixel at the scene's centre"
+    words = (f"{across:.3g} m" if same else f"{across:.3g} m across, {down:.3g} m down") + " a pixel at the scene's centre"
+    return words, math.sqrt(across * down)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -55,11 +57,44 @@ def run(args: argparse.Namespace) -> int:
     height, width, gsd = _scene_size(args.scene)
     print(f"scene {width} x {height} px (width x height), windows of {args.window} px overlapping by "
           f"{args.overlap} px")
-    if gsd is not None:
-        print(f"ground sample distance: {gsd}")
+    g = args.gsd if args.gsd is not None else (gsd[1] if gsd else None)
+    if args.gsd is not None:
+        print(f"ground sample distance: {args.gsd:.3g} m a pixel (given)")
+    elif gsd is not None:
+        print(f"ground sample distance: {gsd[0]}")
+    res, model_gsd = _resolution(args, width, height, g)
+    if model_gsd is not None:
+        print(f"model {args.model or 'default'}: finest level at {model_gsd.min:.3g}-{model_gsd.best:.3g} m a pixel, "
+              f"levels up to {model_gsd.max:.3g} m")
+    if res.regrid is not None:
+        way = "down" if res.regrid.factor < 1 else "up"
+        print(f"resampled {way} to {res.level_gsds[0]:.3g} m a pixel: {res.regrid.width} x {res.regrid.height} px "
+              f"({res.regrid.factor:.3g}x)")
+        height, width = res.regrid.height, res.regrid.width
     total = 0
     for lv, n in windows_per_level(height, width, args.window, args.overlap):
-        total += n
-        print(f"level {lv.index}: 1/{lv.scale} -> {lv.width} x {lv.height} px, {n:,} window{'' if n == 1 else 's'}")
+        at = f", {res.level_gsds[lv.index]:.3g} m" if res.level_gsds else ""
+        line = f"level {lv.index}: 1/{lv.scale} -> {lv.width} x {lv.height} px{at}, {n:,} window{'' if n == 1 else 's'}"
+        if res.levels is not None and lv.index not in res.levels:
+            line += " (not run: outside the model's range)"
+        else:
+            total += n
+        print(line)
     print(f"total windows: {total:,}")
     return 0
+
+
+def _resolution(args: argparse.Namespace, width: int, height: int, gsd: float | None):
+    """The scene's ``ResolutionPlan`` for the model named (its GSD range read from the file), and
+    that range (None: the model records none)."""
+    from serving.cli.arguments import resolve_model
+    from serving.engine.scene import SceneError
+    from serving.resolution import plan_grid
+
+    model = resolve_model(args.model) if gsd is not None or args.resolution is not None else None
+    model_gsd = model.gsd if model is not None else None
+    try:
+        return plan_grid(width, height, gsd, model_gsd, resolution=args.resolution, window=args.window,
+                         label=args.scene), model_gsd
+    except SceneError as err:
+        raise CliError(str(err)) from err

@@ -47,7 +47,7 @@ from hbdnet.pyramid import PlanWindow, context_crops, level_size
 from serving.engine.ahead import ahead
 from serving.engine.gdal_cache import CacheHold
 from serving.engine.reader import ReadItem, ReadSpec, window_image
-from serving.engine.scene import describe, open_raster
+from serving.engine.scene import describe, open_grid
 from serving.engine.stretch import valid_mask
 
 DEFAULT_BUFFER_BYTES = 128 * 2**20  # level stores held in memory; the rest go to temporary files
@@ -261,7 +261,7 @@ class PyramidPass:
         self.spec, self.config = spec, config
         self.context_levels, self.context_size = context_levels, context_size
         self.stats = PassStats()
-        with open_raster(spec.uri) as ds:
+        with open_grid(spec.uri, spec.regrid) as ds:
             self.height, self.width = ds.height, ds.width
             self.dtype = np.dtype(ds.dtypes[spec.read_bands[0] - 1])
             self._block_rows = ds.block_shapes[spec.read_bands[0] - 1][0]
@@ -328,7 +328,7 @@ class PyramidPass:
         # (GDAL's default cache is 5 % of the machine's RAM).
         strip_bytes = rows * self.width * (self._file_bands * self.dtype.itemsize + 1)
         with CacheHold(int(strip_bytes * 1.1) + 8 * 2**20), \
-                open_raster(self.spec.uri, NUM_THREADS=self._decode_threads()) as ds:
+                open_grid(self.spec.uri, self.spec.regrid, NUM_THREADS=self._decode_threads()) as ds:
             for y0 in range(0, self.height, rows):
                 window = Window(0, y0, self.width, min(rows, self.height - y0))
                 data = ds.read(bands, window=window)

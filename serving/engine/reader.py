@@ -45,6 +45,7 @@ more than bilinear 1/2**k sampling), so expect somewhat different coarse-level d
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import math
 import warnings
@@ -61,7 +62,7 @@ from hbdnet.data.raster import DEFAULT_MAX_CHUNK_BYTES, read_pyramid_window
 from hbdnet.pyramid import PlanWindow, plan_pyramid
 from serving.engine.aoi import windows_meeting
 from serving.engine.gdal_cache import CacheHold
-from serving.engine.scene import SceneError, SceneInfo, open_raster, open_scene
+from serving.engine.scene import Regrid, SceneError, SceneInfo, open_grid, open_scene
 from serving.engine.stretch import Stretch, sample_stretch, stretch_from_samples, valid_mask
 
 PyramidResampling = Literal["exact", "overview"]
@@ -103,6 +104,7 @@ class ReadSpec:
     resampling: PyramidResampling = "exact"
     cache_mb: int = 64  # GDAL block cache held while the scene is read (``cache_mb_for``)
     finite_only: bool = False  # floating-point bands: a pixel with no finite selected band is invalid
+    regrid: Regrid | None = None  # windows are on this working grid of the scene (``open_grid``)
 
 
 class Coverage(enum.Enum):
@@ -223,7 +225,7 @@ def valid_at(info: SceneInfo, spec: ReadSpec, coverage: CoverageMap | None, cols
         unsure = np.flatnonzero(coverage.any_valid[r, c] & ~valid)
     if unsure.size:
         bands = list(spec.read_bands)
-        with CacheHold(spec.cache_mb * 2**20), open_raster(info.uri) as ds:
+        with CacheHold(spec.cache_mb * 2**20), open_grid(info.uri, spec.regrid) as ds:
             for i in unsure:
                 window = Window(int(cols[i]), int(rows[i]), 1, 1)
                 data = ds.read(bands, window=window) if spec.finite_only else None
@@ -308,13 +310,14 @@ def prepare_read(info: SceneInfo, *, bands: Sequence[int] | None = None, window:
     stretch, cover = None, None
     scan_coverage = masked and coverage_scan
     if needs_stretch or scan_coverage:
-        with CacheHold(cache * 2**20), open_raster(info.uri) as ds:
+        with CacheHold(cache * 2**20), open_grid(info.uri, info.regrid) as ds:
             if needs_stretch:
                 stretch = sample_stretch(ds, read_bands, masked=masked, finite_only=finite_only,
                                          percentiles=percentiles)
             if scan_coverage:
                 _, cover = scan_scene(ds, read_bands, stretch=False, masked=True, finite_only=finite_only)
-    spec = ReadSpec(info.uri, read_bands, rgb, stretch, resampling, cache, finite_only)  # type: ignore[arg-type]
+    spec = ReadSpec(info.uri, read_bands, rgb, stretch, resampling, cache, finite_only,  # type: ignore[arg-type]
+                    info.regrid)
     return spec, cover
 
 
@@ -330,15 +333,18 @@ def empty_windows_notice(uri: str, skipped: int, total: int) -> Warning:
 def plan_scene(info: SceneInfo, *, bands: Sequence[int] | None = None, window: int = 1024,
                overlap: int = 200, resampling: PyramidResampling = "exact",
                percentiles: tuple[float, float] = (2.0, 98.0), cache_mb: int | None = None,
-               coverage_scan: bool = True, area_px: shapely.Geometry | None = None) -> ScenePlan:
+               coverage_scan: bool = True, area_px: shapely.Geometry | None = None,
+               levels: Sequence[int] | None = None) -> ScenePlan:
     """The pyramid plan of a scene and the reads it needs, with empty windows left out (unless
     ``coverage_scan=False``: every window planned, see ``prepare_read``), and with an area of
     interest (``area_px``, in the scene's pixels) the windows that do not meet it (all of them, with
-    an ``OutsideAreaWarning``, when the area lies beside the scene)."""
+    an ``OutsideAreaWarning``, when the area lies beside the scene). ``levels``: the pyramid levels
+    run (None: all)."""
     spec, coverage = prepare_read(info, bands=bands, window=window, resampling=resampling,
                                   percentiles=percentiles, cache_mb=cache_mb, coverage_scan=coverage_scan)
     # The top level must fit one window, whatever the window size (1024 in the authors' setting).
-    plan = plan_pyramid(info.height, info.width, window=window, overlap=overlap, max_side=window)
+    plan = plan_pyramid(info.height, info.width, window=window, overlap=overlap, max_side=window,
+                        levels=None if levels is None else list(levels))
     inside = np.ones(len(plan), bool) if area_px is None else windows_meeting(area_px, window_footprints(plan))
     items: list[ReadItem] = []
     skipped: list[int] = []
@@ -406,7 +412,8 @@ class WindowReader:
     def __init__(self, spec: ReadSpec, max_chunk_bytes: int = DEFAULT_MAX_CHUNK_BYTES):
         self.spec = spec
         self.max_chunk_bytes = max_chunk_bytes  # full-resolution bytes behind one chunk of a level read
-        self._ds = open_raster(spec.uri)
+        self._open = contextlib.ExitStack()
+        self._ds = self._open.enter_context(open_grid(spec.uri, spec.regrid))
         self._cache = CacheHold(spec.cache_mb * 2**20)
 
     @property
@@ -450,7 +457,7 @@ class WindowReader:
         return out
 
     def close(self) -> None:
-        self._ds.close()
+        self._open.close()
         self._cache.release()
 
     def __enter__(self) -> WindowReader:

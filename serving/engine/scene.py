@@ -12,18 +12,23 @@ files beside it (sidecars, external overviews), and a URL is read with timeouts 
 
 from __future__ import annotations
 
+import contextlib
+import math
 import os
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import rasterio
 from affine import Affine
+from rasterio._base import DatasetBase
 from rasterio._path import _UnparsedPath
 from rasterio.crs import CRS
-from rasterio.enums import ColorInterp, Interleaving, MaskFlags
+from rasterio.enums import ColorInterp, Interleaving, MaskFlags, Resampling
 from rasterio.errors import RasterioIOError
 from rasterio.io import DatasetReader
+from rasterio.vrt import WarpedVRT
 
 from serving.engine.gdal_errors import collecting
 
@@ -159,6 +164,52 @@ class SceneError(Exception):
 
 
 @dataclass(frozen=True)
+class Regrid:
+    """The scene as the engine reads it when its pixels are not the model's: the same CRS and origin,
+    ``factor`` working pixels to a scene pixel on both axes (< 1: coarser, > 1: finer), ``width`` x
+    ``height`` working pixels (the scene's size times ``factor``, rounded down, so that every working
+    pixel lies on the scene). GDAL resamples on the fly (a warped VRT: never the scene in memory),
+    by area average going down and bilinear going up."""
+
+    factor: float
+    width: int
+    height: int
+
+    @classmethod
+    def of(cls, width: int, height: int, factor: float) -> Regrid:
+        return cls(factor, max(1, math.floor(width * factor + 1e-9)), max(1, math.floor(height * factor + 1e-9)))
+
+    @property
+    def resampling(self) -> Resampling:
+        return Resampling.average if self.factor < 1 else Resampling.bilinear
+
+    def transform(self, scene: Affine) -> Affine:
+        """The working grid's transform, from the scene's."""
+        return scene * Affine.scale(1.0 / self.factor)
+
+
+@contextlib.contextmanager
+def open_grid(path: str, regrid: Regrid | None, **open_options: str) -> Iterator[DatasetBase]:
+    """``open_raster(path)``, seen through ``regrid`` when there is one: what every read of a
+    planned scene opens, so that the plan's windows, masks and stretch are all on one grid."""
+    with open_raster(path, **open_options) as ds:
+        if regrid is None:
+            yield ds
+            return
+        with WarpedVRT(ds, width=regrid.width, height=regrid.height, transform=regrid.transform(ds.transform),
+                       resampling=regrid.resampling) as vrt:
+            yield vrt
+
+
+def regridded(info: SceneInfo, regrid: Regrid | None) -> SceneInfo:
+    """The description of the scene on ``regrid``'s working grid (``info`` itself without one)."""
+    if regrid is None:
+        return info
+    with open_grid(info.uri, regrid) as vrt:
+        return replace(describe(vrt, info.uri), overviews=(), regrid=regrid)
+
+
+@dataclass(frozen=True)
 class SceneInfo:
     """Everything the engine needs to know about a raster before reading pixels.
 
@@ -183,6 +234,7 @@ class SceneInfo:
     tiled: bool
     pixel_interleaved: bool  # one decoded block holds every band (GDAL then caches all bands' blocks)
     overviews: tuple[int, ...]
+    regrid: Regrid | None = None  # this describes the scene on a working grid (``regridded``)
 
     @property
     def usable_bands(self) -> tuple[int, ...]:
@@ -282,7 +334,7 @@ def open_scene(uri: str) -> SceneInfo:
     return info
 
 
-def describe(ds: DatasetReader, uri: str) -> SceneInfo:
+def describe(ds: DatasetBase, uri: str) -> SceneInfo:
     """A ``SceneInfo`` for an open dataset."""
     flags = ds.mask_flag_enums
     alpha = tuple(i + 1 for i, ci in enumerate(ds.colorinterp) if ci == ColorInterp.alpha)

@@ -4,6 +4,8 @@ scene with a small window has more windows than memory."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from hbdnet.pyramid import PyramidLevel, pyramid_levels, window_starts
 
 
@@ -13,6 +15,7 @@ def windows_per_level(height: int, width: int, window: int, overlap: int) -> lis
             for lv in pyramid_levels(height, width, window)]
 
 
-def count_windows(height: int, width: int, window: int, overlap: int) -> int:
-    """The windows of every level of the scene's pyramid (the plan before empty windows are left out)."""
-    return sum(n for _, n in windows_per_level(height, width, window, overlap))
+def count_windows(height: int, width: int, window: int, overlap: int, levels: Sequence[int] | None = None) -> int:
+    """The windows of every level of the scene's pyramid, or of ``levels`` (the plan before empty
+    windows are left out)."""
+    return sum(n for lv, n in windows_per_level(height, width, window, overlap) if levels is None or lv.index in levels)

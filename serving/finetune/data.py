@@ -8,14 +8,17 @@ learnt twice. Reviewed areas (polygons too) say where every bridge has been labe
 windows without a label teach the model that it holds no bridge. Without them, each scene's footprint
 counts as reviewed.
 
-The pixels are the ones ``hbdnet detect`` gives the model: the same bands, and the same stretch for
-scenes that are not 8-bit (``serving.engine.reader.prepare_read``, ``window_image``).
+The pixels are the ones ``hbdnet detect`` gives the model: the same bands, the same stretch for
+scenes that are not 8-bit (``serving.engine.reader.prepare_read``, ``window_image``), and the same
+grid: a scene outside the model's ground sample distances is read resampled as detect reads it
+(``serving.resolution``), with its labels and reviewed areas in that grid's pixels.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +27,9 @@ import shapely
 from hbdnet.data.dota import DotaImage, polygons_to_boxes
 from serving.engine.aoi import AoiError, in_scene_pixels, read_polygon_layer
 from serving.engine.reader import ReadSpec, prepare_read, window_image
-from serving.engine.scene import SceneError, open_scene
+from serving.engine.scene import Regrid, SceneError, open_grid, open_scene, regridded
+from serving.model_ref import ModelGsd
+from serving.resolution import plan_resolution
 
 
 class FinetuneDataError(ValueError):
@@ -47,6 +52,16 @@ class LabelledScenes:
     labels_outside: int  # polygons whose centre is on no scene
     reviewed_given: bool
     checksums: dict[str, str]  # file -> sha256, the scenes' and the layers'
+    regrids: dict[Path, Regrid] = field(default_factory=dict)  # scenes read resampled, by path
+
+    def to_grid(self, image: DotaImage, boxes: np.ndarray) -> np.ndarray:
+        """``(N, 5)`` boxes in the scene's pixels (what detect returns) in ``image``'s grid."""
+        regrid = self.regrids.get(image.image_path)
+        if regrid is None:
+            return boxes
+        out = np.array(boxes, np.float64, copy=True)
+        out[:, :4] *= regrid.factor
+        return out
 
     @property
     def bridges(self) -> int:
@@ -62,8 +77,9 @@ def sha256(path: Path) -> str:
 
 
 def labelled_scenes(scenes: list[Path], labels: Path, reviewed: Path | None = None,
-                    bands: tuple[int, ...] | None = None) -> LabelledScenes:
-    """The scenes as training images with the label polygons that fall on them."""
+                    bands: tuple[int, ...] | None = None, gsd: ModelGsd | None = None) -> LabelledScenes:
+    """The scenes as training images with the label polygons that fall on them, each on the grid
+    detect would read it on for a model made for ``gsd``."""
     try:
         polygons, crs = read_polygon_layer(labels, f"labels {labels}")
         areas = read_polygon_layer(reviewed, f"reviewed areas {reviewed}") if reviewed is not None else None
@@ -71,20 +87,27 @@ def labelled_scenes(scenes: list[Path], labels: Path, reviewed: Path | None = No
         raise FinetuneDataError(str(exc)) from None
     taken = np.zeros(len(polygons), bool)
     images = []
+    regrids = {}
     for path in scenes:
-        image, on_scene = _scene_image(path, polygons, crs, taken, areas, bands)
+        image, on_scene, regrid = _scene_image(path, polygons, crs, taken, areas, bands, gsd)
         taken |= on_scene
         images.append(image)
+        if regrid is not None:
+            regrids[path] = regrid
     if not taken.any():
         raise FinetuneDataError(f"labels {labels}: none of its {len(polygons)} polygons lies on the scenes given")
     files = [*scenes, labels, *([reviewed] if reviewed is not None else [])]
-    return LabelledScenes(images, int((~taken).sum()), reviewed is not None, {str(p): sha256(p) for p in files})
+    return LabelledScenes(images, int((~taken).sum()), reviewed is not None, {str(p): sha256(p) for p in files},
+                          regrids)
 
 
 def _scene_image(path: Path, polygons: np.ndarray, crs: str, taken: np.ndarray,
-                 areas: tuple[np.ndarray, str] | None, bands: tuple[int, ...] | None) -> tuple[DotaImage, np.ndarray]:
+                 areas: tuple[np.ndarray, str] | None, bands: tuple[int, ...] | None,
+                 gsd: ModelGsd | None) -> tuple[DotaImage, np.ndarray, Regrid | None]:
     try:
-        info = open_scene(str(path))
+        scene = open_scene(str(path))
+        regrid = plan_resolution(scene, gsd).regrid
+        info = regridded(scene, regrid)
         spec, _ = prepare_read(info, bands=bands, coverage_scan=False)
     except SceneError as exc:
         raise FinetuneDataError(str(exc)) from None
@@ -103,5 +126,6 @@ def _scene_image(path: Path, polygons: np.ndarray, crs: str, taken: np.ndarray,
     boxes, difficult, kept = polygons_to_boxes(corners, np.zeros(len(corners), np.int64))
     background = footprint if reviewed is None else shapely.intersection(reviewed, footprint)
     image = DotaImage(path, boxes, difficult, kept, bands=spec.read_bands, to_uint8=ScenePixels(spec),
-                      background=background)
-    return image, on_scene
+                      background=background,
+                      opener=functools.partial(open_grid, scene.uri, regrid) if regrid is not None else None)
+    return image, on_scene, regrid

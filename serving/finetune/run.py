@@ -46,7 +46,7 @@ from hbdnet.training.trainer import train
 from serving.engine.aoi import centres_inside
 from serving.evaluate import detect_images
 from serving.finetune.data import LabelledScenes, labelled_scenes, sha256
-from serving.model_ref import resolve_model
+from serving.model_ref import ModelGsd, resolve_model
 
 MIN_SCENES_TO_HOLD_BACK = 2
 MIN_BRIDGES_TO_HOLD_BACK = 20
@@ -85,7 +85,7 @@ def finetune(base: str, scenes: list[Path], labels: Path, output: Path, *, revie
     base_path = resolve_model_path(base)
     base_ckpt = read_checkpoint(base_path)
     base_cfg = from_dict(HBDNetConfig, base_ckpt["config"])
-    data = labelled_scenes(scenes, labels, reviewed, options.bands)
+    data = labelled_scenes(scenes, labels, reviewed, options.bands, ModelGsd.from_meta(base_ckpt["meta"]))
     train_images, held = _split(data)
     cfg = finetune_config(base_cfg, str(base_path), sum(len(i.boxes) for i in train_images), options)
     work_dir = work_dir or output.with_name(output.name + ".finetune")
@@ -101,8 +101,9 @@ def finetune(base: str, scenes: list[Path], labels: Path, output: Path, *, revie
     base_thr = base_ckpt["meta"].get("score_thr")
     if held:
         # Chosen on the model as it will run (its int8 trunk on a CPU): written once without a threshold.
-        candidate = save_safetensors(work_dir / "candidate.safetensors", model, dtype=dtype, int8_trunks=trunks)
-        thr = _best_threshold(candidate, held, options.bands)
+        candidate = save_safetensors(work_dir / "candidate.safetensors", model, dtype=dtype, int8_trunks=trunks,
+                                     meta={k: v for k, v in base_ckpt["meta"].items() if k == "gsd_m"})
+        thr = _best_threshold(candidate, held, options.bands, data)
         how = (f"chosen on {len(held)} held-back scene(s) with {sum(len(i.boxes) for i in held)} bridges "
                f"(best F1): {thr:.3f}")
     else:
@@ -117,6 +118,8 @@ def finetune(base: str, scenes: list[Path], labels: Path, output: Path, *, revie
                      "parts": list(options.parts), "epochs": options.epochs, "lr": options.lr,
                      "operating_point": how},
     }
+    if "gsd_m" in base_ckpt["meta"]:  # trained on the grid the base model's range gives: run so too
+        meta["gsd_m"] = base_ckpt["meta"]["gsd_m"]
     save_safetensors(output, model, meta=meta, score_thr=thr, dtype=dtype, int8_trunks=trunks)
     return FinetuneResult(output, data.bridges, [i.image_path for i in held], thr, how, int8,
                           data.labels_outside, data.reviewed_given)
@@ -173,10 +176,12 @@ def _split(data: LabelledScenes) -> tuple[list[DotaImage], list[DotaImage]]:
     return images[:len(images) - len(held)], held
 
 
-def _best_threshold(model_path: Path, held: list[DotaImage], bands: tuple[int, ...] | None) -> float:
+def _best_threshold(model_path: Path, held: list[DotaImage], bands: tuple[int, ...] | None,
+                    data: LabelledScenes) -> float:
     model = resolve_model(str(model_path), device="cpu")
-    dets = detect_images(held, model, bands=bands)
-    dets = [_on_reviewed(img, boxes, scores) for img, (boxes, scores) in zip(held, dets)]
+    dets = detect_images(held, model, bands=bands)  # boxes in the scenes' pixels; labels are on the read grid
+    dets = [_on_reviewed(img, torch.from_numpy(data.to_grid(img, boxes.numpy())), scores)
+            for img, (boxes, scores) in zip(held, dets)]
     gts = [(img.boxes.double(), img.difficult) for img in held]
     return float(evaluate(dets, gts)["f1_score_thr"])
 

@@ -19,10 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyproj
-import torch
 from rasterio.transform import Affine
-
-from hbdnet.boxes.convention import obb_to_poly, regularize_le90
 
 WGS84_LONLAT = pyproj.CRS.from_epsg(4326)
 _GEOD = pyproj.Geod(ellps="WGS84")
@@ -166,6 +163,10 @@ def ground_sample_distance(transform: Affine, crs: object | None, width: int,
 
 def pixel_boxes_le90(boxes: np.ndarray) -> np.ndarray:
     """``(N, 5)`` boxes in any angle form, rewritten in le90 (w >= h, theta in [-pi/2, pi/2))."""
+    import torch  # here, not at the top: the scene's ground sample distance is measured without torch
+
+    from hbdnet.boxes.convention import regularize_le90
+
     return regularize_le90(torch.from_numpy(np.ascontiguousarray(boxes, dtype=np.float64))).numpy()
 
 
@@ -173,6 +174,10 @@ def box_geometry(boxes: np.ndarray, frame: MapFrame) -> BridgeGeometry:
     """Map polygons and measurements for ``(N, 5)`` scene-pixel boxes."""
     le90 = pixel_boxes_le90(boxes)
     n = le90.shape[0]
+    import torch
+
+    from hbdnet.boxes.convention import obb_to_poly
+
     corners_px = obb_to_poly(torch.from_numpy(le90)).numpy().reshape(n, 4, 2)
     rings = apply_affine(frame.transform, corners_px)
 

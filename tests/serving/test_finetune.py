@@ -138,6 +138,35 @@ def test_a_16_bit_scene_trains_on_the_pixels_detect_sees(tmp_path):
     assert torch.equal(sample.image, torch.from_numpy(window_image(spec, raw, None)))
 
 
+def test_a_scene_finer_than_the_model_trains_on_the_grid_detect_reads(tmp_path):
+    """A 0.5 m scene for a model whose finest useful level is 1 m: detect reads it resampled to about
+    1 m (``serving.resolution``), so the labels land in that grid's pixels and the windows are its."""
+    from hbdnet.data.windows import WindowConfig, WindowDataset
+    from serving.engine.reader import prepare_read, window_image
+    from serving.engine.scene import open_grid, open_scene, regridded
+    from serving.model_ref import ModelGsd
+
+    scene = write_scene(tmp_path / "fine.tif")
+    labels = write_layer(tmp_path / "l.gpkg", pixel_polygons_to_lonlat(BRIDGES))
+    data = labelled_scenes([scene], labels, gsd=ModelGsd(min=1.0, best=2.0, max=8.0))
+    regrid = data.regrids[scene]
+    assert regrid.factor == pytest.approx(0.5, abs=0.001) and (regrid.width, regrid.height) == (190, 160)
+    got = data.images[0].boxes.double()
+    for box in torch.tensor(BRIDGES, dtype=torch.float64):
+        i = int((got[:, :2] - box[:2] * regrid.factor).norm(dim=1).argmin())
+        assert (got[i, :2] - box[:2] * regrid.factor).norm() < 0.5
+        assert torch.allclose(got[i, 2:4].sort().values, box[2:4].sort().values * regrid.factor, atol=0.5)
+    windows = WindowDataset(data.images, [0], WindowConfig(window=128, overlap=32, max_side=128))
+    sample = windows[0]
+    m = sample.meta
+    assert m["image_size"] == (160, 190)
+    info = regridded(open_scene(str(scene)), regrid)
+    spec, _ = prepare_read(info, coverage_scan=False)
+    with open_grid(str(scene), regrid) as ds:
+        raw = ds.read(window=((m["row_off"], m["row_off"] + m["height"]), (m["col_off"], m["col_off"] + m["width"])))
+    assert torch.equal(sample.image, torch.from_numpy(window_image(spec, raw, None)))
+
+
 def test_labels_on_no_scene_and_bad_layers_are_one_line(inputs, tmp_path, tiny_base, capsys):
     scene, _ = inputs
     far = write_layer(tmp_path / "far.gpkg", pixel_polygons_to_lonlat([OFF_SCENE]))

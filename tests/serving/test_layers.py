@@ -1,7 +1,7 @@
 """The architecture of ``serving/`` as its imports show it: arrows point down, and nothing loops.
 
-Layers, top to bottom: ``cli`` -> ``api``, ``batch`` -> ``detect`` (the one scene path), ``evaluate``
--> ``engine``, ``merge``, ``outputs`` -> ``hbdnet``. Every import counts, function-local ones too
+Layers, top to bottom: ``cli`` -> ``api``, ``batch`` -> ``detect`` (the one scene path), ``evaluate``,
+``resolution`` -> ``engine``, ``merge``, ``outputs`` -> ``hbdnet``. Every import counts, function-local ones too
 (they hide loops from Python, not from a reader)."""
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def import_graph(package: str) -> dict[str, set[str]]:
 
 def test_no_lower_layer_imports_a_higher_one():
     lower = ("serving.api", "serving.engine", "serving.merge", "serving.outputs", "serving.detect",
-             "serving.model_ref", "serving.reporting", "serving.evaluate")
+             "serving.model_ref", "serving.reporting", "serving.evaluate", "serving.resolution")
     higher = ("serving.cli", "serving.batch", "serving.testing")
     climbing = [f"{m} -> {t}" for m, targets in import_graph("serving").items() if m.startswith(lower)
                 for t in targets if t.startswith(higher)]
@@ -47,7 +47,7 @@ def test_no_lower_layer_imports_a_higher_one():
 
 def test_the_engine_merge_and_outputs_do_not_import_the_scene_path_or_the_service():
     below = ("serving.engine", "serving.merge", "serving.outputs")
-    above = ("serving.detect", "serving.api", "serving.evaluate", "serving.model_ref")
+    above = ("serving.detect", "serving.api", "serving.evaluate", "serving.model_ref", "serving.resolution")
     climbing = [f"{m} -> {t}" for m, targets in import_graph("serving").items() if m.startswith(below)
                 for t in targets if t.startswith(above)]
     merge_on_engine = [f"{m} -> {t}" for m, targets in import_graph("serving.merge").items()

@@ -219,13 +219,13 @@ def test_detect_and_batch_print_the_plan_and_an_estimate(tmp_path, capsys, monke
         ds.write(np.full((1, 1100, 2200), 90, np.uint8))
     assert main(["detect", str(tif), "-o", str(tmp_path / "o.gpkg"), "--workers", "0", "-q"]) == 0
     err = capsys.readouterr().err.strip().splitlines()
-    assert err[0] == "hbdnet detect: plan: 2200 x 1100 px (width x height), 9 windows to run: level 0 (1/1) 6, level 1 (1/2) 2, " \
-                     "level 2 (1/4) 1"
+    assert err[0] == "hbdnet detect: plan: ground sample distance 0.5 m; 2200 x 1100 px (width x height), 9 windows " \
+                     "to run: level 0 (0.5 m) 6, level 1 (1 m) 2, level 2 (2 m) 1"
     assert len(err) == 2 and err[1].startswith("hbdnet detect: estimate: about ") and "from the first 3" in err[1]
     assert main(["batch", str(tif), "-o", str(tmp_path / "out"), "--workers", "0", "-q"]) == 0
     err = capsys.readouterr().err.strip().splitlines()
-    assert err[0] == "hbdnet batch: plan: big: 2200 x 1100 px (width x height), 9 windows to run: level 0 (1/1) 6, " \
-                     "level 1 (1/2) 2, level 2 (1/4) 1"
+    assert err[0] == "hbdnet batch: plan: big: ground sample distance 0.5 m; 2200 x 1100 px (width x height), 9 " \
+                     "windows to run: level 0 (0.5 m) 6, level 1 (1 m) 2, level 2 (2 m) 1"
     assert err[1].startswith("hbdnet batch: estimate: big: about ")
 
 

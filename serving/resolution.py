@@ -1,0 +1,161 @@
+"""The pyramid planned in ground units: which resolution a scene's finest level runs at and which
+levels are run, from the scene's ground sample distance (GSD) and the range its model was made for.
+
+A model file records the GSDs it sees bridges at (``ModelGsd``: min, best, max in metres a pixel). A
+scene's GSD comes from its CRS and transform (``ground_sample_distance``: geodesic, so also for
+degrees) or is given (``--gsd``). Then:
+
+* the finest level is the scene resampled into the model's ``min`` to ``best`` GSDs, in both
+  directions: down to ``min`` for a scene finer than it (a 0.1 m scene does not run 0.1 m windows
+  through a model that sees nothing more below 0.25 m, and runs far fewer windows), up towards
+  ``best`` for a coarser one, at most ``max_upsample`` times (past that the pixels only get
+  blurrier); a scene within them, or within 10 % of the GSD it would be resampled to, runs as it is;
+* the pyramid halves that working grid as before (``hbdnet.pyramid``), and levels coarser than the
+  model's ``max`` are not run;
+* ``resolution="native"`` keeps the scene's own pixels (the power-of-two pyramid of before) but still
+  leaves out levels finer than ``min`` or coarser than ``max``; a number runs the finest level at
+  that GSD.
+
+Without a GSD (a scene with no CRS and no ``--gsd``) or a model range, the scene runs as it is, every
+level. Boxes come back in the scene's own pixels (``to_scene_pixels``), so outputs keep its grid.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from hbdnet.pyramid import pyramid_levels
+from serving.engine.scene import MIN_SCENE_SIDE, Regrid, SceneError, SceneInfo
+from serving.model_ref import ModelGsd
+
+Resolution = float | Literal["native"] | None
+_SAME = 1.1  # within this ratio of the target GSD a scene is run as it is
+_EDGE = 1.05  # a level this close outside the model's range still runs (rounding of GSDs)
+
+
+@dataclass(frozen=True)
+class ResolutionPlan:
+    """How a scene's pyramid sits in ground units: ``scene_gsd`` (metres a scene pixel; None: unknown),
+    where it came from (``"crs"`` or ``"given"``), the ``regrid`` the scene is read through (None: its
+    own pixels), the GSD of each level of the working grid's pyramid and the ``levels`` that are run
+    (None: all)."""
+
+    scene_gsd: float | None
+    source: str | None
+    regrid: Regrid | None
+    level_gsds: tuple[float, ...] = ()
+    levels: tuple[int, ...] | None = None
+
+    @property
+    def run_gsd(self) -> float | None:
+        """The GSD of the finest level run."""
+        if not self.level_gsds:
+            return None
+        return self.level_gsds[self.levels[0] if self.levels else 0]
+
+    def summary(self) -> str | None:
+        """One line for people: the scene's GSD, the resampling and the levels left out (None when the
+        scene's GSD is unknown)."""
+        if self.scene_gsd is None:
+            return None
+        line = f"ground sample distance {_m(self.scene_gsd)}{' (given)' if self.source == 'given' else ''}"
+        if self.regrid is not None:
+            way = "down" if self.regrid.factor < 1 else "up"
+            line += f", resampled {way} to {_m(self.level_gsds[0])} ({self.regrid.factor:.3g}x)"
+        if self.levels is not None:
+            left = [k for k in range(len(self.level_gsds)) if k not in self.levels]
+            if left:
+                line += "; levels outside the model's range not run: " + ", ".join(
+                    f"{k} ({_m(self.level_gsds[k])})" for k in left)
+        return line
+
+
+def _m(gsd: float) -> str:
+    return f"{gsd:.3g} m"
+
+
+def scene_gsd(info: SceneInfo) -> float | None:
+    """Metres a pixel at the scene's centre (the geometric mean of across and down), from its CRS and
+    transform; None without a CRS or a length unit."""
+    from serving.outputs.geometry_attrs import ground_sample_distance  # pyproj, torch: only when asked
+
+    across_down = ground_sample_distance(info.transform, info.crs, info.width, info.height)
+    if across_down is None:
+        return None
+    return math.sqrt(across_down[0] * across_down[1])
+
+
+def check_resolution(resolution: Resolution) -> Resolution:
+    """``ValueError`` (one line) unless ``resolution`` is None, ``"native"`` or a positive number."""
+    if resolution is None or resolution == "native":
+        return resolution
+    if isinstance(resolution, str) or not resolution > 0 or not math.isfinite(resolution):
+        raise ValueError(f"resolution must be 'native' or metres a pixel above 0, got {resolution!r}")
+    return float(resolution)
+
+
+def plan_resolution(info: SceneInfo, model: ModelGsd | None, *, gsd: float | None = None,
+                    resolution: Resolution = None, window: int = 1024) -> ResolutionPlan:
+    """The ``ResolutionPlan`` of the scene ``info`` for a model made for ``model`` (None: unknown).
+    ``gsd`` overrides the scene's own; ``resolution`` as in the module's docstring. ``SceneError``
+    (one line) when a resolution is asked of a scene whose GSD is unknown, or no level of the scene
+    lies in the model's range."""
+    g = gsd if gsd is not None else scene_gsd(info)
+    return plan_grid(info.width, info.height, g, model, source="given" if gsd is not None else "crs",
+                     resolution=resolution, window=window, label=info.uri)
+
+
+def plan_grid(width: int, height: int, gsd: float | None, model: ModelGsd | None, *, source: str = "given",
+              resolution: Resolution = None, window: int = 1024, label: str = "the scene") -> ResolutionPlan:
+    """``plan_resolution`` for a ``width`` x ``height`` scene of ``gsd`` metres a pixel (None:
+    unknown), named ``label`` in errors."""
+    resolution = check_resolution(resolution)
+    g = gsd
+    if g is None:
+        if isinstance(resolution, float):
+            raise SceneError(f"{label} has no ground sample distance (no CRS in metres or degrees): give "
+                             "--gsd to run it at a resolution")
+        return ResolutionPlan(None, None, None)
+    if isinstance(resolution, float):
+        factor = g / resolution
+    elif resolution == "native" or model is None:
+        factor = 1.0
+    elif g < model.min:  # finer than the model can use: down to its finest
+        factor = g / model.min
+    elif g > model.best:  # coarser than it sees small bridges at: up towards it, so far
+        factor = min(g / model.best, model.max_upsample)
+    else:
+        factor = 1.0
+    regrid = None
+    if max(factor, 1 / factor) > _SAME:
+        regrid = Regrid.of(width, height, factor)
+        if min(regrid.width, regrid.height) < MIN_SCENE_SIDE:
+            raise SceneError(f"{label} at {_m(g)} a pixel is {regrid.width} x {regrid.height} px at "
+                             f"{_m(g / factor)}, less than {MIN_SCENE_SIDE} px a side")
+    else:
+        factor = 1.0
+    h, w = (regrid.height, regrid.width) if regrid else (height, width)
+    level_gsds = tuple(g / factor * lv.scale for lv in pyramid_levels(h, w, window))
+    levels = None
+    if model is not None:
+        # a resolution asked for is run, however fine; coarse levels beyond the model's range are not
+        lo = 0.0 if isinstance(resolution, float) else model.min / _EDGE
+        kept = tuple(k for k, lg in enumerate(level_gsds) if lo <= lg <= model.max * _EDGE)
+        if not kept:
+            raise SceneError(f"{label}: no pyramid level of a scene at {_m(g)} a pixel lies within the "
+                             f"{_m(model.min)} to {_m(model.max)} this model sees bridges at")
+        levels = kept if len(kept) < len(level_gsds) else None
+    return ResolutionPlan(g, source, regrid, level_gsds, levels)
+
+
+def to_scene_pixels(boxes: np.ndarray, regrid: Regrid | None) -> np.ndarray:
+    """``(N, 5)`` boxes (cx, cy, w, h, angle) on the working grid, in the scene's pixels."""
+    if regrid is None or not len(boxes):
+        return boxes
+    out = np.array(boxes, dtype=np.float64, copy=True)
+    out[:, :4] /= regrid.factor
+    return out
