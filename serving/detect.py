@@ -52,7 +52,7 @@ from serving.merge.config import MergeConfig
 from serving.merge.window_detections import WindowDetections
 from serving.model_ref import ModelRef
 from serving.outputs.formats import OutputError, check_output_path, fsync_path
-from serving.resolution import Resolution, ResolutionPlan, check_resolution, plan_resolution, to_scene_pixels
+from serving.resolution import Resolution, ResolutionPlan, check_resolution, plan_resolution
 
 Pool = InProcessPool | RayPool
 T = TypeVar("T")
@@ -113,6 +113,7 @@ class SceneResult:
     detecting), read and detect (summed over workers), merge, total. ``started`` and ``finished``:
     wall clock (``time.time()``) of the scene's first task start and last task end on the workers.
     ``nodes``: windows run on each Ray node, by node id (``PoolRun.nodes``; empty in this process).
+    ``resolution``: the grid the scene was read on (resampled, cropped to the area of interest).
     ``notes``: one line each.
     """
 
@@ -131,6 +132,7 @@ class SceneResult:
     aoi: str | None = None  # the area of interest searched (its label); None: the whole scene
     outside_windows: int = 0  # windows not run: they do not meet the area of interest
     outside_bridges: int = 0  # bridges at or above the threshold dropped: centre outside the area
+    resolution: ResolutionPlan = field(default_factory=lambda: ResolutionPlan(None, None, None))
     started: float = 0.0
     finished: float = 0.0
     notes: list[str] = field(default_factory=list)
@@ -186,11 +188,13 @@ def prepare(uri: str, info: SceneInfo, model: ModelRef, options: DetectOptions, 
     for a pool that finds the empty windows in its one pass). Nothing is warned (``notes``), so a
     scene may be planned on a thread beside the one that runs the workers."""
     t = time.perf_counter()
-    resolution = plan_resolution(info, model.gsd, gsd=options.gsd, resolution=options.resolution,
-                                 window=model.window)
-    working = regridded(info, resolution.regrid)
+    aoi = options.aoi
     try:
-        area_px = options.aoi.in_pixels(working.crs, working.transform) if options.aoi is not None else None
+        area = aoi.in_pixels(info.crs, info.transform) if aoi is not None else None
+        resolution = plan_resolution(info, model.gsd, gsd=options.gsd, resolution=options.resolution,
+                                     window=model.window, area_px=area)
+        working = regridded(info, resolution.regrid)
+        area_px = aoi.in_pixels(working.crs, working.transform) if aoi is not None else None  # on the grid read
     except AoiError as exc:
         raise SceneError(f"{uri}: {exc}") from None
     plan = plan_scene(working, bands=options.bands, window=model.window, overlap=model.overlap,
@@ -231,7 +235,7 @@ def finish(prepared: PreparedScene, run: PoolRun, model: ModelRef, options: Dete
     timings["total"] = time.perf_counter() - prepared.t_start
     return SceneResult(
         uri=prepared.uri,
-        boxes=to_scene_pixels(kept.boxes[keep], prepared.resolution.regrid),
+        boxes=regrid.to_scene(kept.boxes[keep]) if (regrid := prepared.resolution.regrid) else kept.boxes[keep],
         scores=scores[keep],
         labels=labels[keep],
         levels=levels[keep],
@@ -245,6 +249,7 @@ def finish(prepared: PreparedScene, run: PoolRun, model: ModelRef, options: Dete
         aoi=options.aoi.label if options.aoi is not None else None,
         outside_windows=len(prepared.plan.outside),
         outside_bridges=outside_bridges,
+        resolution=prepared.resolution,
         started=run.started,
         finished=run.finished,
         notes=notes,

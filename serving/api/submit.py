@@ -211,15 +211,14 @@ def price(service: JobService, info: SceneInfo, options: JobOptions) -> Cost:
     (``job_cost``); 422 with the numbers past ``--max-windows`` or ``--max-job-seconds``, and for an
     area of interest that does not overlap the scene."""
     try:
+        aoi = aoi_from_value(options.aoi) if options.aoi else None
+        area = aoi.in_pixels(info.crs, info.transform) if aoi is not None else None
         res = plan_resolution(info, service.model.gsd, gsd=options.gsd, resolution=options.resolution,
-                              window=service.model.window)
-    except SceneError as exc:
-        raise ApiError(422, str(exc)) from None
-    height, width = (res.regrid.height, res.regrid.width) if res.regrid else (info.height, info.width)
-    transform = res.regrid.transform(info.transform) if res.regrid else info.transform
-    try:
-        area_px = aoi_from_value(options.aoi).in_pixels(info.crs, transform) if options.aoi else None
-    except AoiError as exc:
+                              window=service.model.window, area_px=area)
+        grid = res.regrid
+        height, width = (grid.height, grid.width) if grid else (info.height, info.width)
+        area_px = aoi.in_pixels(info.crs, grid.transform(info.transform)) if aoi is not None and grid else area
+    except (AoiError, SceneError) as exc:
         raise ApiError(422, str(exc)) from None
     cost = job_cost(height, width, service.model.window, service.model.overlap, service.window_rate,
                     area_px=area_px, levels=res.levels)

@@ -86,8 +86,11 @@ def searched(detections) -> str:
     if detections.aoi is None:
         return ""
     dropped = detections.outside_bridges
-    return (f" within {detections.aoi} ({detections.outside_windows} windows outside it not run, {dropped} "
-            f"bridge{'' if dropped == 1 else 's'} outside it dropped)")
+    crop = detections.resolution.crop
+    read = f"only {crop[2] - crop[0]} x {crop[3] - crop[1]} px around it read, " if crop else ""
+    return (f" within {detections.aoi} ({read}{detections.outside_windows} windows "
+            f"{'there ' if crop else ''}outside it not run, {dropped} bridge{'' if dropped == 1 else 's'} "
+            "outside it dropped)")
 
 
 def _first_line(exc: BaseException) -> str:

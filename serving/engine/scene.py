@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+import numpy as np
 import rasterio
 from affine import Affine
 from rasterio._base import DatasetBase
@@ -165,27 +166,51 @@ class SceneError(Exception):
 
 @dataclass(frozen=True)
 class Regrid:
-    """The scene as the engine reads it when its pixels are not the model's: the same CRS and origin,
-    ``factor`` working pixels to a scene pixel on both axes (< 1: coarser, > 1: finer), ``width`` x
-    ``height`` working pixels (the scene's size times ``factor``, rounded down, so that every working
-    pixel lies on the scene). GDAL resamples on the fly (a warped VRT: never the scene in memory),
-    by area average going down and bilinear going up."""
+    """The scene as the engine reads it when that is not the file's own pixels: a part of it (from
+    scene pixel ``col_off``, ``row_off``: an area of interest's), and/or resampled, ``factor`` working
+    pixels to a scene pixel on both axes (< 1: coarser, > 1: finer); ``width`` x ``height`` working
+    pixels, all on the scene. Same CRS. GDAL reads it on the fly (a warped VRT: never the scene in
+    memory, nor any pixel outside the part), by area average going down, bilinear going up, and as
+    the file's own pixels at ``factor`` 1."""
 
     factor: float
     width: int
     height: int
+    col_off: int = 0
+    row_off: int = 0
 
     @classmethod
-    def of(cls, width: int, height: int, factor: float) -> Regrid:
-        return cls(factor, max(1, math.floor(width * factor + 1e-9)), max(1, math.floor(height * factor + 1e-9)))
+    def of(cls, width: int, height: int, factor: float, col_off: int = 0, row_off: int = 0) -> Regrid:
+        """The grid of ``width`` x ``height`` scene pixels from (``col_off``, ``row_off``) at ``factor``:
+        its size rounded down, so that every working pixel lies on that part of the scene."""
+        return cls(factor, max(1, math.floor(width * factor + 1e-9)), max(1, math.floor(height * factor + 1e-9)),
+                   col_off, row_off)
 
     @property
     def resampling(self) -> Resampling:
+        if self.factor == 1:
+            return Resampling.nearest
         return Resampling.average if self.factor < 1 else Resampling.bilinear
 
     def transform(self, scene: Affine) -> Affine:
         """The working grid's transform, from the scene's."""
-        return scene * Affine.scale(1.0 / self.factor)
+        return scene * Affine.translation(self.col_off, self.row_off) * Affine.scale(1.0 / self.factor)
+
+    def to_scene(self, boxes: np.ndarray) -> np.ndarray:
+        """``(N, 5)`` boxes (cx, cy, w, h, angle) in working pixels, in the scene's."""
+        out = np.array(boxes, dtype=np.float64, copy=True).reshape(-1, 5)
+        out[:, :4] /= self.factor
+        out[:, 0] += self.col_off
+        out[:, 1] += self.row_off
+        return out
+
+    def from_scene(self, boxes: np.ndarray) -> np.ndarray:
+        """``(N, 5)`` boxes in the scene's pixels, in working pixels."""
+        out = np.array(boxes, dtype=np.float64, copy=True).reshape(-1, 5)
+        out[:, 0] -= self.col_off
+        out[:, 1] -= self.row_off
+        out[:, :4] *= self.factor
+        return out
 
 
 @contextlib.contextmanager

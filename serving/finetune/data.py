@@ -57,11 +57,7 @@ class LabelledScenes:
     def to_grid(self, image: DotaImage, boxes: np.ndarray) -> np.ndarray:
         """``(N, 5)`` boxes in the scene's pixels (what detect returns) in ``image``'s grid."""
         regrid = self.regrids.get(image.image_path)
-        if regrid is None:
-            return boxes
-        out = np.array(boxes, np.float64, copy=True)
-        out[:, :4] *= regrid.factor
-        return out
+        return regrid.from_scene(boxes) if regrid is not None else boxes
 
     @property
     def bridges(self) -> int:

@@ -96,27 +96,52 @@ def test_a_network_value_is_a_box_or_a_geojson_polygon_never_a_path():
 
 
 def test_windows_outside_are_not_run_and_bridges_outside_are_dropped(tmp_path):
-    """Two bridges, one in the west and one in the east; the area is the west third. The level-0 and
-    level-1 windows of the east are not run (the detector counts what it is given); the coarse
-    window over the whole scene sees the eastern bridge, whose box is dropped and counted."""
-    truth = np.array([[500.0, 1000.0, 300.0, 16.0, 0.3], [2500.0, 1000.0, 300.0, 16.0, -0.4]])
+    """Three bridges: one in the west third (the area), one just east of it, one far east. Only the
+    area and half a window around it are read (the scene cropped: ``serving.resolution``), so the far
+    eastern bridge is never seen; the one beside the area is, and its box is dropped and counted."""
+    truth = np.array([[500.0, 1000.0, 300.0, 16.0, 0.3], [1150.0, 900.0, 150.0, 16.0, 0.3],
+                      [2500.0, 1000.0, 300.0, 16.0, -0.4]])
     scene = write_scene(tmp_path / "s.tif")
     model = model_ref(PerfectSpec(truth), window=512, overlap=100)
     seen: list[int] = []
     whole = detect(str(scene), model, pool_config=PoolConfig(workers=0), progress=lambda d, t: seen.append(t))
-    assert len(whole.scores) == 2 and whole.outside_windows == 0 and whole.aoi is None
+    assert len(whole.scores) == 3 and whole.outside_windows == 0 and whole.aoi is None
     all_windows = seen[-1]
 
     west = f"500000,5799000,500500,5800000,{UTM}"  # pixels 0-1000 in x: the west third
     seen.clear()
     result = detect(str(scene), model, DetectOptions(aoi=parse_aoi(west)), pool_config=PoolConfig(workers=0),
                     progress=lambda d, t: seen.append(t))
+    assert result.resolution.crop == (0, 0, 1000 + 256, 2000)  # the area and half a 512 px window
     assert len(result.scores) == 1 and result.boxes[0, 0] == pytest.approx(500, abs=5)
     assert result.outside_bridges == 1 and result.aoi == parse_aoi(west).label
-    assert result.windows == whole.windows and result.outside_windows > 0
-    assert seen[-1] == all_windows - result.outside_windows  # only the windows meeting the area ran
+    assert seen[-1] == result.windows - result.outside_windows < all_windows  # only windows of the part ran
 
     beside = detect(str(scene), model, DetectOptions(aoi=parse_aoi(f"600000,5700000,600100,5700100,{UTM}")),
                     pool_config=PoolConfig(workers=0))
     assert len(beside.scores) == 0 and beside.outside_windows == beside.windows
     assert any("does not overlap" in n and "nothing was searched" in n for n in beside.notes)
+
+
+def test_the_scene_outside_the_area_is_never_read(tmp_path):
+    """The scene's eastern tiles are broken on disk (their compressed bytes overwritten): a run over the
+    whole scene fails on them, a run over a western area of interest never reads them and succeeds."""
+    scene = tmp_path / "broken.tif"
+    data = np.random.default_rng(0).integers(0, 200, (3, 2000, 3000)).astype("uint8")
+    with rasterio.open(scene, "w", driver="GTiff", width=3000, height=2000, count=3, dtype="uint8", crs=UTM,
+                       transform=TRANSFORM, tiled=True, blockxsize=256, blockysize=256, compress="deflate") as ds:
+        ds.write(data)
+    with rasterio.open(scene) as ds:
+        tiles = [(int(ds.get_tag_item(f"BLOCK_OFFSET_{c}_{r}", "TIFF", bidx=1)),
+                  int(ds.get_tag_item(f"BLOCK_SIZE_{c}_{r}", "TIFF", bidx=1)))
+                 for r in range(8) for c in range(12) if c * 256 >= 2048]  # columns from 2048 on
+    raw = bytearray(scene.read_bytes())
+    for offset, size in tiles:
+        raw[offset:offset + size] = b"\x07" * size
+    scene.write_bytes(bytes(raw))
+    model = model_ref(PerfectSpec(np.zeros((0, 5))), window=512, overlap=100)
+    with pytest.raises(Exception):  # noqa: B017 - the whole scene reads the broken tiles, whatever GDAL raises
+        detect(str(scene), model, pool_config=PoolConfig(workers=0))
+    west = detect(str(scene), model, DetectOptions(aoi=parse_aoi(f"500000,5799000,500500,5800000,{UTM}")),
+                  pool_config=PoolConfig(workers=0))
+    assert west.resolution.crop == (0, 0, 1256, 2000) and west.windows > 0
