@@ -12,6 +12,9 @@ An input is one of:
   every item's GeoTIFF assets (see :func:`item_scenes`), a catalog's items found recursively,
   relative hrefs resolved against the JSON's location.
 
+Besides inputs, a STAC API item search (:class:`StacSearch`, ``--stac-search URL --bbox ...``) gives
+the GeoTIFF assets of the items it finds, through pystac-client (every page).
+
 A local file with any other extension is sniffed: JSON (first character ``{``) is read as STAC, other
 text as a list file, anything else is taken as a raster (the engine reports it if it is not one).
 
@@ -226,6 +229,39 @@ def stac_scenes(href: str) -> list[SceneInput]:
     scenes: list[SceneInput] = []
     for item in items:
         scenes.extend(item_scenes(item, base=href))
+    return scenes
+
+
+@dataclass(frozen=True)
+class StacSearch:
+    """A STAC API item search (``hbdnet batch --stac-search``): the API's root URL and the search's
+    parameters (``bbox`` in WGS84 degrees: minx, miny, maxx, maxy; ``collections``; ``datetime`` as
+    STAC writes it: one instant or ``start/end``); at most ``max_items`` items."""
+
+    url: str
+    bbox: tuple[float, float, float, float] | None = None
+    collections: tuple[str, ...] = ()
+    datetime: str | None = None
+    max_items: int = 100
+
+
+def stac_search_scenes(search: StacSearch) -> list[SceneInput]:
+    """The GeoTIFF assets (``item_scenes``) of the items a STAC API search finds, every page of them
+    (pystac-client), in the order the API gives. ``InputError`` (one line) for an API that cannot be
+    reached, is not a STAC API with item search, or refuses the search."""
+    from pystac_client import Client
+    from pystac_client.stac_api_io import StacApiIO
+
+    try:
+        client = Client.open(search.url, stac_io=StacApiIO(timeout=60))
+        found = client.search(bbox=search.bbox, collections=list(search.collections) or None,
+                              datetime=search.datetime, max_items=search.max_items)
+        items = list(found.items())
+    except Exception as exc:  # pystac-client passes on requests', pystac's and its own errors
+        raise InputError(f"STAC search at {search.url} failed: {type(exc).__name__}: {first_line(exc)}") from exc
+    scenes: list[SceneInput] = []
+    for item in items:
+        scenes.extend(item_scenes(item, base=search.url))
     return scenes
 
 

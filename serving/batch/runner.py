@@ -161,6 +161,9 @@ def run_batch(
     params = {"format": fmt, "score_thr": float(model.score_threshold(options.score_thr)),
               "bands": list(options.bands) if options.bands is not None else None,
               "window": model.window, "overlap": model.overlap}
+    # what else shapes a scene's bridges, when given (a run without them keeps its earlier manifests)
+    params.update({k: v for k, v in (("aoi", options.aoi.label if options.aoi else None), ("gsd", options.gsd),
+                                     ("resolution", options.resolution)) if v is not None})
     model_entry = {"name": model.name, "sha256": model.sha256}
     summary = BatchSummary()
     final: dict[str, dict[str, Any]] = {}

@@ -83,6 +83,18 @@ def resolution(text: str) -> float | str:
     return positive_number("resolution", "m")(text)
 
 
+def bbox(text: str) -> tuple[float, float, float, float]:
+    """``--bbox``: minx,miny,maxx,maxy in degrees of WGS84."""
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 4 or not (-180 <= values[0] < values[2] <= 180 and -90 <= values[1] < values[3] <= 90):
+        raise argparse.ArgumentTypeError(f"bbox must be minx,miny,maxx,maxy in degrees of WGS84 with min < max, "
+                                         f"got {text!r}")
+    return values  # type: ignore[return-value]
+
+
 def device(text: str) -> str:
     if not _DEVICE.fullmatch(text):
         raise argparse.ArgumentTypeError(f"device must be auto, cpu, cuda or cuda:N, got {text!r}")

@@ -22,20 +22,37 @@ from serving.cli.errors import CliError
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from serving.batch.inputs import InputError, expand_inputs
+    from serving.batch.inputs import InputError, StacSearch, expand_inputs, stac_search_scenes
     from serving.batch.manifest import BatchError
     from serving.batch.runner import run_batch
     from serving.detect import DetectOptions
 
     check_device(args.device, args.ray_address)  # before any work
+    if not args.inputs and not args.stac_search:
+        raise CliError("give INPUTS (rasters, folders, lists, STAC files) or --stac-search URL")
+    if args.stac_search is None and (args.bbox or args.collections or args.datetime):
+        raise CliError("--bbox, --collections and --datetime narrow a --stac-search")
+    aoi = area_of_interest(args)
     try:
         scenes = expand_inputs(args.inputs)
+        if args.stac_search:
+            search = StacSearch(args.stac_search, args.bbox, tuple(args.collections or ()), args.datetime,
+                                args.max_items)
+            found = stac_search_scenes(search)
+            known = {s.uri for s in scenes}
+            scenes += [s for s in found if s.uri not in known]
+            print(f"hbdnet batch: STAC search found {len(found)} scene{'' if len(found) == 1 else 's'}",
+                  file=sys.stderr)
     except InputError as exc:
         raise CliError(str(exc)) from exc
     if not scenes:
-        raise CliError(f"no scenes found in {' '.join(args.inputs)} (rasters are found by extension: "
-                       ".tif .tiff .vrt .jp2 .img)")
-    aoi = area_of_interest(args)
+        where = " ".join(args.inputs) or f"the STAC search at {args.stac_search}"
+        raise CliError(f"no scenes found in {where} (rasters are found by extension: .tif .tiff .vrt .jp2 .img; "
+                       "STAC assets by their TIFF media type)")
+    if aoi is None and args.stac_search and args.bbox:
+        from serving.engine.aoi import parse_aoi
+
+        aoi = parse_aoi(",".join(f"{v:g}" for v in args.bbox))  # the search's area is the area searched
     model = resolve_model(args.model, args.device, args.precision, args.runtime)
 
     def log(line: str) -> None:

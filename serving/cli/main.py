@@ -13,8 +13,20 @@ import sys
 from pathlib import Path
 
 from serving.cli import batch, convert, detect, evaluate, export, finetune, plan, serve, train
-from serving.cli.arguments import (RUNTIMES, device, duration, one_line_errors, parse_bands, positive_number, precision,
-                                   resolution, score, size_in_bytes, whole_number)
+from serving.cli.arguments import (
+    RUNTIMES,
+    bbox,
+    device,
+    duration,
+    one_line_errors,
+    parse_bands,
+    positive_number,
+    precision,
+    resolution,
+    score,
+    size_in_bytes,
+    whole_number,
+)
 from serving.cli.errors import CliError
 from serving.outputs.formats import OUTPUT_FORMATS
 
@@ -262,7 +274,17 @@ def _add_batch(sub: Subparsers) -> None:
                  "output per scene in OUTDIR and a manifest OUTDIR/manifest.jsonl; re-running skips scenes done "
                  "with the same model and settings. Exit codes: 0 all ok, 1 some scene failed, 2 usage or setup "
                  "error, 130 interrupted.")
-    p.add_argument("inputs", nargs="+", metavar="INPUT", help="raster, folder, list file or STAC JSON")
+    p.add_argument("inputs", nargs="*", metavar="INPUT", help="raster, folder, list file or STAC JSON")
+    p.add_argument("--stac-search", metavar="URL",
+                   help="also run the GeoTIFF assets of the items a STAC API item search finds (the API's root URL)")
+    p.add_argument("--bbox", type=bbox, metavar="MINX,MINY,MAXX,MAXY",
+                   help="the search's area in degrees of WGS84; it is also the area of interest searched in each "
+                        "scene, unless --aoi says otherwise")
+    p.add_argument("--collections", type=lambda t: [c.strip() for c in t.split(",") if c.strip()], metavar="A,B",
+                   help="the search's collections")
+    p.add_argument("--datetime", metavar="T|START/END", help="the search's time, as STAC writes it")
+    p.add_argument("--max-items", type=whole_number("max items", 1), default=100, metavar="N",
+                   help="at most N items from the search")
     p.add_argument("-o", "--output-dir", dest="outdir", required=True, metavar="OUTDIR",
                    help="folder for the outputs and manifest.jsonl (created if missing)")
     p.add_argument("--format", choices=OUTPUT_FORMATS, default="gpkg", help="output format")
