@@ -68,8 +68,8 @@ class DetectOptions:
     (None: the holistic merge's defaults). ``resampling``: how pyramid levels are made. ``aoi``: the
     area to search (None: the whole scene); windows that do not meet it are not run, bridges whose
     centre lies outside it are dropped. ``gsd``: the scene's metres a pixel (None: from its CRS).
-    ``resolution``: the finest level's (None: towards the model's best; ``"native"``: the scene's own;
-    ``serving.resolution``).
+    ``resolution``: the finest level's metres a pixel (None: the scene resampled into the model's range;
+    ``"native"``: the scene's own pixels; ``serving.resolution``).
     """
 
     score_thr: float | None = None
@@ -108,8 +108,9 @@ class SceneResult:
 
     ``boxes`` (N, 5) le90, ``scores`` (N,), ``labels`` (N,), ``levels`` (N,) the pyramid level each box
     came from. ``uri`` is the scene as asked for. ``window_detections`` are the workers' raw results in
-    plan order (window pixels). ``timings`` in seconds: open, plan (band stretch and coverage included),
-    startup (workers started for this scene, beside the plan), stream (wall time of reading +
+    plan order (window pixels of the grid the scene was read on, ``resolution``). ``timings`` in
+    seconds: open, plan (band stretch and coverage included), startup (workers started for this
+    scene, beside the plan), stream (wall time of reading +
     detecting), read and detect (summed over workers), merge, total. ``started`` and ``finished``:
     wall clock (``time.time()``) of the scene's first task start and last task end on the workers.
     ``nodes``: windows run on each Ray node, by node id (``PoolRun.nodes``; empty in this process).

@@ -17,7 +17,10 @@ from hbdnet.config_io import load_yaml
 from hbdnet.data.augment import AugmentConfig
 from hbdnet.models.hbdnet import HBDNetConfig
 
-DETECTOR_PARTS = ("backbone", "neck", "rpn_head", "roi_head")
+DETECTOR_PARTS = ("backbone", "neck", "rpn_head", "roi_head", "roi_classifier")
+# Parts inside a detector's modules: the box head's last classification layer alone (re-scoring what
+# the detector proposes, boxes untouched).
+PART_PATHS = {"roi_classifier": "roi_head.bbox_head.fc_cls"}
 
 
 @dataclass
@@ -44,8 +47,8 @@ class StageConfig:
     # mosaics of real backgrounds (hbdnet.data.synthetic), for the detector of ``levels[0]``.
     synthetic: int = 0
     synthetic_size: int | None = None  # their side in px (default: the model's window)
-    # The parts of the stage's detectors it trains (``backbone``, ``neck``, ``rpn_head``, ``roi_head``);
-    # default all. The others are frozen for the stage, and nothing is back-propagated into them.
+    # The parts of the stage's detectors it trains (``backbone``, ``neck``, ``rpn_head``, ``roi_head``,
+    # or ``roi_classifier``: the box head's class scores only); default all. The others are frozen for the stage, and nothing is back-propagated into them.
     parts: list[str] | None = None
 
     def __post_init__(self) -> None:

@@ -47,7 +47,7 @@ from hbdnet.data.dota import DotaImage, load_dota_folder
 from hbdnet.data.synthetic import SyntheticConfig, SyntheticScenes
 from hbdnet.data.windows import WindowBatch, WindowConfig, WindowDataset, collate_windows
 from hbdnet.models.hbdnet import HBDNet, WindowContext
-from hbdnet.training.config import ExperimentConfig, OptimConfig, StageConfig
+from hbdnet.training.config import PART_PATHS, ExperimentConfig, OptimConfig, StageConfig
 from hbdnet.training.data import EpochSampler, TrainingSet
 
 
@@ -80,7 +80,16 @@ def stage_modules(model: HBDNet, stage: StageConfig) -> list[nn.Module]:
                 mods.append(det)
     if stage.parts is None:
         return mods
-    return [getattr(m, part) for m in mods for part in stage.parts if hasattr(m, part)]
+    found = [_part(m, PART_PATHS.get(part, part)) for m in mods for part in stage.parts]
+    return [p for p in found if p is not None]
+
+
+def _part(module: nn.Module, path: str) -> nn.Module | None:
+    for name in path.split("."):
+        module = getattr(module, name, None)
+        if module is None:
+            return None
+    return module
 
 
 @contextlib.contextmanager

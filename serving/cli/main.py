@@ -166,11 +166,11 @@ def _add_train(sub: Subparsers) -> None:
 
 
 def _parts(text: str) -> list[str]:
-    from hbdnet.training.config import DETECTOR_PARTS
+    from hbdnet.training.config import DETECTOR_PARTS, PART_PATHS
 
     parts = [p.strip() for p in text.split(",") if p.strip()]
     if text == "all":
-        return list(DETECTOR_PARTS)
+        return [p for p in DETECTOR_PARTS if p not in PART_PATHS]  # the whole detectors (no part twice)
     bad = [p for p in parts if p not in DETECTOR_PARTS]
     if bad or not parts:
         raise argparse.ArgumentTypeError(f"give all, or some of {','.join(DETECTOR_PARTS)}, got {text!r}")
@@ -195,7 +195,8 @@ def _add_finetune(sub: Subparsers) -> None:
     p.add_argument("-o", "--output", required=True, help="the .safetensors model file to write")
     p.add_argument("--work-dir", help="checkpoints and log, for resuming (default: OUTPUT.finetune/ beside it)")
     p.add_argument("--train", type=_parts, default=["roi_head"], metavar="PARTS",
-                   help="the parts that learn: all, or some of backbone,neck,rpn_head,roi_head; when the trunk "
+                   help="the parts that learn: all, or some of backbone,neck,rpn_head,roi_head,roi_classifier (the "
+                        "box heads' class scores alone); when the trunk "
                         "(backbone, neck, rpn_head) learns, the base file's int8 trunk is made again, calibrated "
                         "on your scenes (default: roi_head)")
     p.add_argument("--epochs", type=whole_number("epochs", 1), default=8, help="epochs per stage")

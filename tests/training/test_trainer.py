@@ -289,7 +289,9 @@ def test_fine_tuning_refuses_another_architecture(tiny_dota, tiny_experiment, tm
     assert "model file not found" in capsys.readouterr().err
 
 
-def test_a_stage_trains_only_its_parts(tiny_dota, tiny_experiment, tmp_path):
+@pytest.mark.parametrize("part, prefix", [("roi_head", "local_detector.roi_head."),
+                                          ("roi_classifier", "local_detector.roi_head.bbox_head.fc_cls.")])
+def test_a_stage_trains_only_its_parts(tiny_dota, tiny_experiment, tmp_path, part, prefix):
     from dataclasses import replace
 
     from hbdnet.training.trainer import Trainer
@@ -298,12 +300,12 @@ def test_a_stage_trains_only_its_parts(tiny_dota, tiny_experiment, tmp_path):
     first = train(cfg, tiny_dota, tmp_path / "first", max_iters=2, progress=False)
     start = load_model(first)[0].state_dict()
     heads = replace(cfg, init_weights=str(first),
-                    stages=[replace(cfg.stages[0], parts=["roi_head"]), replace(cfg.stages[1], init_from="none")])
+                    stages=[replace(cfg.stages[0], parts=[part]), replace(cfg.stages[1], init_from="none")])
     trainer = Trainer(heads, tiny_dota, tmp_path / "heads", progress=False)
     tuned = load_model(trainer.run())[0].state_dict()
     local = [k for k in start if k.startswith("local_detector.")]
     moved = {k for k in local if not torch.equal(tuned[k], start[k])}
-    assert moved and all(k.startswith("local_detector.roi_head.") for k in moved), sorted(moved)[:5]
+    assert moved and all(k.startswith(prefix) for k in moved), sorted(moved)[:5]
     # the parts frozen for the stage are trainable again after it
     assert all(p.requires_grad for p in trainer.model.local_detector.rpn_head.parameters())
     with pytest.raises(ValueError, match="parts must be some of"):
