@@ -121,7 +121,7 @@ def test_a_fine_scene_runs_at_the_models_finest_and_its_boxes_stay_on_its_grid(t
     cx, cy = (BAR[0] + BAR[2]) / 2, (BAR[1] + BAR[3]) / 2
     assert fields["cx_px"][0] == pytest.approx(cx, abs=1 / 0.6) and fields["cy_px"][0] == pytest.approx(cy, abs=1 / 0.6)
     with rasterio.open(scene) as ds:
-        want = shapely.box(*(ds.transform * (BAR[0], BAR[3])), *(ds.transform * (BAR[2], BAR[1])))
+        want = shapely.box(*(ds.transform @ (BAR[0], BAR[3])), *(ds.transform @ (BAR[2], BAR[1])))
     assert shapely.area(shapely.intersection(geoms[0], want)) / shapely.area(shapely.union(geoms[0], want)) > 0.9
 
 
