@@ -131,6 +131,13 @@ def process(request: Request) -> Process:
                     "bbox": {"type": "array", "items": {"type": "number"}, "minItems": 4, "maxItems": 4},
                     "crs": {"type": "string", "format": "uri"}}, "format": "ogc-bbox"},
                     {"type": "object", "required": ["type", "coordinates"], "format": "geojson-geometry"}]}),
+            "gsd": InputDescription(
+                title="Ground sample distance", description="the scene's metres a pixel (default: from its CRS "
+                "and transform)", minOccurs=0, maxOccurs=1, schema={"type": "number", "exclusiveMinimum": 0}),
+            "resolution": InputDescription(
+                title="Resolution", description="metres a pixel of the finest pyramid level (default: the scene "
+                "resampled into the range the model was made for; 'native': the scene's own pixels)", minOccurs=0,
+                maxOccurs=1, schema={"oneOf": [{"type": "number", "exclusiveMinimum": 0}, {"const": "native"}]}),
         },
         outputs={"bridges": OutputDescription(
             title="Bridges", description="one oriented rectangle per bridge with its attributes",
@@ -146,9 +153,10 @@ def _inputs(body: Execute) -> tuple[str | bytes, dict]:
     anything else."""
     inputs = dict(body.inputs)
     image = inputs.pop("image", None)
-    unknown = set(inputs) - {"score_threshold", "bands", "aoi"}
+    unknown = set(inputs) - {"score_threshold", "bands", "aoi", "gsd", "resolution"}
     if unknown:
-        raise ApiError(422, f"unknown inputs {sorted(unknown)}; the inputs are image, score_threshold, bands, aoi")
+        raise ApiError(422, f"unknown inputs {sorted(unknown)}; the inputs are image, score_threshold, bands, aoi, "
+                            "gsd, resolution")
     if isinstance(inputs.get("aoi"), dict) and "bbox" in inputs["aoi"]:
         inputs["aoi"] = _bbox_aoi(inputs["aoi"])
     if isinstance(image, str):

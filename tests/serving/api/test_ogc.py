@@ -48,7 +48,8 @@ def test_ogc_documents_validate(serve, client, scene_file, static_server, wait_j
     validate(client.get(f"{url}/processes").json(), "processList.yaml")
     description = client.get(f"{url}/processes/detect-bridges").json()
     validate(description, "process.yaml")
-    assert set(description["inputs"]) == {"image", "score_threshold", "bands", "aoi"} and "bridges" in description["outputs"]
+    assert set(description["inputs"]) == {"image", "score_threshold", "bands", "aoi", "gsd", "resolution"}
+    assert "bridges" in description["outputs"]
 
     # the /jobs documents: status while queued/running and when done, the list, the errors
     r = client.post(f"{url}/jobs", files={"file": ("a.tif", scene_file("a.tif", 300, 300).read_bytes())})

@@ -4,6 +4,7 @@ grid it will really run (a 0.5 m scene for a model whose finest level is 1 m: a 
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 
 from serving.engine.detectors import ModelSpec
@@ -36,3 +37,19 @@ def test_a_job_runs_and_is_priced_on_the_resampled_grid(serve, client, scene_fil
     plain = scene_file("plain.tif", 300, 300, crs=None).read_bytes()
     bad = client.post(f"{server.url}/jobs", files={"file": ("p.tif", plain)}, data={"resolution": "1", "format": "gpkg"})
     assert bad.status_code == 422 and "no ground sample distance" in bad.json()["detail"], bad.text
+
+
+def test_the_ogc_execution_takes_gsd_and_resolution(serve, client, scene_file, tiny_checkpoint):
+    ref = dataclasses.replace(model_ref(ModelSpec(path=str(tiny_checkpoint)), name="tiny"),
+                              gsd=ModelGsd(min=1.0, best=2.0, max=64.0))
+    server = serve(model_ref=ref)
+    execute = f"{server.url}/processes/detect-bridges/execution"
+    image = {"value": base64.b64encode(scene_file("s.tif", 600, 800).read_bytes()).decode(), "mediaType": "image/tiff"}
+    for inputs, total in (({}, count_windows(300, 400, ref.window, ref.overlap)),
+                          ({"gsd": 2.0}, count_windows(600, 800, ref.window, ref.overlap)),
+                          ({"resolution": 0.5}, count_windows(600, 800, ref.window, ref.overlap))):
+        r = client.post(execute, json={"inputs": {"image": image, **inputs}}, headers={"Prefer": "respond-async"})
+        assert r.status_code == 201, r.text
+        assert client.get(r.headers["location"]).json()["windows"]["total"] == total, inputs
+    bad = client.post(execute, json={"inputs": {"image": image, "resolution": "fine"}})
+    assert bad.status_code == 400 and "resolution" in bad.text, bad.text
