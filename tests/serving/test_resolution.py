@@ -192,3 +192,36 @@ def test_plan_grid_refuses_what_no_level_can_run():
     assert plan_grid(2000, 2000, 40.0, None).regrid is None  # a model without a range runs everything
     assert plan_grid(2000, 2000, None, RANGE).regrid is None  # so does a scene without a GSD
     assert model_ref(NoopSpec()).gsd is None
+
+
+@pytest.mark.parametrize("mask", ["nodata", "alpha"])
+def test_a_resampled_scene_keeps_its_invalid_pixels_out(tmp_path, mask):
+    """The west third of a 0.15 m scene is invalid (a nodata value, or an alpha band): read through the
+    resampled grid, the windows wholly in it are skipped and the bar east of it is found where it is."""
+    from rasterio.enums import ColorInterp
+
+    from serving.detect import DetectOptions, detect
+    from serving.engine.pools import PoolConfig
+
+    ref = dataclasses.replace(model_ref(BrightBarSpec(), window=512, overlap=100), gsd=RANGE)
+    data = np.full((3, 2000, 3000), 40, np.uint8)
+    data[:, BAR[1]:BAR[3], BAR[0]:BAR[2]] = 230
+    profile = {"driver": "GTiff", "width": 3000, "height": 2000, "dtype": "uint8", "crs": "EPSG:32631",
+               "transform": Affine(0.15, 0, 500000.0, 0, -0.15, 5000000.0), "tiled": True, "blockxsize": 256,
+               "blockysize": 256}
+    path = tmp_path / f"{mask}.tif"
+    if mask == "nodata":
+        data[:, :, :1000] = 0
+        with rasterio.open(path, "w", count=3, nodata=0, **profile) as ds:
+            ds.write(data)
+    else:
+        alpha = np.full((1, 2000, 3000), 255, np.uint8)
+        alpha[:, :, :1000] = 0
+        with rasterio.open(path, "w", count=4, **profile) as ds:
+            ds.write(np.concatenate([data, alpha]))
+            ds.colorinterp = [ColorInterp.red, ColorInterp.green, ColorInterp.blue, ColorInterp.alpha]
+    result = detect(str(path), ref, DetectOptions(), pool_config=PoolConfig(workers=0))
+    assert result.resolution.regrid is not None and result.skipped == 3  # the windows wholly in the west third
+    assert len(result.boxes) == 1
+    want = [(BAR[0] + BAR[2]) / 2, (BAR[1] + BAR[3]) / 2, BAR[2] - BAR[0], BAR[3] - BAR[1]]
+    assert result.boxes[0, :4] == pytest.approx(want, abs=2.0)
