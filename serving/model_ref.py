@@ -48,9 +48,6 @@ class ModelGsd:
         except (TypeError, ValueError):
             return None
 
-    def as_meta(self) -> dict[str, float]:
-        return {"min": self.min, "best": self.best, "max": self.max, "max_upsample": self.max_upsample}
-
 
 @dataclass(frozen=True)
 class ModelRef:
