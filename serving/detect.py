@@ -133,7 +133,7 @@ class SceneResult:
     aoi: str | None = None  # the area of interest searched (its label); None: the whole scene
     outside_windows: int = 0  # windows not run: they do not meet the area of interest
     outside_bridges: int = 0  # bridges at or above the threshold dropped: centre outside the area
-    resolution: ResolutionPlan = field(default_factory=lambda: ResolutionPlan(None, None, None))
+    resolution: ResolutionPlan = field(default_factory=ResolutionPlan)
     started: float = 0.0
     finished: float = 0.0
     notes: list[str] = field(default_factory=list)
@@ -153,7 +153,7 @@ class PreparedScene:
     t_start: float
     timings: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
-    resolution: ResolutionPlan = field(default_factory=lambda: ResolutionPlan(None, None, None))
+    resolution: ResolutionPlan = field(default_factory=ResolutionPlan)
     working: SceneInfo | None = None
 
     @property

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import shapely
+from affine import Affine
 
 from hbdnet.pyramid import pyramid_levels
 from serving.engine.scene import MIN_SCENE_SIDE, Regrid, SceneError, SceneInfo
@@ -49,9 +50,9 @@ class ResolutionPlan:
     own pixels, all of them), the GSD of each level of the working grid's pyramid, the ``levels`` that
     are run (None: all) and the ``crop`` of the scene read for an area of interest."""
 
-    scene_gsd: float | None
-    source: str | None
-    regrid: Regrid | None
+    scene_gsd: float | None = None
+    source: str | None = None
+    regrid: Regrid | None = None
     level_gsds: tuple[float, ...] = ()
     levels: tuple[int, ...] | None = None
     crop: tuple[int, int, int, int] | None = None  # the part read (x0, y0, x1, y1 scene px); None: all
@@ -91,11 +92,16 @@ def _m(gsd: float) -> str:
 
 
 def scene_gsd(info: SceneInfo) -> float | None:
-    """Metres a pixel at the scene's centre (the geometric mean of across and down), from its CRS and
-    transform; None without a CRS or a length unit."""
-    from serving.outputs.geometry_attrs import ground_sample_distance  # pyproj, torch: only when asked
+    """Metres a pixel at the scene's centre, from its CRS and transform (``gsd_metres``)."""
+    return gsd_metres(info.transform, info.crs, info.width, info.height)
 
-    across_down = ground_sample_distance(info.transform, info.crs, info.width, info.height)
+
+def gsd_metres(transform: Affine, crs: object | None, width: int, height: int) -> float | None:
+    """One ground sample distance for a grid: the geometric mean of a pixel's ground size across and
+    down at its centre (``ground_sample_distance``); None without a CRS or a length unit."""
+    from serving.outputs.geometry_attrs import ground_sample_distance  # pyproj: only when asked
+
+    across_down = ground_sample_distance(transform, crs, width, height)
     if across_down is None:
         return None
     return math.sqrt(across_down[0] * across_down[1])
@@ -142,7 +148,7 @@ def plan_grid(width: int, height: int, gsd: float | None, model: ModelGsd | None
             at = f" at {_m(gsd / factor)}" if gsd is not None else ""
             raise SceneError(f"{label} is {regrid.width} x {regrid.height} px{at}, less than {MIN_SCENE_SIDE} px a side")
     if gsd is None:
-        return ResolutionPlan(None, None, regrid, crop=crop)
+        return ResolutionPlan(regrid=regrid, crop=crop)
     h, w = (regrid.height, regrid.width) if regrid else (height, width)
     level_gsds = tuple(gsd / factor * lv.scale for lv in pyramid_levels(h, w, window))
     levels = None

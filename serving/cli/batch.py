@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     if aoi is None and args.stac_search and args.bbox:
         from serving.engine.aoi import parse_aoi
 
-        aoi = parse_aoi(",".join(f"{v:g}" for v in args.bbox))  # the search's area is the area searched
+        aoi = parse_aoi(",".join(repr(v) for v in args.bbox))  # the search's area is the area searched
     model = resolve_model(args.model, args.device, args.precision, args.runtime)
 
     def log(line: str) -> None:

@@ -4,7 +4,6 @@ width x height like every size hbdnet prints."""
 from __future__ import annotations
 
 import argparse
-import math
 import re
 
 from hbdnet.pyramid import validate_window
@@ -37,8 +36,9 @@ def _scene_size(scene: str) -> tuple[int, int, tuple[str, float] | None]:
 
 
 def _gsd_words(ds) -> tuple[str, float] | None:
-    """The raster's ground sample distance in words, and as one number (the geometric mean)."""
+    """The raster's ground sample distance in words, and as one number (``gsd_metres``)."""
     from serving.outputs.geometry_attrs import ground_sample_distance
+    from serving.resolution import gsd_metres
 
     gsd = ground_sample_distance(ds.transform, ds.crs, ds.width, ds.height)
     if gsd is None:
@@ -46,7 +46,7 @@ def _gsd_words(ds) -> tuple[str, float] | None:
     across, down = gsd
     same = abs(across - down) <= 0.01 * max(across, down)
     words = (f"{across:.3g} m" if same else f"{across:.3g} m across, {down:.3g} m down") + " a pixel at the scene's centre"
-    return words, math.sqrt(across * down)
+    return words, gsd_metres(ds.transform, ds.crs, ds.width, ds.height)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -145,6 +145,7 @@ def test_a_stac_search_runs_every_page_and_its_bbox_is_the_area_searched(api, pe
     assert len(fields[0]) == 1 and fields[0][0] == pytest.approx(400, abs=2)
     info = pyogrio.read_info(layer0)
     assert "searched within the area of interest" in info["layer_metadata"]["DESCRIPTION"]
+    assert f"{west_e:.10g}" in info["layer_metadata"]["DESCRIPTION"]  # the bbox as given, not rounded
     layer1 = out / next(Path(r["output"]).name for r in done.values() if "scene1" in r["scene"])
     assert pyogrio.read_info(layer1)["features"] == 0
 
