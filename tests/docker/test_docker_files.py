@@ -9,6 +9,7 @@ engine, no registry), the CUDA base image's contents, GPUs in compose."""
 from __future__ import annotations
 
 import fnmatch
+import os
 import shlex
 import shutil
 import subprocess
@@ -96,6 +97,11 @@ def test_the_cpu_images_install_steps_in_a_fresh_venv_give_a_working_hbdnet(tmp_
     src.mkdir()
     env = {"PATH": f"{venv / 'bin'}:/usr/bin:/bin", "HOME": str(tmp_path), "PIP_DISABLE_PIP_VERSION_CHECK": "1",
            "RAY_USAGE_STATS_ENABLED": "0"}
+    # pip keeps this machine's own configuration (its PIP_* variables and the user's pip.conf under the
+    # real HOME): that is where the CPU file of torch is found; without it pip takes a CUDA build of
+    # several GB from the index, which filled CI's disk once.
+    pip_env = {**env, **{k: v for k, v in os.environ.items() if k.startswith("PIP_")},
+               "HOME": os.environ.get("HOME", str(tmp_path))}
     ran = []
     for word, args in build:
         if word == "RUN":
@@ -103,7 +109,7 @@ def test_the_cpu_images_install_steps_in_a_fresh_venv_give_a_working_hbdnet(tmp_
             argv = shlex.split(command)
             if argv[0] == "python":  # before the venv exists: this Python, as the image's is its base
                 argv[0] = sys.executable
-            out = subprocess.run(argv, cwd=src, env=env, capture_output=True, text=True, timeout=1200, check=False)
+            out = subprocess.run(argv, cwd=src, env=pip_env, capture_output=True, text=True, timeout=1200, check=False)
             assert out.returncode == 0, command + "\n" + out.stdout[-2000:] + out.stderr[-2000:]
             ran.append(command)
         elif word == "COPY":
@@ -117,6 +123,7 @@ def test_the_cpu_images_install_steps_in_a_fresh_venv_give_a_working_hbdnet(tmp_
     assert [shlex.split(c)[:3] for c in ran] == [["python", "-m", "venv"], ["pip", "install", "torch==2.13.0"],
                                             ["pip", "install", ".[serve]"]]
     site = next((venv / "lib").glob("python3*/site-packages"))
+    assert not list(site.glob("nvidia*")), "the CPU image took a CUDA build of torch"
     for packaged in ("hbdnet/weights/default.safetensors", "serving/api/static/index.html",
                      "serving/api/static/vendor/leaflet/leaflet.js", "serving/outputs/styles/bridges.qml"):
         assert (site / packaged).is_file(), packaged
