@@ -63,3 +63,47 @@ def test_runtime_choice():
         load_window_detector(path, "cpu", "bfloat16", runtime="onnx")
     with pytest.raises(ValueError, match="runtime must be one of"):
         load_window_detector(path, "cpu", runtime="tensorrt")
+
+
+def test_the_exported_trunk_pads_inside_its_convolutions(detectors):
+    """TensorFlow SAME padding (one pixel more after than before at stride 2) is the convolutions' own
+    padding in the graph, not a padded copy of each activation; the features stay the model's
+    (above) and a window that is not padded to the stride is refused, not computed wrongly."""
+    import onnx
+
+    from hbdnet.models.onnx_trunk import export_trunk
+
+    _, onnx_side = detectors
+    local = onnx_side.model.local_detector
+    graph = onnx.load_from_string(export_trunk(local))
+    ops = {node.op_type for node in graph.graph.node}
+    assert "Conv" in ops and "Pad" not in ops
+    asymmetric = [list(a.ints) for n in graph.graph.node if n.op_type == "Conv" for a in n.attribute
+                  if a.name == "pads" and list(a.ints)[:2] != list(a.ints)[2:]]
+    assert sorted(map(tuple, asymmetric)) == [(0, 0, 1, 1)] * 3 + [(1, 1, 2, 2)] * 2  # the five stride-2 convs
+    with pytest.raises(ValueError, match="padded to multiples of 32"):
+        local.trunk(torch.zeros(1, 3, 64, 80))
+
+
+def test_a_pad_that_is_not_zeros_stays_in_the_graph():
+    import onnx
+    from onnx import TensorProto, helper
+
+    from hbdnet.models.onnx_trunk import fold_pads
+
+    def graph(value: float) -> bytes:
+        nodes = [helper.make_node("Constant", [], ["amounts"], value=helper.make_tensor("a", TensorProto.INT64, [8],
+                                                                                         [0, 0, 0, 0, 0, 0, 1, 1])),
+                 helper.make_node("Constant", [], ["value"], value=helper.make_tensor("v", TensorProto.FLOAT, [], [value])),
+                 helper.make_node("Pad", ["x", "amounts", "value"], ["padded"]),
+                 helper.make_node("Conv", ["padded", "w"], ["y"], strides=[2, 2])]
+        weight = helper.make_tensor("w", TensorProto.FLOAT, [1, 1, 3, 3], [1.0] * 9)
+        g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 4, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [weight])
+        return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+
+    kept = onnx.load_from_string(fold_pads(graph(1.0)))
+    assert [n.op_type for n in kept.graph.node if n.op_type in ("Pad", "Conv")] == ["Pad", "Conv"]
+    folded = onnx.load_from_string(fold_pads(graph(0.0)))
+    assert [n.op_type for n in folded.graph.node] == ["Conv"]
+    assert [list(a.ints) for a in folded.graph.node[0].attribute if a.name == "pads"] == [[0, 0, 1, 1]]

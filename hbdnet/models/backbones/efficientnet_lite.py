@@ -12,6 +12,8 @@ Outputs ``[C2, C3, C4, C5]`` at strides 4, 8, 16, 32 with 24, 40, 112 and 320 ch
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -37,22 +39,46 @@ _BN_MOMENTUM = 0.01  # TensorFlow's decay 0.99
 
 
 class SameConv2d(nn.Conv2d):
-    """Conv2d with TensorFlow ``SAME`` padding computed from the input size."""
+    """Conv2d with TensorFlow ``SAME`` padding computed from the input size.
+
+    ``aligned``: the input's sides are multiples of the stride (``aligned_inputs``), so the padding is
+    a constant and an exported graph holds no size arithmetic and no separate padding.
+    """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, groups: int = 1):
         super().__init__(in_channels, out_channels, kernel_size, stride=stride, groups=groups, bias=False)
+        self.aligned = False
 
     def forward(self, x: Tensor) -> Tensor:
-        ih, iw = x.shape[-2:]
         k, s = self.kernel_size[0], self.stride[0]
-        # (ceil(i / s) - 1) * s + k - i, written as (-i) % s + k - s: integer arithmetic on the size,
-        # which an exported graph keeps as a function of its input (math.ceil would freeze it).
-        pad_h, pad_w = (-ih) % s + k - s, (-iw) % s + k - s
-        if k < s:
-            pad_h, pad_w = max(pad_h, 0), max(pad_w, 0)
+        if self.aligned or s == 1:  # (-i) % s == 0 below: the padding does not depend on the size
+            pad_h = pad_w = max(k - s, 0)
+            if pad_h % 2 == 0:  # split evenly: the convolution's own padding, no padded copy
+                return F.conv2d(x, self.weight, self.bias, self.stride, pad_h // 2, 1, self.groups)
+        else:
+            ih, iw = x.shape[-2:]
+            # (ceil(i / s) - 1) * s + k - i, written as (-i) % s + k - s: integer arithmetic on the size,
+            # which an exported graph keeps as a function of its input (math.ceil would freeze it).
+            pad_h, pad_w = (-ih) % s + k - s, (-iw) % s + k - s
+            if k < s:
+                pad_h, pad_w = max(pad_h, 0), max(pad_w, 0)
         if pad_h or pad_w:
             x = F.pad(x, [pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2])
         return F.conv2d(x, self.weight, self.bias, self.stride, 0, 1, self.groups)  # bias: folded BN
+
+
+@contextlib.contextmanager
+def aligned_inputs(module: nn.Module) -> Iterator[None]:
+    """Within it, every ``SameConv2d`` of ``module`` takes its input's sides to be multiples of its
+    stride, as they are when a batch is padded to a multiple of the backbone's total stride (32)."""
+    convs = [m for m in module.modules() if isinstance(m, SameConv2d)]
+    for conv in convs:
+        conv.aligned = True
+    try:
+        yield
+    finally:
+        for conv in convs:
+            conv.aligned = False
 
 
 def _bn(channels: int) -> nn.BatchNorm2d:
