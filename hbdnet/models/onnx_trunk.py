@@ -13,7 +13,10 @@ share one arena per process that grows by what is asked rather than by powers of
 mosaic of real images (``tools/bench_cpu.py --detect``, two idle cores, the default model's weights):
 PyTorch 137 s and 793 MB peak RSS; int8 65 s and 1057 MB (68 s and 1360 MB with an arena per session
 grown by powers of two, 138 s and 915 MB without an arena); float32 onnx 92 s and 1395 MB (84 s and
-1547 MB with an arena per session). int8 moves the scores: see ``MODEL_CARD.md`` before using it.
+1547 MB with an arena per session). Those figures are from before the backbone's padding was folded
+into its convolutions (:func:`fold_pads`); with it, the shipped model on a 16,384 px mosaic took
+145.9 s and 1098 MB against 171.5 s and 1283 MB (README, benchmarks). int8 moves the scores: see
+``MODEL_CARD.md`` before using it.
 
 The float32 graph is exported from the loaded weights when the detector is built (a second or two,
 nothing written to disk), and the int8 one from the weights as the model file stores them, when it is
