@@ -49,6 +49,8 @@ class ModelConfig:
     rpn_pos_fraction: float = 0.5
     rpn_nms_pre: int = 2000
     rpn_max_per_img: int = 2000
+    # Proposals kept per window at test time (the RoIs the box head scores); None: rpn_max_per_img.
+    rpn_test_max_per_img: int | None = None
     rpn_nms_iou: float = 0.8
     rpn_min_bbox_size: float = 0.0
 
@@ -110,6 +112,7 @@ def build_rpn_head(cfg: ModelConfig) -> OrientedRPNHead:
         pos_fraction=cfg.rpn_pos_fraction,
         nms_pre=cfg.rpn_nms_pre,
         max_per_img=cfg.rpn_max_per_img,
+        test_max_per_img=cfg.rpn_test_max_per_img,
         nms_iou=cfg.rpn_nms_iou,
         min_bbox_size=cfg.rpn_min_bbox_size,
     )

@@ -1,10 +1,13 @@
 import math
+from pathlib import Path
 
 import pytest
 import torch
 
 from hbdnet.models.anchors import AnchorGenerator
 from hbdnet.models.rpn import OrientedRPNHead
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 
 def features(size: int = 128, channels: int = 16, seed: int = 0) -> list[torch.Tensor]:
@@ -96,6 +99,37 @@ def test_nms_pre_is_per_level():
     (boxes, _), _ = rpn.get_proposals(logits, deltas, anchors, [(128, 128)] * 2)
     # Every level (3072, 768, 192, 48 and 12 anchors) keeps its own best 10.
     assert boxes.shape[0] == 5 * 10
+
+
+def test_test_time_keeps_its_own_number_of_proposals():
+    """``test_max_per_img`` bounds the proposals in eval mode only (the RoIs a window's box head
+    scores); training keeps ``max_per_img``, and without it eval does too."""
+    gen = AnchorGenerator()
+    feats = features()
+    anchors = gen.grid_anchors([f.shape[-2:] for f in feats], torch.device("cpu"))
+
+    def kept(rpn: OrientedRPNHead) -> int:
+        logits, deltas = rpn.head(feats)
+        (boxes, _), _ = rpn.get_proposals(logits, deltas, anchors, [(128, 128)] * 2)
+        return boxes.shape[0]
+
+    rpn = head(anchor_generator=gen, nms_pre=10, max_per_img=40, test_max_per_img=20, nms_iou=1.0)
+    assert kept(rpn.train()) == 40 and kept(rpn.eval()) == 20
+    assert kept(head(anchor_generator=gen, nms_pre=10, max_per_img=40, nms_iou=1.0).eval()) == 40
+
+
+def test_the_light_configs_and_the_shipped_model_score_500_rois_a_window():
+    from hbdnet.checkpoint import bundled_model_path, bundled_models, load_model
+    from hbdnet.training.config import load_experiment
+
+    for config in ("hbdnet_lite_cpu", "hbdnet_lite_nwpu"):
+        model = load_experiment(CONFIGS / f"{config}.yaml").model
+        assert (model.local.rpn_test_max_per_img, model.global_detector.rpn_test_max_per_img) == (500, 500)
+    assert load_experiment(CONFIGS / "hbdnet_r50_obb.yaml").model.local.rpn_test_max_per_img is None  # mmrotate's
+    if "default" in bundled_models():
+        shipped, _ = load_model(bundled_model_path("default"))
+        detectors = [shipped.local_detector, *shipped.global_detectors]
+        assert [(d.rpn_head.max_per_img, d.rpn_head.test_max_per_img) for d in detectors] == [(1000, 500)] * len(detectors)
 
 
 @pytest.mark.parametrize("border", [0, -1])
