@@ -99,10 +99,12 @@ def finetune(base: str, scenes: list[Path], labels: Path, output: Path, *, revie
     dtype = base_ckpt.get("dtype", "float32")
     trunks, int8 = _int8_trunks(model, dtype, read_int8_trunks(base_path), options.parts, data)
     base_thr = base_ckpt["meta"].get("score_thr")
+    # Trained on the grid the base model's GSD range gives: the new model runs on it too.
+    grid = {k: v for k, v in base_ckpt["meta"].items() if k == "gsd_m"}
     if held:
         # Chosen on the model as it will run (its int8 trunk on a CPU): written once without a threshold.
         candidate = save_safetensors(work_dir / "candidate.safetensors", model, dtype=dtype, int8_trunks=trunks,
-                                     meta={k: v for k, v in base_ckpt["meta"].items() if k == "gsd_m"})
+                                     meta=grid)
         thr = _best_threshold(candidate, held, options.bands, data)
         how = (f"chosen on {len(held)} held-back scene(s) with {sum(len(i.boxes) for i in held)} bridges "
                f"(best F1): {thr:.3f}")
@@ -117,9 +119,8 @@ def finetune(base: str, scenes: list[Path], labels: Path, output: Path, *, revie
                      "held_back": [str(i.image_path) for i in held], "reviewed_areas_given": data.reviewed_given,
                      "parts": list(options.parts), "epochs": options.epochs, "lr": options.lr,
                      "operating_point": how},
+        **grid,
     }
-    if "gsd_m" in base_ckpt["meta"]:  # trained on the grid the base model's range gives: run so too
-        meta["gsd_m"] = base_ckpt["meta"]["gsd_m"]
     save_safetensors(output, model, meta=meta, score_thr=thr, dtype=dtype, int8_trunks=trunks)
     return FinetuneResult(output, data.bridges, [i.image_path for i in held], thr, how, int8,
                           data.labels_outside, data.reviewed_given)

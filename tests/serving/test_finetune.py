@@ -23,7 +23,7 @@ from rasterio.features import rasterize
 from rasterio.transform import from_origin
 
 from hbdnet.boxes import obb_to_poly
-from hbdnet.checkpoint import read_checkpoint, save_checkpoint
+from hbdnet.checkpoint import load_model, read_checkpoint, save_checkpoint
 from serving.cli.main import main
 from serving.finetune.data import FinetuneDataError, labelled_scenes
 
@@ -226,6 +226,17 @@ def test_finetune_resumes_after_ctrl_c_to_the_same_model_and_detect_runs_it(inpu
 
     assert main(["detect", str(scene), "--model", str(resumed), "-o", str(tmp_path / "found.gpkg"), "-q"]) == 0
     assert (tmp_path / "found.gpkg").exists()
+
+
+def test_the_fine_tuned_model_keeps_the_base_models_gsd_range(inputs, tiny_base, tmp_path):
+    """It was trained on the grid that range gives the scenes, so it must run on that grid too."""
+    scene, labels = inputs
+    ckpt = read_checkpoint(tiny_base)
+    gsd_m = {"min": 0.25, "best": 0.5, "max": 8.0, "max_upsample": 2.0}  # the 0.5 m scene runs as it is
+    base = save_checkpoint(tmp_path / "ranged.pth", load_model(tiny_base)[0], meta={**ckpt["meta"], "gsd_m": gsd_m})
+    out = tmp_path / "ranged.safetensors"
+    assert main([*_argv(base, scene, labels, out)[:-5], "--epochs", "1", "--no-progress"]) == 0
+    assert read_checkpoint(out)["meta"]["gsd_m"] == gsd_m
 
 
 def test_a_work_folder_of_other_inputs_is_refused(inputs, tiny_base, tmp_path, capsys):
