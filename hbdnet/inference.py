@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
-import functools
 from collections import defaultdict
 from pathlib import Path
 
@@ -12,6 +9,7 @@ import numpy as np
 import torch
 
 from hbdnet.checkpoint import load_model, read_int8_trunks, resolve_model_path
+from hbdnet.heap import release_free_heap, tune_heap_for_cpu
 from hbdnet.models.deploy import inference_form
 from hbdnet.models.hbdnet import HBDNet
 from hbdnet.models.onnx_trunk import RUNTIMES, onnxruntime_available, trunk_detectors, use_onnx_trunks
@@ -91,31 +89,6 @@ class HBDNetWindowDetector:
         return results  # type: ignore[return-value]
 
 
-@functools.cache
-def _malloc_trim():
-    """glibc's ``malloc_trim``, or None on other C libraries."""
-    try:
-        trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
-    except (OSError, AttributeError):
-        return None
-    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
-    return trim
-
-
-def release_free_heap() -> None:
-    """Give the heap memory freed by a CPU forward pass back to the operating system.
-
-    glibc keeps freed activations of one window in its heaps, fragmented, and the next window
-    allocates around them, so a CPU worker's resident memory climbs well above its live set. Trimming
-    after each batch costs milliseconds (against a second or more per CPU forward) and lowered the
-    light model's peak by ~110 MB (tools/bench_engine.py, 16384 px scene); it is a no-op where the
-    C library is not glibc.
-    """
-    trim = _malloc_trim()
-    if trim is not None:
-        trim(0)
-
-
 def resolve_device(device: str | torch.device) -> torch.device:
     """``auto`` -> ``cuda`` when this process sees a GPU, else ``cpu``; ``ValueError`` for CUDA asked
     for where there is none."""
@@ -141,6 +114,8 @@ def load_window_detector(path: str | Path, device: str | torch.device = "cpu",
     if runtime not in RUNTIMES:
         raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
     dev = resolve_device(device)
+    if dev.type == "cpu":
+        tune_heap_for_cpu()
     dtype = resolve_precision(precision, dev)
     path = resolve_model_path(path)
     model, meta = load_model(path, dev)

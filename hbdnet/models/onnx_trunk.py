@@ -9,13 +9,16 @@ decoding, rotated NMS) stays in PyTorch, unchanged.
 Runtimes: ``onnx`` exports the float32 trunk at load; ``int8`` runs the trunk stored quantized in the
 model file (:func:`quantize_trunk`, ``hbdnet export --int8``): integer convolutions (VNNI here). Both
 keep ONNX Runtime's arena of activation buffers, without which int8 is no faster than PyTorch, and
-share one arena per process that grows by what is asked rather than by powers of two. An 8,192 px
+share one arena per process that grows by what is asked rather than by powers of two and hands its
+buffers back at the end of each run; the PyTorch weights of an exported trunk are let go. An 8,192 px
 mosaic of real images (``tools/bench_cpu.py --detect``, two idle cores, the default model's weights):
 PyTorch 137 s and 793 MB peak RSS; int8 65 s and 1057 MB (68 s and 1360 MB with an arena per session
 grown by powers of two, 138 s and 915 MB without an arena); float32 onnx 92 s and 1395 MB (84 s and
 1547 MB with an arena per session). Those figures are from before the backbone's padding was folded
 into its convolutions (:func:`fold_pads`); with it, the shipped model on a 16,384 px mosaic took
-145.9 s and 1098 MB against 171.5 s and 1283 MB (README, benchmarks). int8 moves the scores: see
+145.9 s and 1098 MB against 171.5 s and 1283 MB, and with the memory changes of the same day (the
+arena handed back after each run, the trunk's PyTorch weights let go, ``hbdnet.heap``) about 133 s
+and 880 MB against 131 s and 1033 MB (README, benchmarks). int8 moves the scores: see
 ``MODEL_CARD.md`` before using it.
 
 The float32 graph is exported from the loaded weights when the detector is built (a second or two,
@@ -220,13 +223,18 @@ class OnnxTrunk:
         self.session = ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
         self._input = self.session.get_inputs()[0].name
         self.levels = len(self.session.get_outputs()) // 3  # features, logits, deltas per level
+        # The arena hands its buffers back at the end of each run: between runs the rest of the
+        # detector and the scene reader use that memory, and the peak of a run is the arena plus
+        # what is held then, not the arena kept plus what the rest holds at its own peak.
+        self._run_options = ort.RunOptions()
+        self._run_options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
 
     def __call__(self, batch: Tensor) -> tuple[list[Tensor], tuple[list[Tensor], list[Tensor]]]:
         if batch.shape[-2] % ALIGN or batch.shape[-1] % ALIGN:
             raise ValueError(f"an exported trunk takes windows padded to multiples of {ALIGN} px, "
                              f"got {tuple(batch.shape[-2:])}")
         x = np.ascontiguousarray(batch.detach().to(torch.float32).cpu().numpy())
-        outputs = [torch.from_numpy(o) for o in self.session.run(None, {self._input: x})]
+        outputs = [torch.from_numpy(o) for o in self.session.run(None, {self._input: x}, self._run_options)]
         n = self.levels
         features = [f.contiguous(memory_format=torch.channels_last) for f in outputs[:n]]
         return features, (outputs[n:2 * n], outputs[2 * n:])
@@ -252,4 +260,21 @@ def use_onnx_trunks(model: nn.Module, graphs: dict[str, bytes] | None = None) ->
     for name, detector in detectors.items():
         given = (graphs or {}).get(name)
         detector.trunk = OnnxTrunk(given if given is not None else export_trunk(detector))
+        # The trunk's PyTorch weights are not read again (30 MB for the light model's two detectors).
+        # On the meta device they hold no memory and the modules and their names stay; PyTorch would
+        # still convolve a CPU tensor with meta weights (into uninitialised memory), so a call fails.
+        for module in _trunk_modules(detector):
+            module.to("meta")
+            module.register_forward_pre_hook(_runs_in_onnxruntime)
     return len(detectors)
+
+
+def _runs_in_onnxruntime(module: nn.Module, args: tuple) -> None:
+    raise RuntimeError(f"this {type(module).__name__} runs in ONNX Runtime (the detector's trunk); "
+                       "its PyTorch weights were let go (load the model with runtime torch)")
+
+
+def _trunk_modules(detector: nn.Module) -> tuple[nn.Module, ...]:
+    """The modules whose work an exported trunk does (``_Trunk``): backbone, FPN, the RPN head's convs."""
+    rpn = detector.rpn_head
+    return detector.backbone, detector.neck, rpn.rpn_conv, rpn.rpn_cls, rpn.rpn_reg

@@ -61,7 +61,8 @@ class OrientedRCNN(nn.Module):
     def preprocess(self, images: Tensor | Sequence[Tensor]) -> tuple[Tensor, list[tuple[int, int]]]:
         """Normalised, zero-padded batch on the model's device and the ``(H, W)`` of each image."""
         batch, sizes = batch_images(images, self.size_divisor)
-        return batch.to(next(self.parameters()).device), sizes
+        # The RoI head's: an exported trunk's PyTorch modules are on the meta device.
+        return batch.to(next(self.roi_head.parameters()).device), sizes
 
     def extract_features(self, batch: Tensor) -> list[Tensor]:
         """``(B, 3, H, W)`` normalised batch -> FPN maps P2..P6 (strides 4..64)."""

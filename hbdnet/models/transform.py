@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 PIXEL_MEAN = (123.675, 116.28, 103.53)
@@ -23,12 +22,6 @@ def normalize(images: Tensor) -> Tensor:
     mean = x.new_tensor(PIXEL_MEAN).view(3, 1, 1)
     std = x.new_tensor(PIXEL_STD).view(3, 1, 1)
     return (x - mean) / std
-
-
-def pad_to_divisor(image: Tensor, size: tuple[int, int]) -> Tensor:
-    """Zero-pad a ``(C, H, W)`` image at the bottom/right to ``size = (H', W')``."""
-    h, w = image.shape[-2:]
-    return F.pad(image, (0, size[1] - w, 0, size[0] - h))
 
 
 def batch_images(
@@ -52,5 +45,11 @@ def batch_images(
     max_h = max(h for h, _ in sizes)
     max_w = max(w for _, w in sizes)
     target = (-(-max_h // size_divisor) * size_divisor, -(-max_w // size_divisor) * size_divisor)
-    batch = torch.stack([pad_to_divisor(normalize(im), target) for im in items])
+    # Normalised in place in the batch: one window-sized float32 buffer, not four (convert,
+    # subtract, divide, pad), which on a CPU stack up in the heap beside the model's own buffers.
+    batch = torch.zeros(len(items), 3, *target, dtype=torch.float32, device=items[0].device)
+    mean = batch.new_tensor(PIXEL_MEAN).view(3, 1, 1)
+    std = batch.new_tensor(PIXEL_STD).view(3, 1, 1)
+    for slot, image, (h, w) in zip(batch, items, sizes):
+        slot[:, :h, :w].copy_(image).sub_(mean).div_(std)
     return batch, sizes

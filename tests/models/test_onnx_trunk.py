@@ -73,16 +73,28 @@ def test_the_exported_trunk_pads_inside_its_convolutions(detectors):
 
     from hbdnet.models.onnx_trunk import export_trunk
 
-    _, onnx_side = detectors
-    local = onnx_side.model.local_detector
-    graph = onnx.load_from_string(export_trunk(local))
+    torch_side, onnx_side = detectors
+    graph = onnx.load_from_string(export_trunk(torch_side.model.local_detector))
     ops = {node.op_type for node in graph.graph.node}
     assert "Conv" in ops and "Pad" not in ops
     asymmetric = [list(a.ints) for n in graph.graph.node if n.op_type == "Conv" for a in n.attribute
                   if a.name == "pads" and list(a.ints)[:2] != list(a.ints)[2:]]
     assert sorted(map(tuple, asymmetric)) == [(0, 0, 1, 1)] * 3 + [(1, 1, 2, 2)] * 2  # the five stride-2 convs
     with pytest.raises(ValueError, match="padded to multiples of 32"):
-        local.trunk(torch.zeros(1, 3, 64, 80))
+        onnx_side.model.local_detector.trunk(torch.zeros(1, 3, 64, 80))
+
+
+def test_a_detector_with_an_exported_trunk_lets_go_of_the_trunks_weights(detectors):
+    """What ONNX Runtime computes is not also held in PyTorch: the backbone, FPN and RPN convs are on
+    the meta device (no memory, and calling them fails), the RoI head keeps its weights."""
+    torch_side, onnx_side = detectors
+    for detector in (onnx_side.model.local_detector, *onnx_side.model.global_detectors):
+        trunk = [detector.backbone, detector.neck, detector.rpn_head]
+        assert {p.device.type for m in trunk for p in m.parameters()} == {"meta"}
+        assert {p.device.type for p in detector.roi_head.parameters()} == {"cpu"}
+    assert {p.device.type for p in torch_side.model.parameters()} == {"cpu"}
+    with pytest.raises(RuntimeError, match="runs in ONNX Runtime"):
+        onnx_side.model.local_detector.extract_features(torch.zeros(1, 3, 64, 64))
 
 
 def test_a_pad_that_is_not_zeros_stays_in_the_graph():

@@ -7,7 +7,8 @@ import torch
 from rasterio.transform import from_origin
 
 from hbdnet.checkpoint import save_checkpoint
-from hbdnet.inference import _malloc_trim, load_window_detector, release_free_heap
+from hbdnet.heap import is_glibc, release_free_heap
+from hbdnet.inference import load_window_detector
 from hbdnet.models.build import ModelConfig
 from hbdnet.models.hbdnet import HBDNet, HBDNetConfig
 from hbdnet.pyramid import PlanWindow
@@ -62,7 +63,7 @@ def test_fusing_model_needs_context_crops(tmp_path):
     assert len(det.detect([image], [PlanWindow(1, 2, 0, 0, 128, 128)])) == 1
 
 
-@pytest.mark.skipif(_malloc_trim() is None, reason="malloc_trim is glibc's")
+@pytest.mark.skipif(not is_glibc(), reason="malloc_trim is glibc's")
 def test_cpu_detector_gives_freed_heap_back(tmp_path, monkeypatch):
     """Fragmented freed memory is returned after a forward (the worker's footprint stays its live set)."""
     import psutil
