@@ -17,8 +17,8 @@ grown by powers of two, 138 s and 915 MB without an arena); float32 onnx 92 s an
 1547 MB with an arena per session). Those figures are from before the backbone's padding was folded
 into its convolutions (:func:`fold_pads`); with it, the shipped model on a 16,384 px mosaic took
 145.9 s and 1098 MB against 171.5 s and 1283 MB, and with the memory changes of the same day (the
-arena handed back after each run, the trunk's PyTorch weights let go, ``hbdnet.heap``) about 133 s
-and 880 MB against 131 s and 1033 MB (README, benchmarks). int8 moves the scores: see
+arena handed back after each run, the trunk's PyTorch weights let go, ``hbdnet.heap``) 126-135 s
+and 880-885 MB against 127-134 s and 1030-1036 MB (README, benchmarks). int8 moves the scores: see
 ``MODEL_CARD.md`` before using it.
 
 The float32 graph is exported from the loaded weights when the detector is built (a second or two,
